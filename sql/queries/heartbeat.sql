@@ -1,0 +1,30 @@
+-- One statement per tick renews this host's lease and the heartbeat of its runs, and
+-- (when $7) declares the running runs of hosts whose lease has passed `lost`.
+--   $1 host  $2 lease seconds  $3 capacity  $4 run ids  $5 pids  $6 pools  $7 rescue others
+-- Returns the runs still running here (an id missing from it was taken away: fencing),
+-- those with a kill request, whether the host is draining, and how many runs were declared lost.
+WITH me AS (
+    UPDATE sisy.hosts
+       SET last_seen = now(), lease_until = now() + make_interval(secs => $2),
+           capacity = $3, running = cardinality($4::bigint[]), pools = $6
+     WHERE name = $1
+ RETURNING draining
+), mine AS (
+    UPDATE sisy.runs
+       SET heartbeat_at = now(), pid = coalesce(p.pid, runs.pid)
+      FROM unnest($4::bigint[], $5::int[]) AS p (id, pid)
+     WHERE runs.id = p.id AND runs.state = 'running' AND runs.host = $1
+ RETURNING runs.id, runs.kill_requested_at IS NOT NULL AS kill_requested
+), lost AS (
+    UPDATE sisy.runs
+       SET state = 'lost', finished_at = now(),
+           error = format('the guardian on %s stopped heartbeating (lease expired); declared lost by %s',
+                          runs.host, $1::text)
+     WHERE $7 AND runs.state = 'running' AND runs.host <> $1
+       AND NOT EXISTS (SELECT 1 FROM sisy.hosts h WHERE h.name = runs.host AND h.lease_until >= now())
+ RETURNING runs.id
+)
+SELECT (SELECT draining FROM me) AS draining,
+       coalesce((SELECT array_agg(id) FROM mine), '{}') AS alive,
+       coalesce((SELECT array_agg(id) FROM mine WHERE kill_requested), '{}') AS kill_requested,
+       (SELECT count(*) FROM lost) AS lost

@@ -1,0 +1,16 @@
+-- A guardian announces itself. `draining` survives a restart: an operator drained the host,
+-- not the process. Returns whether another guardian still holds a lease under this name.
+WITH previous AS (
+    SELECT lease_until > now() AS held, lease_until FROM sisy.hosts WHERE name = $1
+), upsert AS (
+    INSERT INTO sisy.hosts AS h (name, pools, version, started_at, last_seen, lease_until, capacity, running)
+    SELECT $1, $2, $3, now(), now(), now() + make_interval(secs => $4), $5, 0
+     WHERE NOT coalesce((SELECT held FROM previous), false)
+    ON CONFLICT (name) DO UPDATE
+       SET pools = excluded.pools, version = excluded.version, started_at = excluded.started_at,
+           last_seen = excluded.last_seen, lease_until = excluded.lease_until,
+           capacity = excluded.capacity, running = 0
+    RETURNING draining
+)
+SELECT (SELECT draining FROM upsert) AS draining,
+       (SELECT lease_until FROM previous WHERE held) AS held_until

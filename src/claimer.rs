@@ -1,0 +1,233 @@
+//! The claimer: takes pending runs for this host and decides which of them start.
+//!
+//! Owns the claim (one `FOR UPDATE SKIP LOCKED` statement, never more runs than the free
+//! capacity) and admission: the overlap rules of the job, applied under a lock on the job
+//! row so that guardians deciding about the same job take turns.
+//!
+//! ```text
+//!  pending ──claim──▶ running (claimed_at) ──admit──▶ started_at set ─▶ supervisor
+//!                                   └── forbid & another started ──▶ skipped
+//!                                   └── replace & another started ─▶ kill it, admit later
+//! ```
+//! A run counts as "running" for the overlap rules only once admitted (started_at set):
+//! two runs claimed at the same moment by two guardians are then ordered by the job lock.
+//! Does not own running the process (supervisor) nor materialising runs (scheduler).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+
+use crate::db::{self, q};
+
+/// A claimed run with what is needed to start it.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub id: i64,
+    pub job_id: i64,
+    pub job_name: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub attempt: i32,
+    pub target_host: Option<String>,
+    pub due_at: DateTime<Utc>,
+    pub command: String,
+    pub run_as: Option<String>,
+    pub env: serde_json::Value,
+    pub workdir: Option<String>,
+    pub overlap: Overlap,
+    pub max_runtime: Option<Duration>,
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    Forbid,
+    Allow,
+    Replace,
+}
+
+impl Overlap {
+    fn parse(s: &str) -> Overlap {
+        match s {
+            "allow" => Overlap::Allow,
+            "replace" => Overlap::Replace,
+            // The table refuses other values; forbid is the careful reading of anything else.
+            _ => Overlap::Forbid,
+        }
+    }
+}
+
+/// What admission decided for one claimed run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Start it now; started_at is set. `latency` is start − due, by the database clock.
+    Start { latency: Duration },
+    /// overlap = forbid: recorded `skipped`.
+    Skipped,
+    /// overlap = replace: kill requested for these runs; try again once they are gone.
+    Wait { victims: Vec<i64> },
+}
+
+pub struct Claimer {
+    db: Pool,
+    host: String,
+}
+
+impl Claimer {
+    pub fn new(db: Pool, host: String) -> Claimer {
+        Claimer { db, host }
+    }
+
+    /// Claims up to `free` due runs of `pools` for this host.
+    pub async fn claim(&self, pools: &[String], free: usize) -> Result<Vec<ClaimedRun>> {
+        if free == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.db.get().await?;
+        let rows = client
+            .query(q::RUNS_CLAIM, &[&self.host, &pools, &(free as i64)])
+            .await?;
+        Ok(rows.iter().map(claimed_from_row).collect())
+    }
+
+    /// Applies the overlap rules to claimed runs and records the outcome.
+    pub async fn admit(&self, runs: &[ClaimedRun]) -> Result<HashMap<i64, Admission>> {
+        let mut client = self.db.get().await?;
+        let tx = client.transaction().await?;
+        let guarded: Vec<i64> = {
+            let set: HashSet<i64> = runs
+                .iter()
+                .filter(|r| r.overlap != Overlap::Allow)
+                .map(|r| r.job_id)
+                .collect();
+            let mut v: Vec<i64> = set.into_iter().collect();
+            v.sort_unstable();
+            v
+        };
+        let mut started = Vec::new();
+        if !guarded.is_empty() {
+            tx.query(q::JOBS_LOCK_FOR_ADMISSION, &[&guarded]).await?;
+            for row in tx.query(q::RUNS_RUNNING_OF_JOBS, &[&guarded]).await? {
+                started.push(Started {
+                    id: row.get(0),
+                    job_id: row.get(1),
+                    target_host: row.get(2),
+                });
+            }
+        }
+        let decisions = decide(runs, &started);
+        let admit: Vec<i64> = decisions
+            .iter()
+            .filter(|(_, d)| matches!(d, Decision::Start))
+            .map(|(id, _)| *id)
+            .collect();
+        let (skip_ids, skip_errors): (Vec<i64>, Vec<String>) = decisions
+            .iter()
+            .filter_map(|(id, d)| match d {
+                Decision::Skip { holder } => Some((
+                    *id,
+                    format!(
+                        "skipped: run {holder} of this job was still running (overlap = forbid)"
+                    ),
+                )),
+                _ => None,
+            })
+            .unzip();
+        let mut result = HashMap::new();
+        for row in tx.query(q::RUNS_ADMIT, &[&admit, &self.host]).await? {
+            let latency = db::secs(row.get(1));
+            result.insert(row.get::<_, i64>(0), Admission::Start { latency });
+        }
+        if !skip_ids.is_empty() {
+            tx.execute(q::RUNS_SKIP, &[&skip_ids, &skip_errors, &self.host])
+                .await?;
+            for id in &skip_ids {
+                result.insert(*id, Admission::Skipped);
+            }
+        }
+        for (id, d) in &decisions {
+            if let Decision::Replace { victims } = d {
+                tx.query(q::RUNS_REQUEST_REPLACE, &[victims, id]).await?;
+                result.insert(
+                    *id,
+                    Admission::Wait {
+                        victims: victims.clone(),
+                    },
+                );
+            }
+        }
+        tx.commit().await?;
+        Ok(result)
+    }
+}
+
+fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {
+    let max_runtime: Option<f64> = row.get("max_runtime");
+    ClaimedRun {
+        id: row.get("id"),
+        job_id: row.get("job_id"),
+        job_name: row.get("job_name"),
+        scheduled_for: row.get("scheduled_for"),
+        attempt: row.get("attempt"),
+        target_host: row.get("target_host"),
+        due_at: row.get("due_at"),
+        command: row.get("command"),
+        run_as: row.get("run_as"),
+        env: row.get("env"),
+        workdir: row.get("workdir"),
+        overlap: Overlap::parse(row.get("overlap")),
+        max_runtime: max_runtime.map(|s| db::secs(Some(s))),
+        kill_grace: db::secs(row.get("kill_grace")),
+    }
+}
+
+/// A run that has started (admitted), as admission sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub id: i64,
+    pub job_id: i64,
+    pub target_host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Start,
+    Skip { holder: i64 },
+    Replace { victims: Vec<i64> },
+}
+
+/// The overlap rules, pure. Runs of an `all` job overlap only with runs for the same host.
+/// Among claimed runs of one job, the earliest (by id) goes first and counts as started for
+/// the rest.
+pub fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> {
+    let mut holders: HashMap<(i64, Option<String>), Vec<i64>> = HashMap::new();
+    for s in started {
+        holders
+            .entry((s.job_id, s.target_host.clone()))
+            .or_default()
+            .push(s.id);
+    }
+    let mut ordered: Vec<&ClaimedRun> = runs.iter().collect();
+    ordered.sort_by_key(|r| r.id);
+    let mut out = Vec::new();
+    for run in ordered {
+        let key = (run.job_id, run.target_host.clone());
+        let others: Vec<i64> = holders
+            .get(&key)
+            .map(|v| v.iter().copied().filter(|id| *id != run.id).collect())
+            .unwrap_or_default();
+        let decision = match run.overlap {
+            Overlap::Allow => Decision::Start,
+            _ if others.is_empty() => Decision::Start,
+            Overlap::Forbid => Decision::Skip { holder: others[0] },
+            Overlap::Replace => Decision::Replace { victims: others },
+        };
+        if decision == Decision::Start {
+            holders.entry(key).or_default().push(run.id);
+        }
+        out.push((run.id, decision));
+    }
+    out
+}

@@ -1,0 +1,269 @@
+//! The dispatcher: the guardian's main loop, from "something is due" to supervised processes.
+//!
+//! Each pass ([`Dispatcher::run_once`]): one tick statement (expires overdue pending runs, says
+//! whether jobs need seeding and when the next job and run fall due), the scheduler when a
+//! job is due, then a claim up to the free capacity and admission, and a supervisor task per
+//! started run. Between passes it sleeps until the next due time the database reported,
+//! a wake-up (LISTEN/NOTIFY, a finished run) or the safety poll, whichever comes first.
+//! Does not own SQL semantics (scheduler, claimer) nor processes (supervisor).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::watch;
+
+use crate::claimer::{Admission, ClaimedRun, Claimer};
+use crate::db::q;
+use crate::guardian::{RunHandle, Shared, is_draining};
+use crate::launch;
+use crate::recorder::{self, Verdict, Written};
+use crate::scheduler::Scheduler;
+use crate::supervisor;
+
+/// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
+pub const SAFETY_POLL: Duration = Duration::from_secs(30);
+/// How often a run waiting for the run it replaces to end asks again.
+const REPLACE_POLL: Duration = Duration::from_millis(200);
+/// The shortest pause after a pass that made no progress although something looked due
+/// (a job locked by another guardian): no busy loop.
+const IDLE_BACKOFF: Duration = Duration::from_millis(25);
+
+/// What one pass found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pass {
+    /// When to look again; None: only on a wake-up (or the safety poll).
+    pub next_in: Option<Duration>,
+    pub started: usize,
+    pub materialised: usize,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    scheduler: Scheduler,
+    claimer: Claimer,
+    /// Runs claimed with overlap = replace that wait for the run they replace to end.
+    waiting: Vec<ClaimedRun>,
+}
+
+/// The dispatcher's loop; returns when the guardian stops.
+pub async fn run(shared: Arc<Shared>) {
+    let mut d = Dispatcher::new(shared.clone());
+    let mut failures = 0u32;
+    loop {
+        // Register interest before the pass, so a wake-up during the pass is not lost.
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let pause = match d.run_once().await {
+            Ok(pass) => {
+                failures = 0;
+                pass.next_in.unwrap_or(SAFETY_POLL).min(SAFETY_POLL)
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 60 == 0 {
+                    tracing::warn!(error = %format!("{e:#}"), failures, "dispatcher pass failed; retrying");
+                }
+                Duration::from_millis(100 * u64::from(failures.min(50)))
+            }
+        };
+        if shared.stopping.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = &mut woken => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>) -> Dispatcher {
+        let scheduler = Scheduler::new(shared.db.clone(), shared.config.pools.clone());
+        let claimer = Claimer::new(shared.db.clone(), shared.config.host_name.clone());
+        Dispatcher {
+            shared,
+            scheduler,
+            claimer,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// One pass; see the module doc.
+    pub async fn run_once(&mut self) -> Result<Pass> {
+        let cfg = &self.shared.config;
+        let client = self.shared.db.get().await?;
+        let tick = client
+            .query_one(q::RUNS_TICK, &[&cfg.pools, &cfg.host_name])
+            .await?;
+        drop(client);
+        let unseen: bool = tick.get("unseen");
+        let job_due_in: Option<f64> = tick.get("job_due_in");
+        let run_due_in: Option<f64> = tick.get("run_due_in");
+        let mut pass = Pass::default();
+        let mut progress = false;
+        let job_due = job_due_in.is_some_and(|s| s <= 0.0);
+        if unseen || job_due {
+            let o = self.scheduler.run_once(unseen).await?;
+            pass.materialised = o.runs;
+            progress |= o.more || o.seeded > 0 || o.jobs > 0;
+        }
+        let free = self.free_capacity();
+        if free > 0 && !is_draining(&self.shared) && !self.shared.stopping.is_cancelled() {
+            let mut claimed = self.claimer.claim(&cfg.pools, free).await?;
+            progress |= claimed.len() == free;
+            claimed.append(&mut self.waiting);
+            pass.started = self.admit_and_start(claimed).await?;
+        }
+        pass.next_in = if progress {
+            Some(Duration::ZERO)
+        } else {
+            let mut next = [job_due_in, run_due_in]
+                .into_iter()
+                .flatten()
+                .map(|s| Duration::from_secs_f64(s.max(0.0)))
+                .min();
+            if !self.waiting.is_empty() {
+                next = Some(next.map_or(REPLACE_POLL, |n| n.min(REPLACE_POLL)));
+            }
+            // Something due that this pass could not take (locked elsewhere, no capacity):
+            // the finish of a run or a notification will wake us; meanwhile no busy loop.
+            next.map(|n| n.max(IDLE_BACKOFF))
+        };
+        Ok(pass)
+    }
+
+    fn free_capacity(&self) -> usize {
+        let busy = self.shared.running_count() + self.waiting.len();
+        self.shared.config.capacity.saturating_sub(busy)
+    }
+
+    async fn admit_and_start(&mut self, claimed: Vec<ClaimedRun>) -> Result<usize> {
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let decisions = match self.claimer.admit(&claimed).await {
+            Ok(d) => d,
+            Err(e) => {
+                // The claimed runs stay ours: keep them and decide again on the next pass.
+                self.waiting.extend(claimed);
+                return Err(e);
+            }
+        };
+        let mut started = 0;
+        for run in claimed {
+            match decisions.get(&run.id) {
+                Some(Admission::Start { latency }) => {
+                    self.start(run, *latency);
+                    started += 1;
+                }
+                Some(Admission::Wait { victims }) => {
+                    tracing::debug!(
+                        run_id = run.id,
+                        ?victims,
+                        "waiting for replaced runs to end"
+                    );
+                    self.waiting.push(run);
+                }
+                Some(Admission::Skipped) => {
+                    tracing::info!(job = %run.job_name, run_id = run.id, "run skipped: the previous run is still running (overlap = forbid)");
+                }
+                // Not admitted and not decided: it was taken from us in the meantime.
+                None => {}
+            }
+        }
+        Ok(started)
+    }
+
+    /// Starts the supervisor task of an admitted run.
+    fn start(&self, run: ClaimedRun, latency: Duration) {
+        let shared = self.shared.clone();
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (pid_tx, pid_rx) = watch::channel(None);
+        shared
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                run.id,
+                RunHandle {
+                    job_name: run.job_name.clone(),
+                    stop: stop_tx,
+                    pid: pid_rx,
+                },
+            );
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move { supervise(&shared, run, latency, stop_rx, pid_tx).await });
+    }
+}
+
+/// Runs one admitted run to its recorded end.
+async fn supervise(
+    shared: &Arc<Shared>,
+    run: ClaimedRun,
+    latency: Duration,
+    stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
+    pid_tx: watch::Sender<Option<u32>>,
+) {
+    let cfg = &shared.config;
+    let (outcome, verdict) = match launch::spec(&run, &shared.policy, cfg.output_limit) {
+        Ok(spec) => {
+            tracing::info!(
+                job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %cfg.host_name,
+                user = %spec.identity.name, latency_ms = latency.as_millis() as u64, "run started"
+            );
+            let outcome = supervisor::run(spec, stop_rx, pid_tx).await;
+            // The process is gone: from here on only the result remains to be written, and
+            // a heartbeat must not mistake the finished run for one taken away.
+            shared
+                .runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run.id);
+            let verdict = recorder::verdict(&outcome, run.max_runtime);
+            (outcome, verdict)
+        }
+        Err(refusal) => {
+            let verdict = Verdict {
+                state: "failed",
+                error: Some(refusal.error),
+                no_retry: refusal.final_,
+            };
+            (supervisor::Outcome::default(), verdict)
+        }
+    };
+    let written = recorder::record(
+        &shared.db,
+        &cfg.host_name,
+        run.id,
+        &verdict,
+        &outcome,
+        &shared.abandon,
+    )
+    .await;
+    tracing::info!(
+        job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %cfg.host_name,
+        state = verdict.state, exit_code = outcome.exit_code, signal = outcome.signal,
+        duration_ms = outcome.duration.as_millis() as u64, error = verdict.error.as_deref().unwrap_or(""),
+        "run finished"
+    );
+    match written {
+        Ok(Written::Fenced) => tracing::warn!(
+            run_id = run.id,
+            "run had been declared lost; its process was killed here"
+        ),
+        Ok(Written::Recorded) => {}
+        Err(e) => {
+            tracing::error!(run_id = run.id, error = %e, "result not recorded: the database stayed unreachable")
+        }
+    }
+    shared
+        .runs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&run.id);
+    // Capacity freed: the dispatcher may claim again.
+    shared.wake.notify_one();
+}

@@ -1,0 +1,136 @@
+//! Turning a claimed run into what the supervisor starts: identity, working directory and
+//! environment.
+//!
+//! Owns the cron-like environment (`HOME`, `USER`, `LOGNAME`, `SHELL`, `PATH`), the job's
+//! `env` over it and the `SISY_*` variables over both (a job cannot fake its own run id).
+//! Every refusal is a sentence for the run's `error`, with whether a retry could help.
+//! Does not start anything (supervisor) nor decide the user policy (users).
+
+use std::time::Duration;
+
+use crate::claimer::ClaimedRun;
+use crate::supervisor::Spec;
+use crate::users::Policy;
+
+/// systemd's default PATH: what a job finds without setting its own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a claimed run cannot start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: String,
+    /// True when trying again cannot help (an identity this host refuses or lacks).
+    pub final_: bool,
+}
+
+/// Builds the process spec for `run`, or says why it cannot start on this host.
+pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Spec, Refusal> {
+    let identity = policy
+        .resolve(run.run_as.as_deref())
+        .map_err(|error| Refusal {
+            error,
+            final_: true,
+        })?;
+    let workdir = run.workdir.clone().unwrap_or_else(|| identity.home.clone());
+    if !std::path::Path::new(&workdir).is_dir() {
+        return Err(Refusal {
+            error: format!(
+                "workdir '{workdir}' does not exist on host {} (or is not a directory)",
+                policy.host
+            ),
+            final_: false,
+        });
+    }
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), identity.home.clone()),
+        ("USER".into(), identity.name.clone()),
+        ("LOGNAME".into(), identity.name.clone()),
+        ("SHELL".into(), "/bin/sh".into()),
+        ("PATH".into(), DEFAULT_PATH.into()),
+    ];
+    for (key, value) in job_env(&run.env).map_err(|error| Refusal {
+        error,
+        final_: true,
+    })? {
+        set(&mut env, key, value);
+    }
+    set(&mut env, "SISY_JOB".into(), run.job_name.clone());
+    set(&mut env, "SISY_RUN_ID".into(), run.id.to_string());
+    set(
+        &mut env,
+        "SISY_SCHEDULED_FOR".into(),
+        run.scheduled_for.to_rfc3339(),
+    );
+    set(&mut env, "SISY_ATTEMPT".into(), run.attempt.to_string());
+    Ok(Spec {
+        run_id: run.id,
+        job_name: run.job_name.clone(),
+        command: run.command.clone(),
+        env,
+        identity,
+        workdir,
+        max_runtime: run.max_runtime,
+        kill_grace: run.kill_grace.max(Duration::from_millis(1)),
+        output_limit,
+    })
+}
+
+fn set(env: &mut Vec<(String, String)>, key: String, value: String) {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value));
+}
+
+/// The job's `env` object as variables: strings as they are, other JSON values as JSON text,
+/// null meaning "unset".
+fn job_env(value: &serde_json::Value) -> Result<Vec<(String, String)>, String> {
+    let Some(map) = value.as_object() else {
+        return Err("the job's env is not a JSON object".into());
+    };
+    let mut out = Vec::new();
+    for (key, v) in map {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!(
+                "the job's env has an invalid variable name {key:?}"
+            ));
+        }
+        let text = match v {
+            serde_json::Value::Null => continue,
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.contains('\0') {
+            return Err(format!("the job's env variable {key} contains a NUL byte"));
+        }
+        out.push((key.clone(), text));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn job_env_takes_strings_and_json_and_skips_null() {
+        let env = job_env(&json!({"A": "x", "B": 3, "C": null, "D": true})).unwrap();
+        assert_eq!(
+            env,
+            vec![
+                ("A".into(), "x".into()),
+                ("B".into(), "3".into()),
+                ("D".into(), "true".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn job_env_refuses_bad_names() {
+        assert!(
+            job_env(&json!({"A=B": "x"}))
+                .unwrap_err()
+                .contains("invalid variable name")
+        );
+        assert!(job_env(&json!(["x"])).is_err());
+    }
+}

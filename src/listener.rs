@@ -1,0 +1,92 @@
+//! The listener: LISTEN/NOTIFY wake-ups on a dedicated connection.
+//!
+//! Owns the channels `sisy_wakeup` (payload: a pool: a job changed or a pending run
+//! appeared), `sisy_kill` (payload: a run id: `sisy.kill` or `overlap = replace`) and
+//! `sisy_hosts` (payload: a host: drained or undrained). It wakes the dispatcher or stops a
+//! run; kill requests reach the process in milliseconds instead of at the next heartbeat.
+//! On a broken connection it reconnects with backoff and wakes the dispatcher, since
+//! notifications sent meanwhile are lost (the safety poll and heartbeat cover the rest).
+//! Does not act on anything itself beyond forwarding.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use tokio_postgres::AsyncMessage;
+
+use crate::db;
+use crate::guardian::Shared;
+use crate::supervisor::StopReason;
+
+pub async fn run(shared: Arc<Shared>) {
+    let mut pause = Duration::from_millis(200);
+    let mut failing = false;
+    loop {
+        let began = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = listen(&shared) => r,
+            _ = shared.abandon.cancelled() => return,
+        };
+        if began.elapsed() > Duration::from_secs(60) {
+            pause = Duration::from_millis(200); // it was healthy: start the backoff afresh
+        }
+        if let Err(e) = result {
+            if !failing {
+                tracing::warn!(error = %format!("{e:#}"), "notification connection lost; reconnecting with backoff");
+                failing = true;
+            }
+        }
+        shared.wake.notify_one();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shared.abandon.cancelled() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn listen(shared: &Shared) -> Result<()> {
+    let config = db::parse_url(&shared.config.database_url)?;
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    // The client drives requests; the connection stream must be polled for them to complete.
+    let subscribe = async {
+        client
+            .batch_execute("LISTEN sisy_wakeup; LISTEN sisy_kill; LISTEN sisy_hosts")
+            .await?;
+        tracing::debug!("listening for notifications");
+        // Whatever happened before LISTEN took effect: look once.
+        shared.wake.notify_one();
+        std::future::pending::<Result<(), tokio_postgres::Error>>().await
+    };
+    tokio::pin!(subscribe);
+    loop {
+        tokio::select! {
+            r = &mut subscribe => r?,
+            msg = messages.next() => match msg {
+                Some(Ok(AsyncMessage::Notification(n))) => handle(shared, n.channel(), n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("the database closed the notification connection"),
+            },
+        }
+    }
+}
+
+fn handle(shared: &Shared, channel: &str, payload: &str) {
+    match channel {
+        "sisy_wakeup" if shared.config.pools.iter().any(|p| p == payload) => {
+            shared.wake.notify_one();
+        }
+        "sisy_kill" => {
+            if let Ok(id) = payload.parse::<i64>() {
+                shared.stop_run(id, StopReason::KillRequested);
+            }
+        }
+        "sisy_hosts" if payload == shared.config.host_name => {
+            shared.wake.notify_one();
+        }
+        _ => {}
+    }
+}
