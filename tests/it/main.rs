@@ -1,0 +1,9 @@
+//! The one integration-test binary: every test module is declared here, so the crate and
+//! the test helpers are compiled once, and one throwaway PostgreSQL serves every test
+//! (each test gets its own database). Helpers: `pg` (the server), `util` (guardians,
+//! waiting on events); this file holds no tests of its own.
+
+mod core;
+mod pg;
+mod smoke;
+mod util;

@@ -1,0 +1,185 @@
+//! Helpers for the integration tests: a migrated database per test, real `sisy guardian`
+//! processes, and waiting on events (a state in the tables) with a deadline instead of
+//! sleeping a fixed time.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::pg::{self, TestDb};
+
+/// The `sisy` binary under test.
+pub fn sisy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sisy"))
+}
+
+/// A fresh database with the sisy schema applied by the real binary.
+pub async fn migrated_db() -> (TestDb, Client) {
+    let db = pg::fresh_database();
+    let out = sisy()
+        .args(["--database-url", &db.url, "db", "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = db.connect().await;
+    (db, client)
+}
+
+/// A scratch directory every user (jobs run as `nobody`) may write to.
+pub fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("sisy-it-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
+/// A `sisy guardian` process. Dropping it kills it (SIGKILL); `stop` shuts it down cleanly.
+pub struct Guardian {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Guardian {
+    /// Starts a guardian named `name` on `db`, with fast heartbeats and `extra` TOML lines.
+    pub fn start(db: &TestDb, name: &str, extra: &str) -> Guardian {
+        let dir = tempfile::Builder::new()
+            .prefix("sisy-guardian-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("guardian.toml");
+        let toml = format!(
+            "database_url = {url:?}\nhost_name = {name:?}\nheartbeat_interval = \"1s\"\nlease = \"3s\"\n\
+             shutdown_grace = \"5s\"\nstate_dir = {state:?}\n{extra}\n",
+            url = db.url,
+            state = dir.path().display().to_string(),
+        );
+        std::fs::write(&config, toml).unwrap();
+        let log = std::fs::File::create(dir.path().join("guardian.log")).unwrap();
+        let child = sisy()
+            .args(["guardian", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Guardian {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("guardian.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Guardian {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `n` guardians named g1..gn and waits until all are registered and live.
+pub async fn fleet(db: &TestDb, client: &Client, n: usize, extra: &str) -> Vec<Guardian> {
+    let guardians: Vec<Guardian> = (1..=n)
+        .map(|i| Guardian::start(db, &format!("g{i}"), extra))
+        .collect();
+    let want = n as i64;
+    wait_until(
+        client,
+        "all guardians registered",
+        Duration::from_secs(30),
+        || "SELECT count(*) FROM sisy.hosts WHERE lease_until > now()".to_string(),
+        |v: i64| v >= want,
+    )
+    .await;
+    guardians
+}
+
+/// Polls `sql` (one row, one column) until `done` holds for its value; panics with the last
+/// value at the deadline. Polling a table is the event here: the guardian writes it.
+pub async fn wait_until<T, Q, D>(
+    client: &Client,
+    what: &str,
+    timeout: Duration,
+    sql: Q,
+    done: D,
+) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a> + std::fmt::Debug,
+    Q: Fn() -> String,
+    D: Fn(T) -> bool,
+    T: Clone,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value: T = client.query_one(&sql(), &[]).await.unwrap().get(0);
+        if done(value.clone()) {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last value {value:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until run `id` is in a final state and returns it.
+pub async fn wait_finished(client: &Client, id: i64, timeout: Duration) -> String {
+    wait_until(
+        client,
+        &format!("run {id} to finish"),
+        timeout,
+        || format!("SELECT state FROM sisy.runs WHERE id = {id}"),
+        |s: String| !matches!(s.as_str(), "pending" | "running"),
+    )
+    .await
+}
+
+/// Triggers `job` through the SQL function; returns the run id.
+pub async fn trigger(client: &Client, job: &str) -> i64 {
+    client
+        .query_one("SELECT sisy.trigger($1)", &[&job])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Whether a process is gone (or a zombie nobody reaped, which runs nothing).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
