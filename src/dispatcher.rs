@@ -62,7 +62,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(error = %format!("{e:#}"), failures, "dispatcher pass failed; retrying");
                 }
                 Duration::from_millis(100 * u64::from(failures.min(50)))

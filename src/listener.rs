@@ -31,11 +31,11 @@ pub async fn run(shared: Arc<Shared>) {
         if began.elapsed() > Duration::from_secs(60) {
             pause = Duration::from_millis(200); // it was healthy: start the backoff afresh
         }
-        if let Err(e) = result {
-            if !failing {
-                tracing::warn!(error = %format!("{e:#}"), "notification connection lost; reconnecting with backoff");
-                failing = true;
-            }
+        if let Err(e) = result
+            && !failing
+        {
+            tracing::warn!(error = %format!("{e:#}"), "notification connection lost; reconnecting with backoff");
+            failing = true;
         }
         shared.wake.notify_one();
         tokio::select! {

@@ -42,9 +42,16 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         ) else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        // SIGHUP would end the process by default; until reloading exists, say so instead.
+        let mut hup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::warn!("SIGHUP: this version does not reload its configuration; restart the guardian to apply changes");
+                }
+            }
         }
         shutdown.cancel();
     });

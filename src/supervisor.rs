@@ -179,13 +179,12 @@ fn spawn(spec: &Spec, writer: OwnedFd) -> std::io::Result<tokio::process::Child>
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(sw) = &switch {
-                if libc::setgroups(sw.groups.len(), sw.groups.as_ptr()) < 0
+            if let Some(sw) = &switch
+                && (libc::setgroups(sw.groups.len(), sw.groups.as_ptr()) < 0
                     || libc::setgid(sw.gid) < 0
-                    || libc::setuid(sw.uid) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(sw.uid) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::chdir(workdir.as_ptr()) < 0 {
                 return Err(std::io::Error::last_os_error());
