@@ -231,3 +231,78 @@ pub fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(id: i64, job_id: i64, overlap: Overlap, host: Option<&str>) -> ClaimedRun {
+        ClaimedRun {
+            id,
+            job_id,
+            job_name: format!("job{job_id}"),
+            scheduled_for: Utc::now(),
+            attempt: 1,
+            target_host: host.map(str::to_string),
+            due_at: Utc::now(),
+            command: "true".into(),
+            run_as: None,
+            env: serde_json::json!({}),
+            workdir: None,
+            overlap,
+            max_runtime: None,
+            kill_grace: Duration::from_secs(1),
+        }
+    }
+
+    fn started(id: i64, job_id: i64, host: Option<&str>) -> Started {
+        Started {
+            id,
+            job_id,
+            target_host: host.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn forbid_skips_while_another_run_of_the_job_has_started() {
+        let d = decide(
+            &[claimed(5, 1, Overlap::Forbid, None)],
+            &[started(4, 1, None)],
+        );
+        assert_eq!(d, vec![(5, Decision::Skip { holder: 4 })]);
+    }
+
+    #[test]
+    fn forbid_starts_the_earliest_of_two_claimed_together() {
+        let runs = [
+            claimed(8, 1, Overlap::Forbid, None),
+            claimed(7, 1, Overlap::Forbid, None),
+        ];
+        assert_eq!(
+            decide(&runs, &[]),
+            vec![(7, Decision::Start), (8, Decision::Skip { holder: 7 })]
+        );
+    }
+
+    #[test]
+    fn all_jobs_overlap_per_host_only() {
+        let runs = [claimed(9, 1, Overlap::Forbid, Some("a"))];
+        assert_eq!(
+            decide(&runs, &[started(3, 1, Some("b"))]),
+            vec![(9, Decision::Start)]
+        );
+    }
+
+    #[test]
+    fn allow_always_starts_and_replace_names_its_victims() {
+        let s = [started(3, 1, None)];
+        assert_eq!(
+            decide(&[claimed(9, 1, Overlap::Allow, None)], &s),
+            vec![(9, Decision::Start)]
+        );
+        assert_eq!(
+            decide(&[claimed(9, 1, Overlap::Replace, None)], &s),
+            vec![(9, Decision::Replace { victims: vec![3] })]
+        );
+    }
+}

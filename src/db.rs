@@ -32,6 +32,8 @@ pub mod q {
     pub const RUNS_REQUEST_REPLACE: &str = include_str!("../sql/queries/runs_request_replace.sql");
     pub const RUNS_FINISH: &str = include_str!("../sql/queries/runs_finish.sql");
     pub const RUNS_NOTE_FENCED: &str = include_str!("../sql/queries/runs_note_fenced.sql");
+    pub const RUNS_PRUNE: &str = include_str!("../sql/queries/runs_prune.sql");
+    pub const HOSTS_PRUNE: &str = include_str!("../sql/queries/hosts_prune.sql");
     pub const RUNS_ORPHANED_BY_RESTART: &str =
         include_str!("../sql/queries/runs_orphaned_by_restart.sql");
 }

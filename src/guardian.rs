@@ -23,7 +23,7 @@ use crate::config::GuardianConfig;
 use crate::db::{self, q};
 use crate::supervisor::StopReason;
 use crate::users::Policy;
-use crate::{dispatcher, heartbeat, listener, migrate};
+use crate::{dispatcher, heartbeat, listener, migrate, reaper};
 
 /// A run this guardian is supervising.
 pub struct RunHandle {
@@ -107,6 +107,7 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
     services.spawn(listener::run(shared.clone()));
     services.spawn(heartbeat::run(shared.clone()));
     services.spawn(dispatcher::run(shared.clone()));
+    services.spawn(reaper::run(shared.clone()));
     services.close();
 
     shutdown.cancelled().await;

@@ -14,6 +14,7 @@ pub mod launch;
 pub mod listener;
 pub mod logging;
 pub mod migrate;
+pub mod reaper;
 pub mod recorder;
 pub mod schedule;
 pub mod scheduler;

@@ -428,3 +428,108 @@ fn missed_message(job: &DueJob, m: &Missed) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn job(schedule: &str, next_due: DateTime<Utc>, now: DateTime<Utc>, ttl_secs: i64) -> DueJob {
+        DueJob {
+            id: 1,
+            name: "j".into(),
+            pool: "default".into(),
+            target_all: false,
+            schedule: schedule.into(),
+            timezone: "UTC".into(),
+            ttl: ChronoDuration::seconds(ttl_secs),
+            jitter: ChronoDuration::zero(),
+            next_due,
+            now,
+        }
+    }
+
+    fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap()
+    }
+
+    #[test]
+    fn a_due_occurrence_becomes_one_pending_run() {
+        let j = job(
+            "* * * * *",
+            at(7, 0, 0),
+            at(7, 0, 0) + ChronoDuration::milliseconds(3),
+            300,
+        );
+        let p = plan(
+            &j,
+            &Schedule::parse("* * * * *", "UTC").unwrap(),
+            &mut rand::rng(),
+        );
+        assert_eq!(p.runs.len(), 1);
+        assert_eq!(p.runs[0].deadline, at(7, 5, 0));
+        assert_eq!(p.missed, None);
+        assert_eq!(p.next_due, Some(at(7, 1, 0)));
+    }
+
+    #[test]
+    fn a_week_of_minutes_down_is_one_missed_record_and_the_current_one_still_runs() {
+        let now = at(7, 0, 30);
+        let j = job("* * * * *", now - ChronoDuration::days(7), now, 60);
+        let p = plan(
+            &j,
+            &Schedule::parse("* * * * *", "UTC").unwrap(),
+            &mut rand::rng(),
+        );
+        let m = p.missed.expect("missed occurrences");
+        // Every minute of the week except 07:00, whose deadline (07:01) has not passed.
+        assert_eq!(m.count, 7 * 24 * 60);
+        assert!(!m.capped);
+        assert_eq!(m.first, j.next_due);
+        assert_eq!(m.last, at(6, 59, 0));
+        assert_eq!(p.runs.len(), 1);
+        assert_eq!(p.runs[0].scheduled_for, at(7, 0, 0));
+        assert_eq!(p.next_due, Some(at(7, 1, 0)));
+    }
+
+    #[test]
+    fn a_year_of_seconds_down_is_counted_up_to_the_cap_and_skipped_over() {
+        let now = at(7, 0, 0);
+        let j = job("* * * * * *", now - ChronoDuration::days(365), now, 2);
+        let p = plan(
+            &j,
+            &Schedule::parse("* * * * * *", "UTC").unwrap(),
+            &mut rand::rng(),
+        );
+        let m = p.missed.unwrap();
+        assert!(m.capped);
+        assert!(m.count >= MISSED_COUNT_CAP);
+        // The occurrences within the ttl still run: 06:59:59 and 07:00:00.
+        let runs: Vec<_> = p.runs.iter().map(|r| r.scheduled_for).collect();
+        assert_eq!(runs, vec![at(6, 59, 59), at(7, 0, 0)]);
+    }
+
+    #[test]
+    fn jitter_delays_due_at_within_the_bound() {
+        let mut j = job("* * * * *", at(7, 0, 0), at(7, 0, 0), 300);
+        j.jitter = ChronoDuration::seconds(10);
+        let s = Schedule::parse("* * * * *", "UTC").unwrap();
+        for _ in 0..100 {
+            let p = plan(&j, &s, &mut rand::rng());
+            let delay = p.runs[0].due_at - p.runs[0].scheduled_for;
+            assert!(delay >= ChronoDuration::zero() && delay < ChronoDuration::seconds(10));
+            assert_eq!(
+                p.runs[0].deadline - p.runs[0].due_at,
+                ChronoDuration::seconds(300)
+            );
+        }
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_again_has_no_next_due() {
+        let j = job("0 0 1 1 *", at(7, 0, 0), at(7, 0, 0), 300);
+        let s = Schedule::parse("0 0 30 2 *", "UTC").unwrap();
+        let p = plan(&j, &s, &mut rand::rng());
+        assert_eq!(p.next_due, None);
+    }
+}

@@ -1,0 +1,65 @@
+//! The reaper: housekeeping of history.
+//!
+//! Owns deleting finished runs older than `history_retention`, in batches of
+//! [`BATCH`] rows (each its own short statement, so no long lock and no huge transaction),
+//! and forgetting hosts dead for longer than the retention. Every guardian runs it every
+//! [`INTERVAL`]; SKIP LOCKED keeps several from contending. Does not touch pending or
+//! running runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use deadpool_postgres::Pool;
+
+use crate::db::q;
+use crate::guardian::Shared;
+
+pub const BATCH: i64 = 1000;
+pub const INTERVAL: Duration = Duration::from_secs(600);
+
+/// What one pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub runs: u64,
+    pub hosts: u64,
+}
+
+pub async fn run(shared: Arc<Shared>) {
+    // The first pass a minute after start: not in the way of start-up, soon enough to matter.
+    let mut next = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+        match run_once(&shared.db, shared.config.history_retention).await {
+            Ok(o) if o.runs > 0 || o.hosts > 0 => {
+                tracing::info!(runs = o.runs, hosts = o.hosts, "old history deleted")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "history pruning failed; trying again later")
+            }
+        }
+        next = tokio::time::Instant::now() + INTERVAL;
+    }
+}
+
+/// Deletes everything older than `retention`, batch by batch.
+pub async fn run_once(db: &Pool, retention: Duration) -> Result<Outcome> {
+    let secs = retention.as_secs_f64();
+    let client = db.get().await?;
+    let mut outcome = Outcome::default();
+    loop {
+        let n = client.execute(q::RUNS_PRUNE, &[&secs, &BATCH]).await?;
+        outcome.runs += n;
+        if n < BATCH as u64 {
+            break;
+        }
+        // Let other work in between batches.
+        tokio::task::yield_now().await;
+    }
+    outcome.hosts = client.execute(q::HOSTS_PRUNE, &[&secs]).await?;
+    Ok(outcome)
+}
