@@ -556,3 +556,117 @@ async fn a_clean_shutdown_releases_the_lease_and_kills_nothing_that_finishes_in_
         .get(0);
     assert!(!live, "the lease was not released");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_reaches_the_guardian_through_notify_and_the_group_dies() {
+    let (db, client) = migrated_db().await;
+    // A heartbeat slower than the test's patience: only NOTIFY can deliver the kill in time.
+    let _g = Guardian::start(&db, "g1", "heartbeat_interval = \"20s\"\nlease = \"60s\"");
+    let dir = shared_dir();
+    let pidfile = dir.path().join("child.pid");
+    let command = format!(
+        "trap '' TERM; sleep 300 & echo $! > {}; wait",
+        pidfile.display()
+    );
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, kill_grace) VALUES ('deaf', $1, '300 ms')",
+            &[&command],
+        )
+        .await
+        .unwrap();
+    let id = trigger(&client, "deaf").await;
+    wait_until(&client, "the run to start", LONG, || {
+        format!("SELECT count(*) FROM sisy.runs WHERE id = {id} AND pid IS NOT NULL OR (id = {id} AND started_at IS NOT NULL)")
+    }, |n: i64| n == 1)
+    .await;
+    while !pidfile.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = std::time::Instant::now();
+    client
+        .execute("SELECT sisy.kill($1)", &[&id])
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_finished(&client, id, Duration::from_secs(10)).await,
+        "killed"
+    );
+    let took = asked.elapsed();
+    eprintln!("kill latency (sisy.kill to run recorded killed, kill_grace 300 ms): {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "kill took {took:?}: not through NOTIFY"
+    );
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(process_gone(child), "the job's child survived the kill");
+    let error: String = client
+        .query_one("SELECT error FROM sisy.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("sisy.kill"), "{error}");
+    let retried: i64 = client
+        .query_one("SELECT count(*) FROM sisy.runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(retried, 1, "a killed run is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_replace_kills_the_running_run_then_starts() {
+    let (db, client) = migrated_db().await;
+    let _fleet = fleet(&db, &client, 2, "").await;
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, overlap, kill_grace) VALUES ('newest', 'sleep 300', 'replace', '1 second')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let first = trigger(&client, "newest").await;
+    wait_until(
+        &client,
+        "the first run to start",
+        LONG,
+        || format!("SELECT count(*) FROM sisy.runs WHERE id = {first} AND started_at IS NOT NULL"),
+        |n: i64| n == 1,
+    )
+    .await;
+    let second = trigger(&client, "newest").await;
+    assert_eq!(wait_finished(&client, first, LONG).await, "killed");
+    wait_until(
+        &client,
+        "the second run to start",
+        LONG,
+        || format!("SELECT count(*) FROM sisy.runs WHERE id = {second} AND started_at IS NOT NULL"),
+        |n: i64| n == 1,
+    )
+    .await;
+    let row = client
+        .query_one(
+            "SELECT a.error, b.started_at >= a.finished_at FROM sisy.runs a, sisy.runs b WHERE a.id = $1 AND b.id = $2",
+            &[&first, &second],
+        )
+        .await
+        .unwrap();
+    let (error, after): (String, bool) = (row.get(0), row.get(1));
+    assert!(
+        error.contains(&format!("run {second}")) && error.contains("replace"),
+        "{error}"
+    );
+    assert!(
+        after,
+        "the replacement started before the replaced run ended"
+    );
+    client
+        .execute("SELECT sisy.kill($1)", &[&second])
+        .await
+        .unwrap();
+    wait_finished(&client, second, LONG).await;
+}

@@ -4,6 +4,7 @@
 //! waiting on events); this file holds no tests of its own.
 
 mod core;
+mod housekeeping;
 mod pg;
 mod smoke;
 mod util;

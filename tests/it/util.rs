@@ -56,12 +56,22 @@ impl Guardian {
             .tempdir()
             .unwrap();
         let config = dir.path().join("guardian.toml");
-        let toml = format!(
-            "database_url = {url:?}\nhost_name = {name:?}\nheartbeat_interval = \"1s\"\nlease = \"3s\"\n\
-             shutdown_grace = \"5s\"\nstate_dir = {state:?}\n{extra}\n",
+        // Defaults for tests (fast heartbeats); a key given in `extra` replaces its default.
+        let defaults = [
+            ("heartbeat_interval", "\"1s\"".to_string()),
+            ("lease", "\"3s\"".to_string()),
+            ("shutdown_grace", "\"5s\"".to_string()),
+        ];
+        let mut toml = format!(
+            "database_url = {url:?}\nhost_name = {name:?}\nstate_dir = {state:?}\n{extra}\n",
             url = db.url,
             state = dir.path().display().to_string(),
         );
+        for (key, value) in defaults {
+            if !extra.lines().any(|l| l.trim_start().starts_with(key)) {
+                toml.push_str(&format!("{key} = {value}\n"));
+            }
+        }
         std::fs::write(&config, toml).unwrap();
         let log = std::fs::File::create(dir.path().join("guardian.log")).unwrap();
         let child = sisy()
