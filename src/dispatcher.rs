@@ -69,14 +69,15 @@ pub async fn run(shared: Arc<Shared>) {
             }
         };
         if shared.stopping.is_cancelled() {
-            return;
+            break;
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = &mut woken => {}
-            _ = shared.stopping.cancelled() => return,
+            _ = shared.stopping.cancelled() => break,
         }
     }
+    d.release_waiting().await;
 }
 
 impl Dispatcher {
@@ -133,6 +134,32 @@ impl Dispatcher {
             next.map(|n| n.max(IDLE_BACKOFF))
         };
         Ok(pass)
+    }
+
+    /// At shutdown: runs claimed but never started (waiting to replace another) end as
+    /// killed by the shutdown, which retries them where the job allows.
+    async fn release_waiting(&mut self) {
+        let verdict = Verdict {
+            state: "killed",
+            error: Some("guardian shutdown before the run started".into()),
+            no_retry: false,
+        };
+        for run in std::mem::take(&mut self.waiting) {
+            let outcome = supervisor::Outcome::default();
+            let host = &self.shared.config.host_name;
+            if let Err(e) = recorder::record(
+                &self.shared.db,
+                host,
+                run.id,
+                &verdict,
+                &outcome,
+                &self.shared.abandon,
+            )
+            .await
+            {
+                tracing::warn!(run_id = run.id, error = %e, "could not release a claimed run at shutdown");
+            }
+        }
     }
 
     fn free_capacity(&self) -> usize {

@@ -106,11 +106,18 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
     let services = TaskTracker::new();
     services.spawn(listener::run(shared.clone()));
     services.spawn(heartbeat::run(shared.clone()));
-    services.spawn(dispatcher::run(shared.clone()));
+    let dispatcher = tokio::spawn(dispatcher::run(shared.clone()));
     services.spawn(reaper::run(shared.clone()));
     services.close();
 
     shutdown.cancelled().await;
+    shared.stopping.cancel();
+    shared.wake.notify_waiters();
+    // The dispatcher finishes its pass first: a run it claimed must get its supervisor task
+    // before the task tracker is closed and waited on.
+    if let Err(e) = dispatcher.await {
+        tracing::error!(error = %e, "dispatcher task failed");
+    }
     drain_and_stop(&shared).await;
     // Every result is written (or given up on): the remaining services may end.
     shared.abandon.cancel();
@@ -125,8 +132,6 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
 
 /// The shutdown sequence of SPEC §4.
 async fn drain_and_stop(shared: &Arc<Shared>) {
-    shared.stopping.cancel();
-    shared.wake.notify_waiters();
     let running = shared.running_count();
     if running > 0 {
         tracing::info!(running, grace = ?shared.config.shutdown_grace, "waiting for running jobs to finish");
