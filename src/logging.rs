@@ -3,6 +3,8 @@
 //! Owns the subscriber and its filter (`RUST_LOG`, default `info`). Does not decide what is
 //! logged: each service logs its own events, one line per run start and finish.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool) {
@@ -10,7 +12,8 @@ pub fn init(json: bool) {
         .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = if json {
         builder.json().try_init()
