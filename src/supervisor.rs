@@ -210,16 +210,22 @@ fn terminate(pgid: Pid, grace: Duration) -> Instant {
 /// After the shell has exited: anything left in its process group gets SIGTERM, then
 /// SIGKILL after `grace`. Polls the group (it holds no children of ours to wait on).
 async fn reap_group(pgid: Pid, grace: Duration) {
-    if killpg(pgid, None).is_err() {
+    if !group_alive(pgid) {
         return; // nothing left
     }
     let _ = killpg(pgid, Signal::SIGTERM);
     let give_up = Instant::now() + grace;
     let mut pause = Duration::from_millis(5);
-    while killpg(pgid, None).is_ok() {
-        if Instant::now() >= give_up {
+    let mut killed = false;
+    while group_alive(pgid) {
+        if !killed && Instant::now() >= give_up {
             let _ = killpg(pgid, Signal::SIGKILL);
-            give_up_after_kill(pgid).await;
+            killed = true;
+        } else if killed && Instant::now() >= give_up + Duration::from_secs(5) {
+            tracing::warn!(
+                pgid = pgid.as_raw(),
+                "processes of a finished run survive SIGKILL (uninterruptible sleep?)"
+            );
             return;
         }
         tokio::time::sleep(pause).await;
@@ -227,13 +233,36 @@ async fn reap_group(pgid: Pid, grace: Duration) {
     }
 }
 
-async fn give_up_after_kill(pgid: Pid) {
-    for _ in 0..50 {
-        if killpg(pgid, None).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Whether any process of the group still runs. A killed orphan stays a zombie until its
+/// new parent reaps it (in a container, PID 1 may be slow to, or never do); a zombie runs
+/// nothing, so only live members count.
+fn group_alive(pgid: Pid) -> bool {
+    if killpg(pgid, None).is_err() {
+        return false;
     }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // After the ")" closing the command name: state, ppid, pgrp, …
+        let mut fields = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+        pgrp == Some(pgid.as_raw()) && state != "Z" && state != "X"
+    })
 }
 
 /// Reads the pipe to EOF, keeping only the last `limit` bytes; returns them (lossy UTF-8,
