@@ -332,8 +332,7 @@ impl RunBatch {
         }
         for occ in &plan.runs {
             if job.target_all {
-                for (host, pools) in hosts.iter().filter(|(_, p)| p.contains(&job.pool)) {
-                    let _ = pools;
+                for (host, _) in hosts.iter().filter(|(_, p)| p.contains(&job.pool)) {
                     self.push(
                         job,
                         occ.scheduled_for,
