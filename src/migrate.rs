@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "control",
         sql: include_str!("../sql/migrations/0002_control.sql"),
     },
+    Migration {
+        version: 3,
+        name: "views",
+        sql: include_str!("../sql/migrations/0003_views.sql"),
+    },
 ];
 
 /// The schema version this binary needs.
