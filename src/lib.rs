@@ -6,6 +6,7 @@
 pub mod claimer;
 pub mod cli;
 pub mod config;
+pub mod crontab;
 pub mod db;
 pub mod dispatcher;
 pub mod guardian;

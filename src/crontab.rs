@@ -1,0 +1,1066 @@
+//! Crontab import: reading the text of a crontab file the way cron (cronie, Debian's Vixie
+//! cron) reads it, and turning each entry into the definition of a `sisy.jobs` row.
+//!
+//! This module owns the crontab syntax, what each cron variable becomes, the translation of
+//! cron's `%` standard input and `SHELL` into a command `/bin/sh -c` runs the same way, and
+//! the stable job names that let a file be imported again without duplicates. It is pure: it
+//! reads no file and never touches the database. The CLI reads the file, shows the notes and
+//! errors, and inserts the jobs only when there is no error.
+//!
+//! # How lines are read
+//!
+//! - Lines end with `\n` or `\r\n`; blank lines and lines whose first non-blank character is
+//!   `#` are ignored. A `#` later in an entry belongs to the command, as in cron.
+//! - A line starting with a digit, `*` or `@` is an entry (a minute field cannot start with
+//!   anything else); a leading `-` (cronie's "do not log") is accepted and noted. Any other
+//!   line must be `NAME=value`: blanks around `=` are skipped, trailing blanks dropped and one
+//!   pair of matching `'` or `"` around the value removed, exactly as cronie does (no escape
+//!   processing). A variable applies to the entries after it, never before.
+//! - Entries have 5 time fields or one macro, then (system crontabs only) the user, then the
+//!   command. The 6-field form with seconds is sisyphus's own, not crontab syntax, so a
+//!   sixth field is part of the command here.
+//!
+//! # What the variables become
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `CRON_TZ` | zone of the following schedules (checked; empty resets to UTC) |
+//! | `SHELL` | other than `/bin/sh`: following commands become `exec SHELL -c '…'` |
+//! | `MAILTO` `MAILFROM` `CONTENT_TYPE` `CONTENT_TRANSFER_ENCODING` | note: nothing is mailed |
+//! | `HOME` `LOGNAME` `USER` | note: the guardian sets them from the job's user |
+//! | `RANDOM_DELAY` | note: use the job's `jitter` column |
+//! | anything else, `TZ` and `PATH` included | the job's `env` |
+//!
+//! `TZ` is an environment variable, as in cronie; only `CRON_TZ` moves the schedule. Without
+//! `CRON_TZ` a schedule is read in UTC, sisyphus's default, where cron used the host's local
+//! zone: a note says so, because `0 2 * * *` then runs at a different hour on a host that
+//! was not on UTC.
+//!
+//! # Standard input
+//!
+//! An unescaped `%` ends the command; the rest is its standard input, each further unescaped
+//! `%` a newline; `\%` is a literal `%` in both parts and a backslash before anything else is
+//! kept. Sisyphus starts commands with stdin from `/dev/null`, so the data becomes a quoted
+//! here-document *redirecting the shell's own stdin* before the command:
+//!
+//! ```text
+//! 0 6 * * * mail -s hi ops%line one%line two     becomes     exec <<'SISY_STDIN'
+//!                                                             line one
+//!                                                             line two
+//!                                                             SISY_STDIN
+//!                                                             mail -s hi ops
+//! ```
+//!
+//! The command stays last and verbatim, so a pipeline, a `;` list or a trailing `# comment`
+//! reads the data exactly as under cron, where the data was the shell's stdin; a
+//! `COMMAND <<'SISY_STDIN'` suffix would feed only the last command of a list, or be
+//! swallowed by a comment. The delimiter gets a suffix until the data does not contain it.
+//! A here-document always ends in a newline, where cron's pipe had none after the last line.
+//!
+//! # Names
+//!
+//! `cron-{source}-{hash}`: 8 hex digits of FNV-1a 64 (stable across Rust versions, unlike
+//! `DefaultHasher`) over user, schedule (blanks normalised), time zone and final command. The
+//! line number is left out so that editing other lines does not rename a job. An identical
+//! second entry is kept, since cron runs both, and named with a `-2` suffix (`-3`, …).
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use crate::schedule::Schedule;
+
+/// How to read a crontab and label what comes out of it.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// `/etc/crontab` or `/etc/cron.d/*` style: a user field between schedule and command.
+    pub system: bool,
+    /// A short label that goes into every job name: the file stem, or the crontab's user.
+    pub source: String,
+    /// The user a user crontab's jobs run as (None: the guardian's `default_user`). A system
+    /// crontab names its users itself, so this is ignored there, with a note.
+    pub run_as: Option<String>,
+    /// The pool every job goes to.
+    pub pool: String,
+}
+
+/// One job to insert into `sisy.jobs`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobDef {
+    pub name: String,
+    /// What `/bin/sh -c` runs, with `SHELL` and `%` already translated.
+    pub command: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub run_as: Option<String>,
+    pub env: Map<String, Value>,
+    pub pool: String,
+    /// The 1-based line of the crontab it came from.
+    pub line: usize,
+}
+
+/// Something said about one line (line 0: the whole file).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Note {
+    pub line: usize,
+    pub message: String,
+}
+
+/// The outcome of reading one crontab.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Import {
+    pub jobs: Vec<JobDef>,
+    /// What was applied differently from cron, or ignored, and why.
+    pub notes: Vec<Note>,
+    /// Lines refused. The CLI imports nothing while this is non-empty, so every error of
+    /// the file is collected rather than stopping at the first.
+    pub errors: Vec<Note>,
+}
+
+/// Reads a crontab. Never fails as a whole: refused lines are in `errors`.
+pub fn parse(text: &str, opts: &ImportOptions) -> Import {
+    let mut reader = Reader::new(opts);
+    if opts.system
+        && let Some(user) = &opts.run_as
+    {
+        reader.note(
+            0,
+            format!("run-as {user} is ignored: a system crontab names the user of each entry"),
+        );
+    }
+    for (index, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        reader.line(index + 1, line);
+    }
+    reader.import
+}
+
+const DEFAULT_SHELL: &str = "/bin/sh";
+const DEFAULT_TIMEZONE: &str = "UTC";
+const STDIN_DELIMITER: &str = "SISY_STDIN";
+/// Longest part of a job name taken from `source`, so names stay readable in tables.
+const MAX_LABEL: usize = 40;
+
+/// What cron carries from one line to the next, and what has been collected so far.
+struct Reader<'o> {
+    opts: &'o ImportOptions,
+    /// Set by `CRON_TZ`; None means the default zone.
+    timezone: Option<String>,
+    /// Set by a `SHELL` other than `/bin/sh`.
+    shell: Option<String>,
+    env: Map<String, Value>,
+    /// Base name → (line of its first entry, entries so far), for the duplicate suffix.
+    seen: HashMap<String, (usize, usize)>,
+    /// Notes given once per file, so a hundred entries do not repeat them.
+    said: HashSet<&'static str>,
+    import: Import,
+}
+
+impl<'o> Reader<'o> {
+    fn new(opts: &'o ImportOptions) -> Reader<'o> {
+        Reader {
+            opts,
+            timezone: None,
+            shell: None,
+            env: Map::new(),
+            seen: HashMap::new(),
+            said: HashSet::new(),
+            import: Import {
+                jobs: Vec::new(),
+                notes: Vec::new(),
+                errors: Vec::new(),
+            },
+        }
+    }
+
+    fn line(&mut self, n: usize, line: &str) {
+        let text = line.trim_start_matches([' ', '\t']);
+        if text.trim().is_empty() || text.starts_with('#') {
+            return;
+        }
+        let result = if starts_entry(text) {
+            self.entry(n, text)
+        } else {
+            self.assignment(n, text)
+        };
+        if let Err(message) = result {
+            self.import.errors.push(Note { line: n, message });
+        }
+    }
+
+    fn note(&mut self, line: usize, message: String) {
+        self.import.notes.push(Note { line, message });
+    }
+
+    fn note_once(&mut self, key: &'static str, line: usize, message: String) {
+        if self.said.insert(key) {
+            self.note(line, message);
+        }
+    }
+
+    fn assignment(&mut self, n: usize, text: &str) -> Result<(), String> {
+        let (name, value) = split_assignment(text)?;
+        match name {
+            "CRON_TZ" => return self.set_timezone(value),
+            "SHELL" => self.set_shell(n, value),
+            "MAILTO" | "MAILFROM" | "CONTENT_TYPE" | "CONTENT_TRANSFER_ENCODING" => self.note(
+                n,
+                format!(
+                    "{name} is not applied: sisyphus mails nothing; each run's output and exit \
+                     status are kept in sisy.runs (query it, or LISTEN to sisy_events)"
+                ),
+            ),
+            "HOME" | "LOGNAME" | "USER" => {
+                let workdir = if name == "HOME" {
+                    "; to start the jobs in another directory, set their workdir column"
+                } else {
+                    ""
+                };
+                self.note(n, format!(
+                    "{name} is ignored: the guardian sets HOME, USER and LOGNAME from the user the job runs as{workdir}"
+                ));
+            }
+            "RANDOM_DELAY" => self.note(n, random_delay_note(value)),
+            _ => {
+                if name == "TZ" {
+                    self.note(n, "TZ goes into the jobs' environment, as in cronie; the zone a schedule is read in is set by CRON_TZ".to_owned());
+                }
+                self.env
+                    .insert(name.to_owned(), Value::String(value.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_timezone(&mut self, zone: &str) -> Result<(), String> {
+        if zone.is_empty() {
+            self.timezone = None;
+            return Ok(());
+        }
+        // The schedule parser is the one judge of zones, so import and guardian agree.
+        Schedule::parse("* * * * *", zone).map_err(|e| format!("CRON_TZ: {e}"))?;
+        self.timezone = Some(zone.to_owned());
+        Ok(())
+    }
+
+    fn set_shell(&mut self, n: usize, shell: &str) {
+        if shell.is_empty() || shell == DEFAULT_SHELL {
+            self.shell = None;
+            self.env.remove("SHELL");
+            return;
+        }
+        self.note(n, format!(
+            "SHELL={shell}: sisyphus runs commands with /bin/sh, so the commands after this line are wrapped as exec {} -c '…'",
+            shell_word(shell)
+        ));
+        // Cron also exports SHELL to the job; scripts that look at it see the same value.
+        self.env
+            .insert("SHELL".to_owned(), Value::String(shell.to_owned()));
+        self.shell = Some(shell.to_owned());
+    }
+
+    fn entry(&mut self, n: usize, text: &str) -> Result<(), String> {
+        let text = self.strip_dont_log(n, text);
+        let raw = split_entry(text, self.opts.system)?;
+        let timezone = self
+            .timezone
+            .as_deref()
+            .unwrap_or(DEFAULT_TIMEZONE)
+            .to_owned();
+        Schedule::parse(&raw.schedule, &timezone)
+            .map_err(|e| format!("schedule \"{}\": {e}", raw.schedule))?;
+        let run_as = raw
+            .user
+            .map(str::to_owned)
+            .or_else(|| self.opts.run_as.clone());
+        let command = self.command(n, raw.command)?;
+        self.explain_defaults(n, run_as.as_deref());
+        let name = self.name(
+            n,
+            &[
+                run_as.as_deref().unwrap_or(""),
+                &raw.schedule,
+                &timezone,
+                &command,
+            ],
+        );
+        self.import.jobs.push(JobDef {
+            name,
+            command,
+            schedule: raw.schedule,
+            timezone,
+            run_as,
+            env: self.env.clone(),
+            pool: self.opts.pool.clone(),
+            line: n,
+        });
+        Ok(())
+    }
+
+    /// Cronie's leading `-` keeps an entry out of syslog; sisyphus records every run anyway.
+    fn strip_dont_log<'t>(&mut self, n: usize, text: &'t str) -> &'t str {
+        let Some(rest) = text.strip_prefix('-') else {
+            return text;
+        };
+        self.note_once(
+            "dont-log",
+            n,
+            "a leading - (do not log) has no effect: every run is recorded in sisy.runs".to_owned(),
+        );
+        rest
+    }
+
+    /// The command `/bin/sh -c` runs for the command text of an entry.
+    fn command(&mut self, n: usize, text: &str) -> Result<String, String> {
+        let (command, stdin) = split_percent(text);
+        if command.trim().is_empty() {
+            return Err(
+                "no command before the %: the text after % is only the command's standard input"
+                    .to_owned(),
+            );
+        }
+        let mut command = trim_command(&command);
+        if let Some(shell) = &self.shell {
+            command = format!("exec {} -c {}", shell_word(shell), sh_quote(&command));
+        }
+        if let Some(stdin) = stdin {
+            self.note_once(
+                "stdin",
+                n,
+                "the text after % is given to the command's standard input through a here-document"
+                    .to_owned(),
+            );
+            command = with_stdin(&command, &stdin);
+        }
+        Ok(command)
+    }
+
+    /// Notes, once per file, where the defaults differ from what cron did.
+    fn explain_defaults(&mut self, n: usize, run_as: Option<&str>) {
+        if self.timezone.is_none() {
+            self.note_once("utc", n, format!(
+                "no CRON_TZ before this entry: its schedule is read in {DEFAULT_TIMEZONE}, where cron used the host's local time zone; put CRON_TZ=Area/City at the top of the file to keep local times"
+            ));
+        }
+        match run_as {
+            None => self.note_once("default-user", n, "no user given: the jobs run as the guardian's default_user, not as the crontab's owner; pass --run-as to choose".to_owned()),
+            Some("root") => self.note_once("root", n, "runs as root: a guardian runs it only where root is named in default_user or allowed_users".to_owned()),
+            Some(_) => {}
+        }
+    }
+
+    /// The job name: stable for the entry's content, unique within this file.
+    fn name(&mut self, n: usize, parts: &[&str]) -> String {
+        let hash = fnv1a64(parts);
+        let folded = (hash ^ (hash >> 32)) as u32;
+        let base = format!("cron-{}-{folded:08x}", label(&self.opts.source));
+        let (first, count) = self.seen.entry(base.clone()).or_insert((n, 0));
+        *count += 1;
+        if *count == 1 {
+            return base;
+        }
+        let (first, count) = (*first, *count);
+        self.note(n, format!(
+            "identical to the entry on line {first}: imported as a separate job, since cron runs both"
+        ));
+        format!("{base}-{count}")
+    }
+}
+
+/// The fields of an entry, before anything is checked but their number.
+struct RawEntry<'t> {
+    /// The 5 time fields joined by single spaces, or the macro.
+    schedule: String,
+    user: Option<&'t str>,
+    command: &'t str,
+}
+
+fn starts_entry(text: &str) -> bool {
+    let text = text.strip_prefix('-').unwrap_or(text);
+    text.starts_with(|c: char| c.is_ascii_digit() || c == '*' || c == '@')
+}
+
+fn split_assignment(text: &str) -> Result<(&str, &str), String> {
+    let not_assignment = || {
+        "neither an entry nor a NAME=value line: an entry starts with 5 time fields or an @macro"
+            .to_owned()
+    };
+    let (name, value) = text.split_once('=').ok_or_else(not_assignment)?;
+    let name = unquote(name.trim_end_matches([' ', '\t']));
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(not_assignment());
+    }
+    Ok((name, unquote(value.trim_matches([' ', '\t']))))
+}
+
+/// Removes one pair of matching quotes, as cronie does; there is no escaping inside.
+fn unquote(text: &str) -> &str {
+    for quote in ['\'', '"'] {
+        if text.len() >= 2 && text.starts_with(quote) && text.ends_with(quote) {
+            return &text[1..text.len() - 1];
+        }
+    }
+    text
+}
+
+fn split_entry(text: &str, system: bool) -> Result<RawEntry<'_>, String> {
+    let (first, mut rest) = next_field(text);
+    let schedule = if first.starts_with('@') {
+        if first.eq_ignore_ascii_case("@reboot") {
+            return Err("@reboot is refused: sisyphus has no boot-time jobs; run the command from a systemd unit instead (Type=oneshot, WantedBy=multi-user.target)".to_owned());
+        }
+        first.to_owned()
+    } else {
+        let mut fields = vec![first];
+        while fields.len() < 5 {
+            let (field, after) = next_field(rest);
+            if field.is_empty() {
+                return Err(format!(
+                    "expected 5 time fields (minute hour day-of-month month day-of-week) and a command, found {} fields",
+                    fields.len()
+                ));
+            }
+            fields.push(field);
+            rest = after;
+        }
+        fields.join(" ")
+    };
+    let user = if system {
+        let (user, after) = next_field(rest);
+        if user.is_empty() || after.is_empty() {
+            return Err(
+                "too few fields: a system crontab entry is the schedule, a user and a command"
+                    .to_owned(),
+            );
+        }
+        check_user(user)?;
+        rest = after;
+        Some(user)
+    } else {
+        None
+    };
+    if rest.trim().is_empty() {
+        return Err("no command after the schedule".to_owned());
+    }
+    Ok(RawEntry {
+        schedule,
+        user,
+        command: rest,
+    })
+}
+
+/// The first blank-separated field and the rest with its leading blanks removed.
+fn next_field(text: &str) -> (&str, &str) {
+    let text = text.trim_start_matches([' ', '\t']);
+    let end = text.find([' ', '\t']).unwrap_or(text.len());
+    (&text[..end], text[end..].trim_start_matches([' ', '\t']))
+}
+
+/// A user field must look like a user name; a path there means a user crontab was read
+/// as a system one, which would otherwise run the command's first word as a user.
+fn check_user(user: &str) -> Result<(), String> {
+    let ok = !user.starts_with('-')
+        && user
+            .strip_suffix('$')
+            .unwrap_or(user)
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "user field \"{user}\" is not a user name: a system crontab names the user between the schedule and the command (a user's own crontab has no user field)"
+        ))
+    }
+}
+
+/// Splits at the first unescaped `%`: (command, standard input), cron's rules.
+fn split_percent(text: &str) -> (String, Option<String>) {
+    fn target<'s>(command: &'s mut String, stdin: &'s mut Option<String>) -> &'s mut String {
+        match stdin {
+            Some(data) => data,
+            None => command,
+        }
+    }
+    let mut command = String::new();
+    let mut stdin: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            // A backslash escapes the next character; only before % does it go away.
+            '\\' => {
+                let out = target(&mut command, &mut stdin);
+                match chars.next() {
+                    Some('%') => out.push('%'),
+                    Some(next) => {
+                        out.push('\\');
+                        out.push(next);
+                    }
+                    None => out.push('\\'),
+                }
+            }
+            '%' if stdin.is_none() => stdin = Some(String::new()),
+            '%' => target(&mut command, &mut stdin).push('\n'),
+            _ => target(&mut command, &mut stdin).push(c),
+        }
+    }
+    (command, stdin)
+}
+
+/// Drops trailing blanks (editors leave them), unless a backslash would then end the text.
+fn trim_command(command: &str) -> String {
+    let trimmed = command.trim_end_matches([' ', '\t']);
+    if trimmed.ends_with('\\') {
+        command.to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Gives `data` to the shell's standard input, then runs `command` (see the module doc).
+fn with_stdin(command: &str, data: &str) -> String {
+    let mut delimiter = STDIN_DELIMITER.to_owned();
+    let mut suffix = 0;
+    while data.contains(&delimiter) {
+        suffix += 1;
+        delimiter = format!("{STDIN_DELIMITER}_{suffix}");
+    }
+    let body = if data.is_empty() {
+        String::new()
+    } else {
+        format!("{data}\n")
+    };
+    format!("exec <<'{delimiter}'\n{body}{delimiter}\n{command}")
+}
+
+/// `text` as one single-quoted sh word: `'` becomes `'\''`.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A path as a sh word, quoted only when it needs to be, so the usual `/bin/bash` reads plainly.
+fn shell_word(path: &str) -> String {
+    let plain = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c));
+    if plain {
+        path.to_owned()
+    } else {
+        sh_quote(path)
+    }
+}
+
+fn random_delay_note(value: &str) -> String {
+    let example = match value.parse::<u32>() {
+        Ok(minutes) => format!(", e.g. jitter = '{minutes} minutes'"),
+        Err(_) => String::new(),
+    };
+    format!("RANDOM_DELAY is not applied: set the jobs' jitter column instead{example}")
+}
+
+/// `source` reduced to characters that are safe in a job name for SQL and the shell.
+fn label(source: &str) -> String {
+    let label: String = source
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_LABEL)
+        .collect();
+    let label = label.trim_matches('-');
+    if label.is_empty() {
+        "crontab".to_owned()
+    } else {
+        label.to_owned()
+    }
+}
+
+/// FNV-1a 64 over the parts, each followed by 0xff, a byte UTF-8 never contains, so that
+/// ("ab", "c") and ("a", "bc") differ.
+fn fnv1a64(parts: &[&str]) -> u64 {
+    fnv1a(
+        parts
+            .iter()
+            .flat_map(|part| part.bytes().chain(std::iter::once(0xff))),
+    )
+}
+
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.into_iter().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_opts() -> ImportOptions {
+        ImportOptions {
+            system: false,
+            source: "alice".to_owned(),
+            run_as: Some("alice".to_owned()),
+            pool: "default".to_owned(),
+        }
+    }
+
+    fn system_opts() -> ImportOptions {
+        ImportOptions {
+            system: true,
+            source: "crontab".to_owned(),
+            run_as: None,
+            pool: "web".to_owned(),
+        }
+    }
+
+    /// Parses a file that must have no errors.
+    fn jobs(text: &str, opts: &ImportOptions) -> Vec<JobDef> {
+        let import = parse(text, opts);
+        assert!(import.errors.is_empty(), "{:?}", import.errors);
+        import.jobs
+    }
+
+    fn only_error(text: &str, opts: &ImportOptions) -> Note {
+        let import = parse(text, opts);
+        assert!(import.jobs.is_empty(), "{:?}", import.jobs);
+        assert_eq!(import.errors.len(), 1, "{:?}", import.errors);
+        import.errors[0].clone()
+    }
+
+    fn has_note(import: &Import, line: usize, words: &str) -> bool {
+        import
+            .notes
+            .iter()
+            .any(|n| n.line == line && n.message.contains(words))
+    }
+
+    /// What `/bin/sh -c command` prints, with stdin from /dev/null as the guardian runs it.
+    fn run_sh(command: &str) -> String {
+        let output = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run /bin/sh");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn env_of(job: &JobDef, name: &str) -> Option<String> {
+        job.env.get(name).map(|v| v.as_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn comments_blank_lines_and_crlf_are_handled() {
+        let text = "# a comment\r\n\r\n   \t# indented comment\r\n  \r\n*/5 * * * * echo hi\r\n";
+        let jobs = jobs(text, &user_opts());
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].command, "echo hi");
+        assert_eq!(jobs[0].schedule, "*/5 * * * *");
+        assert_eq!(jobs[0].line, 5);
+        assert_eq!(jobs[0].run_as.as_deref(), Some("alice"));
+        assert_eq!(jobs[0].pool, "default");
+    }
+
+    #[test]
+    fn a_hash_inside_an_entry_belongs_to_the_command() {
+        let jobs = jobs("0 1 * * * echo a # not a comment\n", &user_opts());
+        assert_eq!(jobs[0].command, "echo a # not a comment");
+    }
+
+    #[test]
+    fn blanks_between_fields_are_normalised_in_the_schedule() {
+        let jobs = jobs("0  1\t*  * *\t  ls -l   \n", &user_opts());
+        assert_eq!(jobs[0].schedule, "0 1 * * *");
+        assert_eq!(jobs[0].command, "ls -l");
+    }
+
+    #[test]
+    fn variables_go_to_the_env_of_later_entries_only() {
+        let text = "0 0 * * * first\nPATH=/opt/bin:/usr/bin\nFOO = bar baz  \n0 1 * * * second\nFOO=other\n0 2 * * * third\n";
+        let jobs = jobs(text, &user_opts());
+        assert!(jobs[0].env.is_empty());
+        assert_eq!(
+            env_of(&jobs[1], "PATH").as_deref(),
+            Some("/opt/bin:/usr/bin")
+        );
+        assert_eq!(env_of(&jobs[1], "FOO").as_deref(), Some("bar baz"));
+        assert_eq!(env_of(&jobs[2], "FOO").as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn quoted_values_lose_one_pair_of_matching_quotes() {
+        let text = "A='x y'\nB=\"it's\"\nC='unbalanced\nD=\"\"\n\"E\"=1\n0 0 * * * true\n";
+        let job = &jobs(text, &user_opts())[0];
+        assert_eq!(env_of(job, "A").as_deref(), Some("x y"));
+        assert_eq!(env_of(job, "B").as_deref(), Some("it's"));
+        assert_eq!(env_of(job, "C").as_deref(), Some("'unbalanced"));
+        assert_eq!(env_of(job, "D").as_deref(), Some(""));
+        assert_eq!(env_of(job, "E").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn cron_tz_applies_only_to_later_entries() {
+        let text = "0 2 * * * before\nCRON_TZ=Europe/Amsterdam\n0 2 * * * after\nCRON_TZ=\n0 2 * * * reset\n";
+        let import = parse(text, &user_opts());
+        assert!(import.errors.is_empty());
+        let zones: Vec<&str> = import.jobs.iter().map(|j| j.timezone.as_str()).collect();
+        assert_eq!(zones, ["UTC", "Europe/Amsterdam", "UTC"]);
+        assert!(import.jobs.iter().all(|j| !j.env.contains_key("CRON_TZ")));
+        assert!(has_note(&import, 1, "CRON_TZ"), "{:?}", import.notes);
+    }
+
+    #[test]
+    fn an_unknown_cron_tz_is_an_error_for_its_line() {
+        let import = parse("CRON_TZ=Mars/Olympus\n0 2 * * * x\n", &user_opts());
+        assert_eq!(import.errors.len(), 1);
+        assert_eq!(import.errors[0].line, 1);
+        assert!(import.errors[0].message.contains("Mars/Olympus"));
+    }
+
+    #[test]
+    fn tz_is_an_environment_variable_not_the_schedule_zone() {
+        let import = parse("TZ=Asia/Tokyo\n0 2 * * * date\n", &user_opts());
+        let job = &import.jobs[0];
+        assert_eq!(job.timezone, "UTC");
+        assert_eq!(env_of(job, "TZ").as_deref(), Some("Asia/Tokyo"));
+        assert!(has_note(&import, 1, "CRON_TZ"));
+    }
+
+    #[test]
+    fn another_shell_wraps_the_commands_after_it() {
+        let text = "0 0 * * * plain\nSHELL=/bin/bash\n0 1 * * * echo \"it's $((1+1))\" | tr a-z A-Z\nSHELL=/bin/sh\n0 2 * * * plain again\n";
+        let import = parse(text, &user_opts());
+        let jobs = &import.jobs;
+        assert_eq!(jobs[0].command, "plain");
+        assert_eq!(
+            jobs[1].command,
+            r#"exec /bin/bash -c 'echo "it'\''s $((1+1))" | tr a-z A-Z'"#
+        );
+        assert_eq!(env_of(&jobs[1], "SHELL").as_deref(), Some("/bin/bash"));
+        assert_eq!(jobs[2].command, "plain again");
+        assert!(!jobs[2].env.contains_key("SHELL"));
+        assert!(has_note(&import, 2, "exec /bin/bash -c"));
+        if std::path::Path::new("/bin/bash").exists() {
+            assert_eq!(run_sh(&jobs[1].command), "IT'S 2\n");
+        }
+    }
+
+    #[test]
+    fn percent_text_reaches_standard_input_through_sh() {
+        let import = parse("0 0 * * * cat%line one%line two%\n", &user_opts());
+        let job = &import.jobs[0];
+        assert_eq!(
+            job.command,
+            "exec <<'SISY_STDIN'\nline one\nline two\n\nSISY_STDIN\ncat"
+        );
+        assert_eq!(run_sh(&job.command), "line one\nline two\n\n");
+        assert!(has_note(&import, 1, "standard input"));
+    }
+
+    #[test]
+    fn standard_input_belongs_to_the_whole_command_as_in_cron() {
+        // Under cron the data is the shell's stdin: the first command of a list reads it,
+        // and a trailing comment cannot swallow it.
+        let jobs = jobs("0 0 * * * cat; echo done # note%data\n", &user_opts());
+        assert_eq!(run_sh(&jobs[0].command), "data\ndone\n");
+    }
+
+    #[test]
+    fn an_empty_standard_input_is_empty() {
+        let jobs = jobs("0 0 * * * wc -c%\n", &user_opts());
+        assert_eq!(run_sh(&jobs[0].command).trim(), "0");
+    }
+
+    #[test]
+    fn escaped_percent_is_a_literal_percent() {
+        let parsed = jobs(r"0 0 * * * date +\%Y-\%m \\n%100\% sure%x\y", &user_opts());
+        assert_eq!(
+            parsed[0].command,
+            "exec <<'SISY_STDIN'\n100% sure\nx\\y\nSISY_STDIN\ndate +%Y-%m \\\\n"
+        );
+        let plain = jobs(r"0 0 * * * date +\%F", &user_opts());
+        assert_eq!(plain[0].command, "date +%F");
+        let run = jobs(r"0 0 * * * cat; echo 'a\%b'%100\% sure%x\y", &user_opts());
+        assert_eq!(run_sh(&run[0].command), "100% sure\nx\\y\na%b\n");
+    }
+
+    #[test]
+    fn the_here_document_delimiter_never_occurs_in_the_data() {
+        let jobs = jobs("0 0 * * * cat%SISY_STDIN%SISY_STDIN_1%end\n", &user_opts());
+        assert!(jobs[0].command.starts_with("exec <<'SISY_STDIN_2'\n"));
+        assert_eq!(run_sh(&jobs[0].command), "SISY_STDIN\nSISY_STDIN_1\nend\n");
+    }
+
+    #[test]
+    fn shell_and_standard_input_combine() {
+        let text = "SHELL=/bin/bash\n0 0 * * * tr a-z A-Z%it's here\n";
+        let job = &jobs(text, &user_opts())[0];
+        assert_eq!(
+            job.command,
+            "exec <<'SISY_STDIN'\nit's here\nSISY_STDIN\nexec /bin/bash -c 'tr a-z A-Z'"
+        );
+        if std::path::Path::new("/bin/bash").exists() {
+            assert_eq!(run_sh(&job.command), "IT'S HERE\n");
+        }
+    }
+
+    #[test]
+    fn reboot_is_refused_with_a_way_out() {
+        let error = only_error("@reboot /usr/local/bin/warm-cache\n", &user_opts());
+        assert_eq!(error.line, 1);
+        assert!(error.message.contains("no boot-time jobs"));
+        assert!(error.message.contains("systemd"));
+        let error = only_error("@REBOOT root x\n", &system_opts());
+        assert!(error.message.contains("@reboot"));
+    }
+
+    #[test]
+    fn macros_are_accepted() {
+        let text =
+            "@hourly a\n@daily b\n@midnight c\n@weekly d\n@monthly e\n@yearly f\n@annually g\n";
+        let jobs = jobs(text, &user_opts());
+        assert_eq!(jobs.len(), 7);
+        assert_eq!(jobs[1].schedule, "@daily");
+        assert_eq!(jobs[1].command, "b");
+    }
+
+    #[test]
+    fn a_bad_schedule_is_refused_naming_the_field() {
+        let error = only_error("# x\n61 * * * * echo\n", &user_opts());
+        assert_eq!(error.line, 2);
+        assert!(error.message.contains("minute"), "{}", error.message);
+        let error = only_error("0 0 * * funday echo\n", &user_opts());
+        assert!(error.message.contains("day-of-week"), "{}", error.message);
+        let error = only_error("@fortnightly echo\n", &user_opts());
+        assert!(error.message.contains("@fortnightly"), "{}", error.message);
+    }
+
+    #[test]
+    fn entries_without_a_command_are_refused() {
+        assert!(
+            only_error("* * * *\n", &user_opts())
+                .message
+                .contains("5 time fields")
+        );
+        assert!(
+            only_error("* * * * *  \n", &user_opts())
+                .message
+                .contains("no command")
+        );
+        assert!(
+            only_error("@daily\n", &user_opts())
+                .message
+                .contains("no command")
+        );
+        assert!(
+            only_error("* * * * * %only input\n", &user_opts())
+                .message
+                .contains("no command")
+        );
+    }
+
+    #[test]
+    fn other_lines_are_refused() {
+        let error = only_error("echo hello\n", &user_opts());
+        assert!(
+            error.message.contains("neither an entry nor"),
+            "{}",
+            error.message
+        );
+        let import = parse("bad line\n0 0 * * * ok\nfoo bar=1\n", &user_opts());
+        assert_eq!(
+            import.errors.iter().map(|e| e.line).collect::<Vec<_>>(),
+            [1, 3]
+        );
+    }
+
+    #[test]
+    fn system_crontabs_take_the_user_from_the_user_column() {
+        let text = "0 3 * * * backup /usr/local/bin/backup --full\n@daily root apt-get update\n";
+        let import = parse(text, &system_opts());
+        assert!(import.errors.is_empty());
+        assert_eq!(import.jobs[0].run_as.as_deref(), Some("backup"));
+        assert_eq!(import.jobs[0].command, "/usr/local/bin/backup --full");
+        assert_eq!(import.jobs[1].run_as.as_deref(), Some("root"));
+        assert_eq!(import.jobs[1].pool, "web");
+        assert!(has_note(&import, 2, "root"));
+    }
+
+    #[test]
+    fn system_entries_need_a_user_and_a_command() {
+        let error = only_error("0 3 * * * root\n", &system_opts());
+        assert!(
+            error.message.contains("too few fields"),
+            "{}",
+            error.message
+        );
+        let error = only_error("0 3 * * * /usr/bin/backup --full\n", &system_opts());
+        assert!(
+            error.message.contains("not a user name"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn run_as_of_a_user_crontab_comes_from_the_options() {
+        let mut opts = user_opts();
+        opts.run_as = None;
+        let import = parse("0 0 * * * x\n0 1 * * * y\n", &opts);
+        assert_eq!(import.jobs[0].run_as, None);
+        assert_eq!(
+            import
+                .notes
+                .iter()
+                .filter(|n| n.message.contains("default_user"))
+                .count(),
+            1
+        );
+        let mut opts = system_opts();
+        opts.run_as = Some("bob".to_owned());
+        let import = parse("0 0 * * * alice x\n", &opts);
+        assert_eq!(import.jobs[0].run_as.as_deref(), Some("alice"));
+        assert!(has_note(&import, 0, "ignored"));
+    }
+
+    const DEBIAN_ETC_CRONTAB: &str = "\
+# /etc/crontab: system-wide crontab
+# Unlike any other crontab you don't have to run the `crontab'
+# command to install the new version when you edit this file
+# and files in /etc/cron.d. These files also have username fields,
+# that none of the other crontabs do.
+
+SHELL=/bin/sh
+# You can also override PATH, but by default, newer versions inherit it from the environment
+#PATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin
+
+# Example of job definition:
+# .---------------- minute (0 - 59)
+# |  .------------- hour (0 - 23)
+# |  |  .---------- day of month (1 - 31)
+# |  |  |  .------- month (1 - 12) OR jan,feb,mar,apr ...
+# |  |  |  |  .---- day of week (0 - 6) (Sunday=0 or 7) OR sun,mon,tue,wed,thu,fri,sat
+# |  |  |  |  |
+# *  *  *  *  * user-name command to be executed
+17 *\t* * *\troot\tcd / && run-parts --report /etc/cron.hourly
+25 6\t* * *\troot\ttest -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.daily; }
+47 6\t* * 7\troot\ttest -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.weekly; }
+52 6\t1 * *\troot\ttest -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.monthly; }
+#
+";
+
+    #[test]
+    fn a_debian_etc_crontab_imports() {
+        let import = parse(DEBIAN_ETC_CRONTAB, &system_opts());
+        assert!(import.errors.is_empty(), "{:?}", import.errors);
+        let summary: Vec<(usize, &str, &str)> = import
+            .jobs
+            .iter()
+            .map(|j| (j.line, j.schedule.as_str(), j.run_as.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (19, "17 * * * *", "root"),
+                (20, "25 6 * * *", "root"),
+                (21, "47 6 * * 7", "root"),
+                (22, "52 6 1 * *", "root"),
+            ]
+        );
+        assert_eq!(
+            import.jobs[1].command,
+            "test -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.daily; }"
+        );
+        assert!(
+            import
+                .jobs
+                .iter()
+                .all(|j| j.env.is_empty() && j.timezone == "UTC")
+        );
+        assert!(has_note(&import, 19, "no CRON_TZ"));
+        let names: HashSet<&str> = import.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names.len(), 4);
+    }
+
+    #[test]
+    fn names_are_stable_and_identical_entries_get_a_suffix() {
+        let text = "0 0 * * * backup\n0 0 * * * backup\n0 0 * * * backup\n";
+        let first = parse(text, &user_opts());
+        let names: Vec<&str> = first.jobs.iter().map(|j| j.name.as_str()).collect();
+        let base = names[0];
+        assert!(base.starts_with("cron-alice-") && base.len() == "cron-alice-".len() + 8);
+        assert_eq!(names[1], format!("{base}-2"));
+        assert_eq!(names[2], format!("{base}-3"));
+        assert!(has_note(&first, 2, "line 1"));
+        // Moving the entry and reformatting its blanks keeps the name; content changes it.
+        let moved = jobs(
+            "# new comment\n\nFOO=1\n0  0 * * *   backup\n",
+            &user_opts(),
+        );
+        assert_eq!(moved[0].name, base);
+        let other = jobs("0 0 * * * backup2\n", &user_opts());
+        assert_ne!(other[0].name, base);
+        let zoned = jobs("CRON_TZ=Europe/Paris\n0 0 * * * backup\n", &user_opts());
+        assert_ne!(zoned[0].name, base);
+        // The hash is ours, so this value holds across Rust versions.
+        assert_eq!(fnv1a(*b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a([]), 0xcbf2_9ce4_8422_2325);
+        assert_ne!(fnv1a64(&["ab", "c"]), fnv1a64(&["a", "bc"]));
+    }
+
+    #[test]
+    fn names_are_safe_whatever_the_source() {
+        let mut opts = user_opts();
+        opts.source = "my crontab;rm -rf /".to_owned();
+        let name = jobs("0 0 * * * x\n", &opts)[0].name.clone();
+        assert!(name.starts_with("cron-my-crontab-rm--rf-"), "{name}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        );
+        opts.source = "///".to_owned();
+        assert!(
+            jobs("0 0 * * * x\n", &opts)[0]
+                .name
+                .starts_with("cron-crontab-")
+        );
+    }
+
+    #[test]
+    fn mail_variables_are_explained_not_applied() {
+        let text = "MAILTO=ops@example.com\nMAILFROM=cron@example.com\n0 0 * * * x\n";
+        let import = parse(text, &user_opts());
+        assert!(import.errors.is_empty());
+        assert!(has_note(&import, 1, "MAILTO is not applied"));
+        assert!(has_note(&import, 1, "sisy.runs"));
+        assert!(has_note(&import, 2, "MAILFROM"));
+        assert!(import.jobs[0].env.is_empty());
+    }
+
+    #[test]
+    fn user_variables_and_random_delay_are_explained_not_applied() {
+        let text = "HOME=/srv\nLOGNAME=x\nUSER=x\nRANDOM_DELAY=15\n0 0 * * * x\n";
+        let import = parse(text, &user_opts());
+        assert!(import.jobs[0].env.is_empty());
+        assert!(has_note(&import, 1, "workdir"));
+        assert!(has_note(&import, 2, "runs as"));
+        assert!(has_note(&import, 3, "LOGNAME"));
+        assert!(has_note(&import, 4, "jitter = '15 minutes'"));
+    }
+
+    #[test]
+    fn the_do_not_log_prefix_is_accepted() {
+        let import = parse("-*/10 * * * * x\n", &user_opts());
+        assert!(import.errors.is_empty());
+        assert_eq!(import.jobs[0].schedule, "*/10 * * * *");
+        assert!(has_note(&import, 1, "do not log"));
+    }
+}
