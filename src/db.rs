@@ -38,6 +38,21 @@ pub mod q {
         include_str!("../sql/queries/runs_orphaned_by_restart.sql");
 }
 
+/// The statements of the `sisy` CLI (a thin client over the SQL surface).
+pub mod cli {
+    pub const JOBS_LIST: &str = include_str!("../sql/queries/cli/jobs_list.sql");
+    pub const JOBS_SHOW: &str = include_str!("../sql/queries/cli/jobs_show.sql");
+    pub const JOBS_ADD: &str = include_str!("../sql/queries/cli/jobs_add.sql");
+    pub const JOBS_EDIT: &str = include_str!("../sql/queries/cli/jobs_edit.sql");
+    pub const JOBS_RM: &str = include_str!("../sql/queries/cli/jobs_rm.sql");
+    pub const JOBS_UPSERT: &str = include_str!("../sql/queries/cli/jobs_upsert.sql");
+    pub const RUNS_LIST: &str = include_str!("../sql/queries/cli/runs_list.sql");
+    pub const RUNS_SHOW: &str = include_str!("../sql/queries/cli/runs_show.sql");
+    pub const RUNS_LOGS: &str = include_str!("../sql/queries/cli/runs_logs.sql");
+    pub const HOSTS_LIST: &str = include_str!("../sql/queries/cli/hosts_list.sql");
+    pub const STATUS: &str = include_str!("../sql/queries/cli/status.sql");
+}
+
 /// Parses a libpq URL or key=value string; the error never repeats the password.
 pub fn parse_url(url: &str) -> Result<Config> {
     Config::from_str(url).map_err(|e| {

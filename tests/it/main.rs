@@ -3,7 +3,9 @@
 //! (each test gets its own database). Helpers: `pg` (the server), `util` (guardians,
 //! waiting on events); this file holds no tests of its own.
 
+mod cli;
 mod core;
+mod events;
 mod housekeeping;
 mod pg;
 mod smoke;

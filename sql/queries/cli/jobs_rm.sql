@@ -1,0 +1,1 @@
+DELETE FROM sisy.jobs WHERE name = $1 RETURNING id

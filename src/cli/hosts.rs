@@ -1,0 +1,47 @@
+//! `sisy hosts …`: the view `sisy.host_status` and the functions `sisy.drain/undrain`.
+
+use anyhow::Result;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::{HostsCommand, output, sql_error};
+use crate::db::cli as q;
+
+pub async fn run(client: &mut Client, cmd: HostsCommand, json: bool) -> Result<()> {
+    let (sql, host, verb) = match cmd {
+        HostsCommand::List => {
+            let rows = client
+                .query(q::HOSTS_LIST, &[])
+                .await
+                .map_err(|e| sql_error(e, ""))?;
+            let rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+            output::rows(
+                &rows,
+                &[
+                    ("name", "HOST"),
+                    ("alive", "ALIVE"),
+                    ("draining", "DRAINING"),
+                    ("pools", "POOLS"),
+                    ("running", "RUNNING"),
+                    ("capacity", "CAPACITY"),
+                    ("last_seen", "LAST SEEN (UTC)"),
+                    ("version", "VERSION"),
+                ],
+                json,
+            );
+            return Ok(());
+        }
+        HostsCommand::Drain { host } => ("SELECT sisy.drain($1)", host, "draining"),
+        HostsCommand::Undrain { host } => ("SELECT sisy.undrain($1)", host, "no longer draining"),
+    };
+    client
+        .execute(sql, &[&host])
+        .await
+        .map_err(|e| sql_error(e, "see `sisy hosts list`"))?;
+    if json {
+        println!("{}", serde_json::json!({ "ok": true, "host": host }));
+    } else {
+        println!("host {host} is {verb}");
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! `sisy jobs …`: jobs through the table `sisy.jobs`, the view `sisy.job_status` and the
+//! functions `sisy.suspend/resume/trigger`.
+//!
+//! Owns turning options into parameters of the catalogued statements. The only check made
+//! here rather than in SQL is the cron expression (with the guardians' own parser), so a
+//! typo is refused at once instead of being flagged a few seconds later.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde_json::{Map, Value};
+use tokio_postgres::Client;
+
+use super::{JobsCommand, output, sql_error};
+use crate::db::cli as q;
+use crate::schedule::Schedule;
+
+/// The columns of a job as options (shared by `add` and `edit`).
+#[derive(Args, Debug, Default)]
+pub struct JobFields {
+    /// Shell command, run as /bin/sh -c COMMAND.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Cron expression (5 fields, or 6 with seconds, or @daily …); '' = only when triggered.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule (default UTC).
+    #[arg(long = "tz")]
+    pub timezone: Option<String>,
+    /// Pool of hosts that may run it (default "default").
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// any (one host per occurrence) or all (every live host of the pool).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// How late a run may still start, e.g. 5m.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Wall-clock limit, e.g. 1h ('' = none).
+    #[arg(long)]
+    pub max_runtime: Option<String>,
+    /// Between SIGTERM and SIGKILL, e.g. 10s.
+    #[arg(long)]
+    pub kill_grace: Option<String>,
+    /// Extra attempts after a failure.
+    #[arg(long = "retries")]
+    pub max_retries: Option<i32>,
+    /// Delay before the first retry (doubles each time), e.g. 30s.
+    #[arg(long)]
+    pub retry_delay: Option<String>,
+    /// forbid, allow or replace.
+    #[arg(long)]
+    pub overlap: Option<String>,
+    /// Random delay added to each occurrence, e.g. 30s.
+    #[arg(long)]
+    pub jitter: Option<String>,
+    /// Unix user to run as ('' = the guardian's default user).
+    #[arg(long)]
+    pub run_as: Option<String>,
+    /// Environment variable K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory ('' = the user's home).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Create it suspended (add only).
+    #[arg(long)]
+    pub suspended: bool,
+}
+
+pub async fn run(client: &mut Client, cmd: JobsCommand, json: bool) -> Result<()> {
+    match cmd {
+        JobsCommand::List => list(client, json).await,
+        JobsCommand::Show { name } => show(client, &name, json).await,
+        JobsCommand::Add { name, fields } => add(client, &name, &fields, json).await,
+        JobsCommand::Edit {
+            name,
+            fields,
+            unset_env,
+        } => edit(client, &name, &fields, &unset_env, json).await,
+        JobsCommand::Rm { name } => {
+            let rows = client
+                .query(q::JOBS_RM, &[&name])
+                .await
+                .map_err(|e| sql_error(e, ""))?;
+            if rows.is_empty() {
+                bail!("no job named '{name}': see `sisy jobs list`");
+            }
+            done(
+                json,
+                &format!("deleted job '{name}' (its run history stays)"),
+            );
+            Ok(())
+        }
+        JobsCommand::Suspend { name } => {
+            call(client, "SELECT sisy.suspend($1)", &name, json, "suspended").await
+        }
+        JobsCommand::Resume { name } => {
+            call(client, "SELECT sisy.resume($1)", &name, json, "resumed").await
+        }
+        JobsCommand::Trigger { name } => {
+            let row = client
+                .query_one("SELECT sisy.trigger($1)", &[&name])
+                .await
+                .map_err(|e| sql_error(e, "see `sisy jobs list`"))?;
+            let id: i64 = row.get(0);
+            if json {
+                println!("{}", serde_json::json!({ "run_id": id }));
+            } else {
+                println!("{id}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(client: &Client, json: bool) -> Result<()> {
+    let rows = client
+        .query(q::JOBS_LIST, &[])
+        .await
+        .map_err(|e| sql_error(e, ""))?;
+    let rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    output::rows(
+        &rows,
+        &[
+            ("name", "NAME"),
+            ("schedule", "SCHEDULE"),
+            ("timezone", "TZ"),
+            ("pool", "POOL"),
+            ("suspended", "SUSPENDED"),
+            ("next_due", "NEXT DUE (UTC)"),
+            ("last_state", "LAST"),
+            ("consecutive_failures", "FAILS"),
+            ("running", "RUNNING"),
+            ("schedule_error", "SCHEDULE ERROR"),
+        ],
+        json,
+    );
+    Ok(())
+}
+
+async fn show(client: &Client, name: &str, json: bool) -> Result<()> {
+    let rows = client
+        .query(q::JOBS_SHOW, &[&name])
+        .await
+        .map_err(|e| sql_error(e, ""))?;
+    let Some(row) = rows.first() else {
+        bail!("no job named '{name}': see `sisy jobs list`");
+    };
+    output::record(&row.get(0), json);
+    Ok(())
+}
+
+async fn add(client: &Client, name: &str, f: &JobFields, json: bool) -> Result<()> {
+    let Some(command) = &f.command else {
+        bail!("a job needs a command: add --command 'what to run'");
+    };
+    check_schedule(f)?;
+    let env = env_object(&f.env)?;
+    let row = client
+        .query_one(
+            q::JOBS_ADD,
+            &[
+                &name,
+                command,
+                &f.schedule,
+                &f.timezone,
+                &f.pool,
+                &f.target,
+                &f.ttl,
+                &f.max_runtime,
+                &f.kill_grace,
+                &f.max_retries,
+                &f.retry_delay,
+                &f.overlap,
+                &f.jitter,
+                &f.run_as,
+                &env,
+                &f.workdir,
+                &f.suspended,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                anyhow::anyhow!("a job named '{name}' already exists: change it with `sisy jobs edit` or pick another name")
+            } else {
+                sql_error(e, "nothing was created")
+            }
+        })?;
+    let id: i64 = row.get(0);
+    if json {
+        println!("{}", serde_json::json!({ "id": id, "name": name }));
+    } else {
+        println!("created job '{name}' (id {id})");
+    }
+    Ok(())
+}
+
+async fn edit(
+    client: &Client,
+    name: &str,
+    f: &JobFields,
+    unset: &[String],
+    json: bool,
+) -> Result<()> {
+    check_schedule(f)?;
+    let env = if f.env.is_empty() {
+        None
+    } else {
+        env_object(&f.env)?
+    };
+    let unset: Option<Vec<String>> = (!unset.is_empty()).then(|| unset.to_vec());
+    let rows = client
+        .query(
+            q::JOBS_EDIT,
+            &[
+                &name,
+                &f.command,
+                &f.schedule,
+                &f.timezone,
+                &f.pool,
+                &f.target,
+                &f.ttl,
+                &f.max_runtime,
+                &f.kill_grace,
+                &f.max_retries,
+                &f.retry_delay,
+                &f.overlap,
+                &f.jitter,
+                &f.run_as,
+                &env,
+                &unset,
+                &f.workdir,
+            ],
+        )
+        .await
+        .map_err(|e| sql_error(e, "nothing was changed"))?;
+    if rows.is_empty() {
+        bail!("no job named '{name}': see `sisy jobs list`");
+    }
+    done(json, &format!("updated job '{name}'"));
+    Ok(())
+}
+
+async fn call(client: &Client, sql: &str, name: &str, json: bool, what: &str) -> Result<()> {
+    client
+        .execute(sql, &[&name])
+        .await
+        .map_err(|e| sql_error(e, "see `sisy jobs list`"))?;
+    done(json, &format!("{what} job '{name}'"));
+    Ok(())
+}
+
+fn done(json: bool, message: &str) {
+    if json {
+        println!("{}", serde_json::json!({ "ok": true, "message": message }));
+    } else {
+        println!("{message}");
+    }
+}
+
+/// The schedule and zone, checked with the guardians' parser (an empty schedule clears it).
+fn check_schedule(f: &JobFields) -> Result<()> {
+    if let Some(expr) = f.schedule.as_deref().filter(|s| !s.trim().is_empty()) {
+        let tz = f.timezone.as_deref().unwrap_or("UTC");
+        if let Err(e) = Schedule::parse(expr, tz) {
+            bail!("the schedule '{expr}' is not valid: {e}; try `sisy schedule check '{expr}'`");
+        }
+    }
+    Ok(())
+}
+
+/// K=V options as a JSON object.
+fn env_object(pairs: &[String]) -> Result<Option<Value>> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut map = Map::new();
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            bail!("--env takes KEY=VALUE, got '{pair}'");
+        };
+        map.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(Some(Value::Object(map)))
+}

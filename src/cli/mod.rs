@@ -1,0 +1,297 @@
+//! The `sisy` command line: argument definitions and dispatch to the subcommands.
+//!
+//! Owns parsing (clap), the database connection of one-shot commands, and exit codes.
+//! Everything except `sisy guardian` is a thin client over the SQL surface (tables, views,
+//! `sisy.*` functions): no logic the SQL functions do not have. Output goes through
+//! [`output`]; each group of subcommands lives in its own module.
+//!
+//! Exit codes: 0 success; 1 the operation failed (unknown job or run, refused value, …);
+//! 2 bad usage (clap); 3 the database could not be reached.
+
+mod hosts;
+mod import;
+mod jobs;
+pub mod output;
+mod runs;
+mod schedule;
+mod status;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GuardianConfig;
+use crate::{db, guardian, migrate};
+
+pub use jobs::JobFields;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sisy",
+    version,
+    about = "cron for fleets of hosts, coordinated through PostgreSQL",
+    after_help = "Exit codes: 0 success, 1 the operation failed, 2 bad usage, 3 the database could not be reached."
+)]
+pub struct Cli {
+    /// Database URL (else SISY_DATABASE_URL, else the libpq PG* variables).
+    #[arg(long, global = true, env = "SISY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Print machine-readable JSON instead of human tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the guardian daemon of this host.
+    Guardian(GuardianArgs),
+    /// Database schema.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Jobs: list, show, add, edit, remove, suspend, resume, trigger.
+    #[command(subcommand)]
+    Jobs(Box<JobsCommand>),
+    /// Runs: list, show, logs, kill, retry.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Hosts: list, drain, undrain.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+    /// Cron expressions.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Turn a crontab file into jobs (re-importing does not duplicate).
+    ImportCrontab(import::ImportArgs),
+    /// The fleet on one screen: hosts, running, failing jobs, missed runs.
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct GuardianArgs {
+    /// Config file (default /etc/sisyphus/guardian.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (password redacted) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Create or upgrade the schema `sisy` (safe to run from many hosts at once).
+    Migrate,
+    /// Show the applied and pending schema versions.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// All jobs with their status.
+    List,
+    /// One job: definition and status.
+    Show { name: String },
+    /// Create a job.
+    Add {
+        name: String,
+        #[command(flatten)]
+        fields: JobFields,
+    },
+    /// Change a job: only the options given change ('' clears schedule, max-runtime, run-as, workdir).
+    Edit {
+        name: String,
+        #[command(flatten)]
+        fields: JobFields,
+        /// Remove these variables from the job's env.
+        #[arg(long = "unset-env", value_name = "KEY")]
+        unset_env: Vec<String>,
+    },
+    /// Delete a job (its run history stays; pending runs are cancelled).
+    Rm { name: String },
+    /// No new occurrences until resumed.
+    Suspend { name: String },
+    /// Schedule again from the next occurrence.
+    Resume { name: String },
+    /// Run now; prints the run id.
+    Trigger { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// Recent runs, newest first.
+    List(runs::ListArgs),
+    /// One run, every column but the output.
+    Show { id: i64 },
+    /// The recorded output of a run.
+    Logs { id: i64 },
+    /// Cancel a pending run, or stop a running one (SIGTERM, SIGKILL after kill_grace).
+    Kill { id: i64 },
+    /// A new attempt of a finished run; prints its id.
+    Retry { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostsCommand {
+    /// Hosts with liveness, capacity and load.
+    List,
+    /// Claim nothing new on HOST (running jobs go on).
+    Drain { host: String },
+    /// Claim again on HOST.
+    Undrain { host: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Print the next occurrences of EXPR in its zone and in UTC, or what is wrong with it.
+    Check {
+        expr: String,
+        /// IANA time zone the expression is read in.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Start after this instant (RFC 3339, e.g. 2026-03-29T00:00:00Z); default now.
+        #[arg(long)]
+        after: Option<DateTime<Utc>>,
+        /// How many occurrences.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(error: anyhow::Error) -> Exit {
+        Exit { code: 1, error }
+    }
+}
+
+/// Runs the command; the error carries its exit code.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
+    let json = cli.json;
+    match cli.command {
+        Command::Guardian(args) => Ok(run_guardian(args, shutdown).await?),
+        Command::Schedule(ScheduleCommand::Check {
+            expr,
+            tz,
+            after,
+            count,
+        }) => Ok(schedule::check(&expr, &tz, after, count, json)?),
+        Command::ImportCrontab(args) if args.dry_run => Ok(import::run(None, &args, json).await?),
+        command => {
+            let mut client = client(cli.database_url.as_deref()).await?;
+            let c = &mut client;
+            let done = match command {
+                Command::Db(DbCommand::Migrate) => db_migrate(c, json).await,
+                Command::Db(DbCommand::Status) => db_status(c, json).await,
+                Command::Jobs(cmd) => jobs::run(c, *cmd, json).await,
+                Command::Runs(cmd) => runs::run(c, cmd, json).await,
+                Command::Hosts(cmd) => hosts::run(c, cmd, json).await,
+                Command::ImportCrontab(args) => import::run(Some(c), &args, json).await,
+                Command::Status => status::run(c, json).await,
+                Command::Guardian(_) | Command::Schedule(_) => unreachable!("handled above"),
+            };
+            Ok(done?)
+        }
+    }
+}
+
+async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = GuardianConfig::load(args.config.as_deref(), &env)?;
+    if args.check_config {
+        print!("{}", config.to_redacted_toml());
+        return Ok(());
+    }
+    crate::logging::init(matches!(config.log_format, crate::config::LogFormat::Json));
+    guardian::run(config, shutdown).await
+}
+
+/// A client for the one-shot subcommands; failure to connect is exit code 3.
+async fn client(url: Option<&str>) -> Result<Client, Exit> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let url = match url {
+        Some(u) => u.to_string(),
+        None => crate::config::database_url_from_libpq(&env).ok_or_else(|| Exit {
+            code: 3,
+            error: anyhow::anyhow!(
+                "no database given: pass --database-url, or set SISY_DATABASE_URL or the PG* variables"
+            ),
+        })?,
+    };
+    db::connect(&url)
+        .await
+        .map_err(|error| Exit { code: 3, error })
+}
+
+/// A database error as one sentence: PostgreSQL's own message (our functions raise
+/// sentences that name the job, run or host), plus what to do.
+pub(crate) fn sql_error(e: tokio_postgres::Error, hint: &str) -> anyhow::Error {
+    let message = db::error_message(&e);
+    if hint.is_empty() {
+        anyhow::anyhow!("{message}")
+    } else {
+        anyhow::anyhow!("{message}: {hint}")
+    }
+}
+
+async fn db_migrate(client: &mut Client, json: bool) -> Result<()> {
+    let applied = migrate::migrate(client).await?;
+    let status = migrate::status(client).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "applied_now": applied, "version": status.current() })
+        );
+    } else if applied.is_empty() {
+        println!("schema sisy is up to date (version {})", status.current());
+    } else {
+        println!(
+            "applied migrations {applied:?}; schema sisy is at version {}",
+            status.current()
+        );
+    }
+    Ok(())
+}
+
+async fn db_status(client: &Client, json: bool) -> Result<()> {
+    let status = migrate::status(client).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "version": status.current(),
+                "latest": migrate::latest_version(),
+                "applied": status.applied,
+                "pending": status.pending,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "schema version {} (this sisy knows {})",
+        status.current(),
+        migrate::latest_version()
+    );
+    for m in migrate::MIGRATIONS {
+        let state = if status.applied.contains(&m.version) {
+            "applied"
+        } else {
+            "pending"
+        };
+        println!("  {:04}_{:<12} {state}", m.version, m.name);
+    }
+    if !status.pending.is_empty() {
+        println!("run `sisy db migrate` to apply the pending migrations");
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! `sisy runs …`: the result table `sisy.runs` and the functions `sisy.kill/retry`.
+
+use std::io::Write;
+
+use anyhow::{Result, bail};
+use chrono::{DateTime, Utc};
+use clap::Args;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::{RunsCommand, output, sql_error};
+use crate::db::cli as q;
+
+const STATES: &[&str] = &[
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "killed",
+    "lost",
+    "expired",
+    "skipped",
+    "cancelled",
+];
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only runs of this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only runs in this state.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only runs on (or for) this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only runs scheduled since: an RFC 3339 instant or a duration ago like 2h, 7d.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many (newest first).
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+}
+
+pub async fn run(client: &mut Client, cmd: RunsCommand, json: bool) -> Result<()> {
+    match cmd {
+        RunsCommand::List(args) => list(client, &args, json).await,
+        RunsCommand::Show { id } => {
+            let rows = client
+                .query(q::RUNS_SHOW, &[&id])
+                .await
+                .map_err(|e| sql_error(e, ""))?;
+            let Some(row) = rows.first() else {
+                bail!("no run with id {id}: see `sisy runs list`")
+            };
+            output::record(&row.get(0), json);
+            Ok(())
+        }
+        RunsCommand::Logs { id } => logs(client, id, json).await,
+        RunsCommand::Kill { id } => {
+            client
+                .execute("SELECT sisy.kill($1)", &[&id])
+                .await
+                .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
+            if json {
+                println!("{}", serde_json::json!({ "ok": true, "run_id": id }));
+            } else {
+                println!("kill requested for run {id}");
+            }
+            Ok(())
+        }
+        RunsCommand::Retry { id } => {
+            let row = client
+                .query_one("SELECT sisy.retry($1)", &[&id])
+                .await
+                .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
+            let new: i64 = row.get(0);
+            if json {
+                println!("{}", serde_json::json!({ "run_id": new }));
+            } else {
+                println!("{new}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(client: &Client, a: &ListArgs, json: bool) -> Result<()> {
+    if let Some(state) = &a.state
+        && !STATES.contains(&state.as_str())
+    {
+        bail!("unknown state '{state}': use one of {}", STATES.join(", "));
+    }
+    if a.limit < 1 {
+        bail!("--limit must be at least 1");
+    }
+    let (since_at, since_ago) = since(a.since.as_deref())?;
+    let rows = client
+        .query(
+            q::RUNS_LIST,
+            &[&a.job, &a.state, &a.host, &since_at, &since_ago, &a.limit],
+        )
+        .await
+        .map_err(|e| sql_error(e, ""))?;
+    let rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    output::rows(
+        &rows,
+        &[
+            ("id", "ID"),
+            ("job_name", "JOB"),
+            ("attempt", "TRY"),
+            ("reason", "REASON"),
+            ("state", "STATE"),
+            ("host", "HOST"),
+            ("scheduled_for", "SCHEDULED (UTC)"),
+            ("finished_at", "FINISHED (UTC)"),
+            ("exit_code", "EXIT"),
+            ("error", "ERROR"),
+        ],
+        json,
+    );
+    Ok(())
+}
+
+/// `--since` as an instant, or as seconds before the database's now.
+fn since(value: Option<&str>) -> Result<(Option<DateTime<Utc>>, Option<f64>)> {
+    let Some(v) = value else {
+        return Ok((None, None));
+    };
+    if let Ok(at) = DateTime::parse_from_rfc3339(v) {
+        return Ok((Some(at.with_timezone(&Utc)), None));
+    }
+    match humantime::parse_duration(v) {
+        Ok(d) => Ok((None, Some(d.as_secs_f64()))),
+        Err(_) => bail!(
+            "--since takes an instant like 2026-11-22T07:00:00Z or a duration like 2h, got '{v}'"
+        ),
+    }
+}
+
+async fn logs(client: &Client, id: i64, json: bool) -> Result<()> {
+    let rows = client
+        .query(q::RUNS_LOGS, &[&id])
+        .await
+        .map_err(|e| sql_error(e, ""))?;
+    let Some(row) = rows.first() else {
+        bail!("no run with id {id}: see `sisy runs list`")
+    };
+    let (state, out, total): (String, Option<String>, Option<i64>) =
+        (row.get(0), row.get(1), row.get(2));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "run_id": id, "state": state, "output": out, "output_bytes": total })
+        );
+        return Ok(());
+    }
+    let Some(out) = out else {
+        bail!(
+            "run {id} has no recorded output (state {state}): output is recorded when a run ends"
+        );
+    };
+    if let Some(total) = total.filter(|t| *t as usize > out.len()) {
+        eprintln!("(the last {} of {total} bytes)", out.len());
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}

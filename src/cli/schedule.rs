@@ -1,0 +1,51 @@
+//! `sisy schedule check`: the next occurrences of an expression, or what is wrong with it.
+//! Needs no database: it is the parser the guardians use.
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+
+use crate::schedule::Schedule;
+
+pub fn check(
+    expr: &str,
+    tz: &str,
+    after: Option<DateTime<Utc>>,
+    count: usize,
+    json: bool,
+) -> Result<()> {
+    let schedule =
+        Schedule::parse(expr, tz).with_context(|| format!("the schedule '{expr}' is not valid"))?;
+    let start = after.unwrap_or_else(Utc::now);
+    let mut at = start;
+    let mut next = Vec::new();
+    while next.len() < count {
+        let Some(n) = schedule.next_after(at) else {
+            break;
+        };
+        next.push(n);
+        at = n;
+    }
+    let zone = schedule.timezone();
+    if json {
+        let list: Vec<_> = next
+            .iter()
+            .map(|n| serde_json::json!({ "local": n.with_timezone(&zone).to_rfc3339(), "utc": n.to_rfc3339() }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "expr": expr, "timezone": tz, "next": list })
+        );
+        return Ok(());
+    }
+    if next.is_empty() {
+        println!("'{expr}' never fires after {start}");
+    }
+    for n in next {
+        println!(
+            "{}  {}",
+            n.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
+            n.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    Ok(())
+}

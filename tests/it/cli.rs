@@ -1,0 +1,491 @@
+//! The real `sisy` binary against a real database, for each subcommand and its error paths:
+//! exit codes, one-line errors that say what to do, human and `--json` output.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::pg::TestDb;
+use crate::util::{Guardian, fleet, migrated_db, sisy, wait_finished};
+
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn sisy_on(db: &TestDb, args: &[&str]) -> Ran {
+    let out: Output = sisy()
+        .args(["--database-url", &db.url])
+        .args(args)
+        .output()
+        .unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(db: &TestDb, args: &[&str]) -> String {
+    let r = sisy_on(db, args);
+    assert_eq!(r.code, 0, "sisy {args:?} failed: {}", r.stderr);
+    r.stdout
+}
+
+fn json(db: &TestDb, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(db, &all)).unwrap()
+}
+
+/// Fails with exit code `code` and one line on stderr containing every word of `words`.
+fn fails(db: &TestDb, args: &[&str], code: i32, words: &[&str]) -> String {
+    let r = sisy_on(db, args);
+    assert_eq!(
+        r.code, code,
+        "sisy {args:?}: stdout {} stderr {}",
+        r.stdout, r.stderr
+    );
+    let line = r.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "error is not one line: {line}");
+    assert!(line.starts_with("error: "), "{line}");
+    for w in words {
+        assert!(line.contains(w), "error {line:?} lacks {w:?}");
+    }
+    line.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_commands_manage_jobs_and_refuse_bad_input() {
+    let (db, client) = migrated_db().await;
+    let out = ok(
+        &db,
+        &[
+            "jobs",
+            "add",
+            "backup",
+            "--command",
+            "echo hi",
+            "--schedule",
+            "30 2 * * *",
+            "--tz",
+            "Europe/Amsterdam",
+            "--retries",
+            "2",
+            "--ttl",
+            "10m",
+            "--env",
+            "A=1",
+            "--env",
+            "B=two words",
+        ],
+    );
+    assert!(out.contains("created job 'backup'"), "{out}");
+    let job = json(&db, &["jobs", "show", "backup"]);
+    assert_eq!(job["schedule"], "30 2 * * *");
+    assert_eq!(job["timezone"], "Europe/Amsterdam");
+    assert_eq!(job["max_retries"], 2);
+    assert_eq!(job["ttl"], "00:10:00");
+    assert_eq!(job["env"], serde_json::json!({"A": "1", "B": "two words"}));
+
+    ok(
+        &db,
+        &[
+            "jobs",
+            "edit",
+            "backup",
+            "--schedule",
+            "0 3 * * *",
+            "--unset-env",
+            "A",
+            "--max-runtime",
+            "1h",
+        ],
+    );
+    let job = json(&db, &["jobs", "show", "backup"]);
+    assert_eq!(job["schedule"], "0 3 * * *");
+    assert_eq!(job["env"], serde_json::json!({"B": "two words"}));
+    assert_eq!(job["max_runtime"], "01:00:00");
+    ok(&db, &["jobs", "edit", "backup", "--max-runtime", ""]);
+    assert_eq!(
+        json(&db, &["jobs", "show", "backup"])["max_runtime"],
+        Value::Null
+    );
+
+    ok(&db, &["jobs", "suspend", "backup"]);
+    let suspended: bool = client
+        .query_one("SELECT suspended FROM sisy.jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(suspended);
+    ok(&db, &["jobs", "resume", "backup"]);
+    let list = ok(&db, &["jobs", "list"]);
+    assert!(
+        list.starts_with("NAME") && list.contains("backup"),
+        "{list}"
+    );
+    let listed = json(&db, &["jobs", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // Names with quotes, semicolons and non-ASCII go through untouched.
+    let odd = "bäckup; 'DROP' \"x\"";
+    ok(
+        &db,
+        &["jobs", "add", odd, "--command", "echo 'it''s'; echo ok"],
+    );
+    assert_eq!(json(&db, &["jobs", "show", odd])["name"], odd);
+    let id: Value = json(&db, &["jobs", "trigger", odd]);
+    assert!(id["run_id"].as_i64().unwrap() > 0);
+
+    fails(
+        &db,
+        &["jobs", "show", "nope"],
+        1,
+        &["'nope'", "sisy jobs list"],
+    );
+    fails(&db, &["jobs", "trigger", "nope"], 1, &["'nope'"]);
+    fails(&db, &["jobs", "suspend", "nope"], 1, &["'nope'"]);
+    fails(&db, &["jobs", "rm", "nope"], 1, &["'nope'"]);
+    fails(
+        &db,
+        &["jobs", "edit", "nope", "--command", "x"],
+        1,
+        &["'nope'"],
+    );
+    fails(
+        &db,
+        &[
+            "jobs",
+            "add",
+            "x",
+            "--command",
+            "true",
+            "--schedule",
+            "61 * * * *",
+        ],
+        1,
+        &["minute", "61"],
+    );
+    fails(
+        &db,
+        &["jobs", "add", "x", "--command", "true", "--target", "some"],
+        1,
+        &["target", "'some'"],
+    );
+    fails(
+        &db,
+        &["jobs", "add", "x", "--command", "true", "--ttl=-5m"],
+        1,
+        &["ttl"],
+    );
+    fails(
+        &db,
+        &["jobs", "add", "x", "--command", "true", "--tz", "Mars/Base"],
+        1,
+        &["Mars/Base"],
+    );
+    fails(&db, &["jobs", "add", "x"], 1, &["--command"]);
+    fails(
+        &db,
+        &["jobs", "add", "backup", "--command", "true"],
+        1,
+        &["backup"],
+    );
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM sisy.jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2, "a refused add created something");
+
+    ok(&db, &["jobs", "rm", "backup"]);
+    fails(&db, &["jobs", "show", "backup"], 1, &["'backup'"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_commands_show_logs_kill_and_retry() {
+    let (db, client) = migrated_db().await;
+    let _g = Guardian::start(&db, "g1", "");
+    ok(
+        &db,
+        &[
+            "jobs",
+            "add",
+            "hello",
+            "--command",
+            "printf 'line one\\nline two\\n'; exit 3",
+        ],
+    );
+    ok(&db, &["jobs", "add", "sleeper", "--command", "sleep 300"]);
+    let id: i64 = ok(&db, &["jobs", "trigger", "hello"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        wait_finished(&client, id, Duration::from_secs(30)).await,
+        "failed"
+    );
+    assert_eq!(
+        ok(&db, &["runs", "logs", &id.to_string()]),
+        "line one\nline two\n"
+    );
+    let run = json(&db, &["runs", "show", &id.to_string()]);
+    assert_eq!(run["exit_code"], 3);
+    assert_eq!(run["state"], "failed");
+    let listed = json(
+        &db,
+        &[
+            "runs", "list", "--job", "hello", "--state", "failed", "--since", "1h",
+        ],
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let table = ok(&db, &["runs", "list"]);
+    assert!(
+        table.starts_with("ID") && table.contains("hello"),
+        "{table}"
+    );
+
+    let retry: i64 = ok(&db, &["runs", "retry", &id.to_string()])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        wait_finished(&client, retry, Duration::from_secs(30)).await,
+        "failed"
+    );
+    let attempt: i32 = client
+        .query_one("SELECT attempt FROM sisy.runs WHERE id = $1", &[&retry])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempt, 2);
+
+    let long: i64 = ok(&db, &["jobs", "trigger", "sleeper"])
+        .trim()
+        .parse()
+        .unwrap();
+    crate::util::wait_until(
+        &client,
+        "the sleeper to start",
+        Duration::from_secs(30),
+        || format!("SELECT count(*) FROM sisy.runs WHERE id = {long} AND started_at IS NOT NULL"),
+        |n: i64| n == 1,
+    )
+    .await;
+    ok(&db, &["runs", "kill", &long.to_string()]);
+    assert_eq!(
+        wait_finished(&client, long, Duration::from_secs(30)).await,
+        "killed"
+    );
+
+    fails(
+        &db,
+        &["runs", "kill", &id.to_string()],
+        1,
+        &["already finished"],
+    );
+    fails(
+        &db,
+        &["runs", "show", "999999"],
+        1,
+        &["999999", "sisy runs list"],
+    );
+    fails(&db, &["runs", "logs", "999999"], 1, &["999999"]);
+    fails(&db, &["runs", "kill", "999999"], 1, &["999999"]);
+    fails(&db, &["runs", "retry", "999999"], 1, &["999999"]);
+    fails(
+        &db,
+        &["runs", "list", "--state", "done"],
+        1,
+        &["'done'", "succeeded"],
+    );
+    fails(
+        &db,
+        &["runs", "list", "--since", "yesterday-ish"],
+        1,
+        &["--since"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_status_give_the_fleet_overview() {
+    let (db, client) = migrated_db().await;
+    let _fleet = fleet(&db, &client, 2, "").await;
+    let hosts = json(&db, &["hosts", "list"]);
+    assert_eq!(hosts.as_array().unwrap().len(), 2);
+    assert_eq!(hosts[0]["alive"], true);
+    ok(&db, &["hosts", "drain", "g1"]);
+    assert_eq!(json(&db, &["hosts", "list"])[0]["draining"], true);
+    ok(&db, &["hosts", "undrain", "g1"]);
+    fails(
+        &db,
+        &["hosts", "drain", "nowhere"],
+        1,
+        &["'nowhere'", "sisy hosts list"],
+    );
+
+    ok(&db, &["jobs", "add", "broken", "--command", "exit 1"]);
+    let id: i64 = ok(&db, &["jobs", "trigger", "broken"])
+        .trim()
+        .parse()
+        .unwrap();
+    wait_finished(&client, id, Duration::from_secs(30)).await;
+    client
+        .execute("INSERT INTO sisy.jobs (name, command, schedule) VALUES ('typo', 'true', '* * * * * * *')", &[])
+        .await
+        .unwrap();
+    crate::util::wait_until(
+        &client,
+        "the typo flagged",
+        Duration::from_secs(30),
+        || "SELECT count(*) FROM sisy.jobs WHERE schedule_error IS NOT NULL".into(),
+        |n: i64| n == 1,
+    )
+    .await;
+    let status = ok(&db, &["status"]);
+    assert!(status.contains("hosts    2 alive"), "{status}");
+    assert!(
+        status.contains("failing jobs:") && status.contains("broken"),
+        "{status}"
+    );
+    assert!(
+        status.contains("unusable schedules:") && status.contains("typo"),
+        "{status}"
+    );
+    let s = json(&db, &["status"]);
+    assert_eq!(s["hosts_alive"], 2);
+    assert_eq!(s["failing_jobs"][0]["name"], "broken");
+}
+
+#[test]
+fn schedule_check_prints_local_and_utc_or_names_the_bad_field() {
+    let out = sisy()
+        .args([
+            "schedule",
+            "check",
+            "30 2 * * *",
+            "--tz",
+            "Europe/Amsterdam",
+            "--after",
+            "2026-03-28T12:00:00Z",
+            "--count",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    // The spring-forward day: 02:30 does not exist and runs at 03:00 CEST (01:00 UTC).
+    assert_eq!(
+        text,
+        "2026-03-29 03:00:00 CEST (+02:00)  2026-03-29 01:00:00 UTC\n2026-03-30 02:30:00 CEST (+02:00)  2026-03-30 00:30:00 UTC\n"
+    );
+    let out = sisy()
+        .args(["schedule", "check", "0 25 * * *"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hour") && err.contains("25"), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_is_exit_code_3() {
+    let out = sisy()
+        .args([
+            "--database-url",
+            "host=/nonexistent-sisy port=1 user=nobody dbname=none",
+            "jobs",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect") && err.contains("PostgreSQL is running"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_crontab_dry_runs_imports_once_and_refuses_reboot() {
+    let (db, client) = migrated_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crontab");
+    std::fs::write(
+        &file,
+        "# a user crontab\nMAILTO=ops@example.net\nCRON_TZ=Europe/Amsterdam\n*/5 * * * * /usr/bin/check\n0 3 * * 1 backup --full % now\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let dry = ok(&db, &["import-crontab", f, "--dry-run"]);
+    assert!(dry.contains("would import 2 job(s)"), "{dry}");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM sisy.jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a dry run wrote");
+    let first = ok(&db, &["import-crontab", f]);
+    assert!(first.contains("2 created"), "{first}");
+    let again = ok(&db, &["import-crontab", f]);
+    assert!(
+        again.contains("0 created, 0 updated, 2 unchanged"),
+        "{again}"
+    );
+    let tz: String = client
+        .query_one("SELECT DISTINCT timezone FROM sisy.jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tz, "Europe/Amsterdam");
+
+    std::fs::write(&file, "@reboot /usr/bin/startup\n* * * * * true\n").unwrap();
+    let r = sisy_on(&db, &["import-crontab", f]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("@reboot") && r.stderr.contains("nothing was imported"),
+        "{}",
+        r.stderr
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM sisy.jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_monitoring_queries_run() {
+    let (_db, client) = migrated_db().await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("Example monitoring queries")
+        .nth(1)
+        .expect("the README has monitoring queries");
+    let block = section
+        .split("```sql")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let statements: Vec<&str> = block
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(statements.len() >= 5, "{statements:?}");
+    for sql in statements {
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("README query failed: {sql}: {e}"));
+    }
+}
