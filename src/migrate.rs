@@ -33,7 +33,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "views",
         sql: include_str!("../sql/migrations/0003_views.sql"),
     },
+    Migration {
+        version: 6,
+        name: "privileges",
+        sql: include_str!("../sql/migrations/0006_privileges.sql"),
+    },
 ];
+
+/// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).
+pub const ROLES: &str = include_str!("../sql/roles.sql");
 
 /// The schema version this binary needs.
 pub fn latest_version() -> i32 {
@@ -85,6 +93,8 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
         .context("cannot create the schema sisy: does this user have CREATE on the database?")?;
     let applied = applied_versions(client).await?;
     let mut done = Vec::new();
+    // Migrations are applied in version order; a version may be missing from the list
+    // (numbers were reserved for work that landed in another order).
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         let tx = client.transaction().await?;
         tx.batch_execute(m.sql)
@@ -98,7 +108,32 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
         tx.commit().await?;
         done.push(m.version);
     }
+    // Objects a migration created get their grants, where the roles exist.
+    if roles_exist(client).await? {
+        client
+            .batch_execute(ROLES)
+            .await
+            .context("cannot grant the sisy roles their rights")?;
+    }
     Ok(done)
+}
+
+async fn roles_exist(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT count(*) = 3 FROM pg_roles WHERE rolname IN ('sisy_admin', 'sisy_guardian', 'sisy_reader')",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Creates the three roles (when missing) and grants their rights: `sisy db roles`.
+pub async fn roles(client: &mut Client) -> Result<()> {
+    ensure_current(client).await?;
+    client.batch_execute(ROLES).await.context(
+        "cannot set up the roles: run `sisy db roles` as a user with CREATEROLE who owns the schema sisy",
+    )
 }
 
 async fn applied_versions(client: &Client) -> Result<Vec<i32>> {

@@ -88,6 +88,8 @@ pub enum DbCommand {
     Migrate,
     /// Show the applied and pending schema versions.
     Status,
+    /// Create the roles sisy_admin, sisy_guardian, sisy_reader and grant their rights.
+    Roles,
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,6 +195,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
             let done = match command {
                 Command::Db(DbCommand::Migrate) => db_migrate(c, json).await,
                 Command::Db(DbCommand::Status) => db_status(c, json).await,
+                Command::Db(DbCommand::Roles) => db_roles(c, json).await,
                 Command::Jobs(cmd) => jobs::run(c, *cmd, json).await,
                 Command::Runs(cmd) => runs::run(c, cmd, json).await,
                 Command::Hosts(cmd) => hosts::run(c, cmd, json).await,
@@ -258,6 +261,21 @@ async fn db_migrate(client: &mut Client, json: bool) -> Result<()> {
         println!(
             "applied migrations {applied:?}; schema sisy is at version {}",
             status.current()
+        );
+    }
+    Ok(())
+}
+
+async fn db_roles(client: &mut Client, json: bool) -> Result<()> {
+    migrate::roles(client).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "roles": ["sisy_admin", "sisy_guardian", "sisy_reader"] })
+        );
+    } else {
+        println!(
+            "roles sisy_admin, sisy_guardian and sisy_reader are set up; make log-in roles members of them (CREATE ROLE alice LOGIN IN ROLE sisy_admin)"
         );
     }
     Ok(())

@@ -8,5 +8,6 @@ mod core;
 mod events;
 mod housekeeping;
 mod pg;
+mod security;
 mod smoke;
 mod util;

@@ -1,0 +1,144 @@
+//! Least privilege in the database: each role logs in for real and every denial is proved,
+//! and a guardian running as `sisy_guardian` does its whole job.
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::pg::TestDb;
+use crate::util::{Guardian, migrated_db, sisy, wait_finished, wait_until};
+
+/// Creates a log-in role that is a member of `group`, and connects as it.
+async fn login_as(
+    db: &TestDb,
+    admin: &tokio_postgres::Client,
+    group: &str,
+) -> (String, tokio_postgres::Client) {
+    let role = format!("{}_{}", group, db.name);
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE {group}"))
+        .await
+        .unwrap();
+    let url = db.url.replace("user=postgres", &format!("user={role}"));
+    assert_ne!(url, db.url, "the test URL names user=postgres");
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(async move { drop(connection.await) });
+    (url, client)
+}
+
+async fn denied(client: &tokio_postgres::Client, sql: &str) {
+    let err = client
+        .batch_execute(sql)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("allowed: {sql}"));
+    let message = sisyphus::db::error_message(&err);
+    assert!(message.contains("permission denied"), "{sql}: {message}");
+}
+
+async fn allowed(client: &tokio_postgres::Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", sisyphus::db::error_message(&e)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_can_do_its_job_and_nothing_more() {
+    let (db, owner) = migrated_db().await;
+    let out = sisy()
+        .args(["--database-url", &db.url, "db", "roles"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    owner
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, env) VALUES ('secretive', 'echo ok', '{\"TOKEN\": \"s3cret\"}');
+             SELECT sisy.trigger('secretive');",
+        )
+        .await
+        .unwrap();
+
+    let (_, reader) = login_as(&db, &owner, "sisy_reader").await;
+    allowed(&reader, "SELECT * FROM sisy.runs; SELECT * FROM sisy.hosts; SELECT * FROM sisy.job_status;
+                      SELECT name, command, schedule FROM sisy.jobs; SELECT * FROM sisy.recent_failures").await;
+    denied(&reader, "SELECT env FROM sisy.jobs").await;
+    denied(&reader, "SELECT * FROM sisy.jobs").await;
+    denied(
+        &reader,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('x', 'true')",
+    )
+    .await;
+    denied(&reader, "UPDATE sisy.runs SET state = 'succeeded'").await;
+    denied(&reader, "DELETE FROM sisy.hosts").await;
+    denied(&reader, "SELECT sisy.trigger('secretive')").await;
+    denied(&reader, "SELECT sisy.kill(1)").await;
+
+    let (_, admin) = login_as(&db, &owner, "sisy_admin").await;
+    allowed(&admin, "INSERT INTO sisy.jobs (name, command) VALUES ('by-admin', 'true');
+                     UPDATE sisy.jobs SET command = 'true 2' WHERE name = 'by-admin';
+                     SELECT env FROM sisy.jobs; SELECT sisy.kill(sisy.trigger('by-admin')); SELECT sisy.suspend('by-admin');
+                     DELETE FROM sisy.jobs WHERE name = 'by-admin'").await;
+    denied(&admin, "UPDATE sisy.runs SET state = 'succeeded'").await;
+    denied(&admin, "INSERT INTO sisy.runs (job_name, pool, scheduled_for, reason, due_at, deadline) VALUES ('x', 'default', now(), 'manual', now(), now())").await;
+    denied(&admin, "DELETE FROM sisy.hosts").await;
+
+    let (guardian_url, guardian) = login_as(&db, &owner, "sisy_guardian").await;
+    allowed(
+        &guardian,
+        "UPDATE sisy.jobs SET next_due = NULL, schedule_error = NULL WHERE false",
+    )
+    .await;
+    for column in [
+        "command = 'rm -rf /'",
+        "run_as = 'root'",
+        "env = '{}'",
+        "pool = 'other'",
+        "suspended = true",
+    ] {
+        denied(&guardian, &format!("UPDATE sisy.jobs SET {column}")).await;
+    }
+    denied(&guardian, "DELETE FROM sisy.jobs").await;
+    denied(
+        &guardian,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('x', 'true')",
+    )
+    .await;
+    denied(&guardian, "SELECT sisy.trigger('secretive')").await;
+
+    // A guardian logged in as sisy_guardian runs the whole core path.
+    let mut g = Guardian::start(
+        &TestDb {
+            name: db.name.clone(),
+            url: guardian_url,
+        },
+        "g-least",
+        "",
+    );
+    owner
+        .execute("INSERT INTO sisy.jobs (name, command, schedule) VALUES ('ticking', 'echo $TOKEN', '* * * * * *')", &[])
+        .await
+        .unwrap();
+    wait_until(&owner, "runs by the least-privileged guardian", Duration::from_secs(30), || {
+        "SELECT count(*) FROM sisy.runs WHERE host = 'g-least' AND state = 'succeeded' AND job_name = 'ticking'".into()
+    }, |n: i64| n >= 2)
+    .await;
+    let first: i64 = owner
+        .query_one(
+            "SELECT min(id) FROM sisy.runs WHERE job_name = 'secretive'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        wait_finished(&owner, first, Duration::from_secs(30)).await,
+        "succeeded"
+    );
+    assert_eq!(g.stop(), Some(0), "{}", g.log());
+    assert!(!g.log().contains("permission denied"), "{}", g.log());
+}
