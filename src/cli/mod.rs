@@ -8,6 +8,7 @@
 //! Exit codes: 0 success; 1 the operation failed (unknown job or run, refused value, …);
 //! 2 bad usage (clap); 3 the database could not be reached.
 
+mod generate;
 mod hosts;
 mod import;
 mod jobs;
@@ -70,6 +71,12 @@ pub enum Command {
     ImportCrontab(import::ImportArgs),
     /// The fleet on one screen: hosts, running, failing jobs, missed runs.
     Status,
+    /// Write man pages and shell completions into DIR (used to build the package).
+    #[command(hide = true)]
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +195,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
             after,
             count,
         }) => Ok(schedule::check(&expr, &tz, after, count, json)?),
+        Command::Generate { out } => Ok(generate::run(&out)?),
         Command::ImportCrontab(args) if args.dry_run => Ok(import::run(None, &args, json).await?),
         command => {
             let mut client = client(cli.database_url.as_deref()).await?;
@@ -201,7 +209,9 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 Command::Hosts(cmd) => hosts::run(c, cmd, json).await,
                 Command::ImportCrontab(args) => import::run(Some(c), &args, json).await,
                 Command::Status => status::run(c, json).await,
-                Command::Guardian(_) | Command::Schedule(_) => unreachable!("handled above"),
+                Command::Guardian(_) | Command::Schedule(_) | Command::Generate { .. } => {
+                    unreachable!("handled above")
+                }
             };
             Ok(done?)
         }
@@ -210,6 +220,12 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
 
 async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
+    let default = std::path::Path::new(crate::config::DEFAULT_PATH);
+    match args.config.as_deref() {
+        Some(path) => refuse_writable_by_others(path)?,
+        None if default.exists() => refuse_writable_by_others(default)?,
+        None => {}
+    }
     let config = GuardianConfig::load(args.config.as_deref(), &env)?;
     if args.check_config {
         print!("{}", config.to_redacted_toml());
@@ -217,6 +233,28 @@ async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result
     }
     crate::logging::init(matches!(config.log_format, crate::config::LogFormat::Json));
     guardian::run(config, shutdown).await
+}
+
+/// The config decides what this host runs and as whom: a file that users other than its
+/// owner (and its group, when that is root's) can change is refused.
+fn refuse_writable_by_others(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // a missing file is reported by the config loader
+    };
+    let shown = path.display();
+    if meta.mode() & 0o002 != 0 {
+        anyhow::bail!(
+            "{shown} is writable by every user, who could then make this host run anything: run `chmod o-w {shown}`"
+        );
+    }
+    if meta.mode() & 0o020 != 0 && meta.gid() != 0 {
+        anyhow::bail!(
+            "{shown} is writable by its group (gid {}), whose members could then make this host run anything: run `chmod g-w {shown}`",
+            meta.gid()
+        );
+    }
+    Ok(())
 }
 
 /// A client for the one-shot subcommands; failure to connect is exit code 3.

@@ -7,6 +7,7 @@ mod cli;
 mod core;
 mod events;
 mod housekeeping;
+mod package;
 mod pg;
 mod security;
 mod smoke;

@@ -142,3 +142,23 @@ async fn each_role_can_do_its_job_and_nothing_more() {
     assert_eq!(g.stop(), Some(0), "{}", g.log());
     assert!(!g.log().contains("permission denied"), "{}", g.log());
 }
+
+#[test]
+fn a_guardian_refuses_a_config_file_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(&config, "database_url = \"host=/nonexistent dbname=x\"\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = sisy()
+        .args(["guardian", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("writable by every user") && err.contains("chmod o-w"),
+        "{err}"
+    );
+}
