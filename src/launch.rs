@@ -23,8 +23,21 @@ pub struct Refusal {
     pub final_: bool,
 }
 
+/// Linux's limit on one argument of exec (MAX_ARG_STRLEN): `sh -c COMMAND` cannot pass more.
+pub const MAX_COMMAND_BYTES: usize = 32 * 4096;
+
 /// Builds the process spec for `run`, or says why it cannot start on this host.
 pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Spec, Refusal> {
+    if run.command.len() >= MAX_COMMAND_BYTES {
+        return Err(Refusal {
+            error: format!(
+                "the command is {} bytes, more than the {} bytes Linux allows for one argument: put it in a script and run that",
+                run.command.len(),
+                MAX_COMMAND_BYTES - 1
+            ),
+            final_: true,
+        });
+    }
     let identity = policy
         .resolve(run.run_as.as_deref())
         .map_err(|error| Refusal {
