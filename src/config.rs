@@ -6,8 +6,9 @@
 //! names the file and key, or the variable, and says what is expected). It deliberately does
 //! not connect to the database, resolve `run_as` users, bind the metrics address or create
 //! `state_dir`: those belong to `db`, `supervisor`, the metrics server and the spool, which
-//! report their own failures. Reloading on SIGHUP is simply calling [`GuardianConfig::load`]
-//! again.
+//! report their own failures. Reloading on SIGHUP is calling [`GuardianConfig::load`] again
+//! and merging the result with [`GuardianConfig::reload`], which says which keys a running
+//! guardian applies and which need a restart.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -69,6 +70,20 @@ pub struct GuardianConfig {
     /// Where the local result spool lives; absolute.
     pub state_dir: PathBuf,
     pub log_format: LogFormat,
+    /// The file this configuration was read from (None: the default path, if it existed);
+    /// a reload reads it again.
+    pub path: Option<PathBuf>,
+}
+
+/// A configuration read again while the guardian runs, merged with the running one.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The configuration to run with from now on.
+    pub config: GuardianConfig,
+    /// Keys whose new value is applied.
+    pub applied: Vec<&'static str>,
+    /// Keys whose new value needs a restart; their old value is kept.
+    pub kept: Vec<&'static str>,
 }
 
 impl GuardianConfig {
@@ -116,7 +131,58 @@ impl GuardianConfig {
             log_format: inputs
                 .get("log_format", parse_log_format)?
                 .unwrap_or_default(),
+            path: path.map(Path::to_path_buf),
         })
+    }
+
+    /// Merges `new` (the file and environment read again) into this running configuration.
+    /// Applied at once: `pools`, `capacity`, `default_user`, `allowed_users`, `output_limit`,
+    /// `heartbeat_interval`, `lease`, `shutdown_grace`, `history_retention`. Kept until a
+    /// restart: `database_url`, `host_name`, `state_dir`, `metrics_listen`, `log_format`
+    /// (what the process is, where it keeps state and where it connects or listens).
+    pub fn reload(&self, new: GuardianConfig) -> Reload {
+        let mut applied = Vec::new();
+        let mut kept = Vec::new();
+        let mut config = new;
+        macro_rules! live {
+            ($($field:ident),*) => {$(
+                if config.$field != self.$field {
+                    applied.push(stringify!($field));
+                }
+            )*};
+        }
+        macro_rules! fixed {
+            ($($field:ident),*) => {$(
+                if config.$field != self.$field {
+                    kept.push(stringify!($field));
+                    config.$field = self.$field.clone();
+                }
+            )*};
+        }
+        live!(
+            pools,
+            capacity,
+            default_user,
+            allowed_users,
+            output_limit,
+            heartbeat_interval,
+            lease,
+            shutdown_grace,
+            history_retention
+        );
+        fixed!(
+            database_url,
+            host_name,
+            state_dir,
+            metrics_listen,
+            log_format
+        );
+        config.path = self.path.clone();
+        Reload {
+            config,
+            applied,
+            kept,
+        }
     }
 
     /// The effective configuration as TOML text with the database password redacted (for
@@ -1421,5 +1487,27 @@ mod tests {
         assert!(!config.user_allowed(""));
         config.allowed_users.push("root".into());
         assert!(config.user_allowed("root"));
+    }
+
+    #[test]
+    fn reload_applies_live_keys_and_keeps_the_rest() {
+        let old = load(&with_url("host_name = \"a\"\ncapacity = 2"), &[])
+            .0
+            .unwrap();
+        let new = load(
+            "database_url = \"postgres://other/db\"\nhost_name = \"b\"\ncapacity = 5\n\
+             pools = [\"x\", \"y\"]\nallowed_users = [\"backup\"]",
+            &[],
+        )
+        .0
+        .unwrap();
+        let reload = old.reload(new);
+        assert_eq!(reload.applied, ["pools", "capacity", "allowed_users"]);
+        assert_eq!(reload.kept, ["database_url", "host_name"]);
+        assert_eq!(reload.config.capacity, 5);
+        assert_eq!(reload.config.pools, ["x", "y"]);
+        assert_eq!(reload.config.host_name, "a");
+        assert_eq!(reload.config.database_url, URL);
+        assert_eq!(reload.config.path, old.path);
     }
 }

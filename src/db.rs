@@ -22,6 +22,7 @@ pub mod q {
     pub const HOSTS_LIVE: &str = include_str!("../sql/queries/hosts_live.sql");
     pub const HOSTS_REGISTER: &str = include_str!("../sql/queries/hosts_register.sql");
     pub const HOSTS_RELEASE: &str = include_str!("../sql/queries/hosts_release.sql");
+    pub const HOSTS_REANNOUNCE: &str = include_str!("../sql/queries/hosts_reannounce.sql");
     pub const HEARTBEAT: &str = include_str!("../sql/queries/heartbeat.sql");
     pub const RUNS_INSERT: &str = include_str!("../sql/queries/runs_insert.sql");
     pub const RUNS_TICK: &str = include_str!("../sql/queries/runs_tick.sql");
@@ -31,7 +32,7 @@ pub mod q {
     pub const RUNS_SKIP: &str = include_str!("../sql/queries/runs_skip.sql");
     pub const RUNS_REQUEST_REPLACE: &str = include_str!("../sql/queries/runs_request_replace.sql");
     pub const RUNS_FINISH: &str = include_str!("../sql/queries/runs_finish.sql");
-    pub const RUNS_NOTE_FENCED: &str = include_str!("../sql/queries/runs_note_fenced.sql");
+    pub const RUNS_NOTE: &str = include_str!("../sql/queries/runs_note.sql");
     pub const RUNS_PRUNE: &str = include_str!("../sql/queries/runs_prune.sql");
     pub const HOSTS_PRUNE: &str = include_str!("../sql/queries/hosts_prune.sql");
     pub const RUNS_ORPHANED_BY_RESTART: &str =

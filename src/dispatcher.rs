@@ -17,9 +17,10 @@ use crate::claimer::{Admission, ClaimedRun, Claimer};
 use crate::db::q;
 use crate::guardian::{RunHandle, Shared, is_draining};
 use crate::launch;
+use crate::outage;
 use crate::recorder::{self, Verdict, Written};
 use crate::scheduler::Scheduler;
-use crate::supervisor;
+use crate::supervisor::{self, Supervision};
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);
@@ -41,8 +42,11 @@ pub struct Pass {
 pub struct Dispatcher {
     shared: Arc<Shared>,
     scheduler: Scheduler,
+    /// The pools the scheduler was given (a reload may change them).
+    pools: Vec<String>,
     claimer: Claimer,
-    /// Runs claimed with overlap = replace that wait for the run they replace to end.
+    /// Runs claimed with overlap = replace that wait for the run they replace to end (also
+    /// in `Shared::held`, so the heartbeat keeps them).
     waiting: Vec<ClaimedRun>,
 }
 
@@ -62,10 +66,15 @@ pub async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures.is_multiple_of(60) {
+                if outage::is_connection_error(&e) {
+                    shared.outage.failed("dispatcher", &e);
+                } else if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(error = %format!("{e:#}"), failures, "dispatcher pass failed; retrying");
                 }
+                // Backoff, but never slower than a heartbeat: work resumes soon after the
+                // database is back.
                 Duration::from_millis(100 * u64::from(failures.min(50)))
+                    .min(shared.config().heartbeat_interval)
             }
         };
         if shared.stopping.is_cancelled() {
@@ -82,11 +91,13 @@ pub async fn run(shared: Arc<Shared>) {
 
 impl Dispatcher {
     pub fn new(shared: Arc<Shared>) -> Dispatcher {
-        let scheduler = Scheduler::new(shared.db.clone(), shared.config.pools.clone());
-        let claimer = Claimer::new(shared.db.clone(), shared.config.host_name.clone());
+        let pools = shared.config().pools.clone();
+        let scheduler = Scheduler::new(shared.db.clone(), pools.clone());
+        let claimer = Claimer::new(shared.db.clone(), shared.host.clone());
         Dispatcher {
             shared,
             scheduler,
+            pools,
             claimer,
             waiting: Vec::new(),
         }
@@ -94,12 +105,17 @@ impl Dispatcher {
 
     /// One pass; see the module doc.
     pub async fn run_once(&mut self) -> Result<Pass> {
-        let cfg = &self.shared.config;
+        let cfg = self.shared.config();
+        if cfg.pools != self.pools {
+            self.pools = cfg.pools.clone();
+            self.scheduler.set_pools(self.pools.clone());
+        }
         let client = self.shared.db.get().await?;
         let tick = client
-            .query_one(q::RUNS_TICK, &[&cfg.pools, &cfg.host_name])
+            .query_one(q::RUNS_TICK, &[&cfg.pools, &self.shared.host])
             .await?;
         drop(client);
+        self.shared.outage.ok();
         let unseen: bool = tick.get("unseen");
         let job_due_in: Option<f64> = tick.get("job_due_in");
         let run_due_in: Option<f64> = tick.get("run_due_in");
@@ -111,7 +127,7 @@ impl Dispatcher {
             pass.materialised = o.runs;
             progress |= o.more || o.seeded > 0 || o.jobs > 0;
         }
-        let free = self.free_capacity();
+        let free = self.free_capacity(cfg.capacity);
         if free > 0 && !is_draining(&self.shared) && !self.shared.stopping.is_cancelled() {
             let mut claimed = self.claimer.claim(&cfg.pools, free).await?;
             progress |= claimed.len() == free;
@@ -146,30 +162,32 @@ impl Dispatcher {
         };
         for run in std::mem::take(&mut self.waiting) {
             let outcome = supervisor::Outcome::default();
-            let host = &self.shared.config.host_name;
-            if let Err(e) = recorder::record(
-                &self.shared.db,
-                host,
-                run.id,
-                &verdict,
-                &outcome,
-                &self.shared.abandon,
-            )
-            .await
+            let entry =
+                recorder::entry(&self.shared.host, run.id, &run.job_name, &verdict, &outcome);
+            if let Err(e) = self
+                .shared
+                .recorder
+                .record(&entry, &self.shared.abandon)
+                .await
             {
                 tracing::warn!(run_id = run.id, error = %e, "could not release a claimed run at shutdown");
             }
+            self.shared.hold(run.id, false);
         }
     }
 
-    fn free_capacity(&self) -> usize {
+    fn free_capacity(&self, capacity: usize) -> usize {
         let busy = self.shared.running_count() + self.waiting.len();
-        self.shared.config.capacity.saturating_sub(busy)
+        capacity.saturating_sub(busy)
     }
 
     async fn admit_and_start(&mut self, claimed: Vec<ClaimedRun>) -> Result<usize> {
         if claimed.is_empty() {
             return Ok(0);
+        }
+        // Claimed, not started yet: the heartbeat must keep them while admission runs.
+        for run in &claimed {
+            self.shared.hold(run.id, true);
         }
         let decisions = match self.claimer.admit(&claimed).await {
             Ok(d) => d,
@@ -183,7 +201,9 @@ impl Dispatcher {
         for run in claimed {
             match decisions.get(&run.id) {
                 Some(Admission::Start { latency }) => {
+                    let id = run.id;
                     self.start(run, *latency);
+                    self.shared.hold(id, false);
                     started += 1;
                 }
                 Some(Admission::Wait { victims }) => {
@@ -195,10 +215,11 @@ impl Dispatcher {
                     self.waiting.push(run);
                 }
                 Some(Admission::Skipped) => {
+                    self.shared.hold(run.id, false);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run skipped: the previous run is still running (overlap = forbid)");
                 }
                 // Not admitted and not decided: it was taken from us in the meantime.
-                None => {}
+                None => self.shared.hold(run.id, false),
             }
         }
         Ok(started)
@@ -234,22 +255,31 @@ async fn supervise(
     stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
     pid_tx: watch::Sender<Option<u32>>,
 ) {
-    let cfg = &shared.config;
-    let (outcome, verdict) = match launch::spec(&run, &shared.policy, cfg.output_limit) {
+    let host = &shared.host;
+    let cfg = shared.config();
+    let (outcome, verdict) = match launch::spec(&run, &shared.policy(), cfg.output_limit) {
         Ok(spec) => {
             tracing::info!(
-                job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %cfg.host_name,
+                job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %host,
                 user = %spec.identity.name, latency_ms = latency.as_millis() as u64, "run started"
             );
-            let outcome = supervisor::run(spec, stop_rx, pid_tx).await;
-            // The process is gone: from here on only the result remains to be written, and
-            // a heartbeat must not mistake the finished run for one taken away.
+            let supervision = Supervision {
+                stop: stop_rx,
+                pid: pid_tx,
+                lease: shared.lease.subscribe(),
+                registry: Some(shared.registry.clone()),
+            };
+            let outcome = supervisor::run(spec, supervision).await;
+            // The process is gone: from here on only the result remains to be written. It is
+            // held (the heartbeat keeps renewing it) but no longer supervised (a heartbeat
+            // must not mistake the finished run for one taken away).
+            shared.hold(run.id, true);
             shared
                 .runs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&run.id);
-            let verdict = recorder::verdict(&outcome, run.max_runtime);
+            let verdict = recorder::verdict(&outcome, run.max_runtime, host);
             (outcome, verdict)
         }
         Err(refusal) => {
@@ -258,20 +288,14 @@ async fn supervise(
                 error: Some(refusal.error),
                 no_retry: refusal.final_,
             };
+            shared.hold(run.id, true);
             (supervisor::Outcome::default(), verdict)
         }
     };
-    let written = recorder::record(
-        &shared.db,
-        &cfg.host_name,
-        run.id,
-        &verdict,
-        &outcome,
-        &shared.abandon,
-    )
-    .await;
+    let entry = recorder::entry(host, run.id, &run.job_name, &verdict, &outcome);
+    let written = shared.recorder.record(&entry, &shared.abandon).await;
     tracing::info!(
-        job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %cfg.host_name,
+        job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %host,
         state = verdict.state, exit_code = outcome.exit_code, signal = outcome.signal,
         duration_ms = outcome.duration.as_millis() as u64, error = verdict.error.as_deref().unwrap_or(""),
         "run finished"
@@ -279,11 +303,15 @@ async fn supervise(
     match written {
         Ok(Written::Fenced) => tracing::warn!(
             run_id = run.id,
-            "run had been declared lost; its process was killed here"
+            "run had been declared lost; its processes were killed here"
+        ),
+        Ok(Written::Late) => tracing::warn!(
+            run_id = run.id,
+            "run had been declared lost before its result arrived; the result was noted on it"
         ),
         Ok(Written::Recorded) => {}
         Err(e) => {
-            tracing::error!(run_id = run.id, error = %e, "result not recorded: the database stayed unreachable")
+            tracing::error!(run_id = run.id, error = %e, "result not recorded: the database stayed unreachable; it stays in the spool for the next start")
         }
     }
     shared
@@ -291,6 +319,7 @@ async fn supervise(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&run.id);
+    shared.hold(run.id, false);
     // Capacity freed: the dispatcher may claim again.
     shared.wake.notify_one();
 }

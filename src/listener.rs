@@ -4,8 +4,10 @@
 //! appeared), `sisy_kill` (payload: a run id: `sisy.kill` or `overlap = replace`) and
 //! `sisy_hosts` (payload: a host: drained or undrained). It wakes the dispatcher or stops a
 //! run; kill requests reach the process in milliseconds instead of at the next heartbeat.
-//! On a broken connection it reconnects with backoff and wakes the dispatcher, since
-//! notifications sent meanwhile are lost (the safety poll and heartbeat cover the rest).
+//! On a broken connection it reconnects with backoff (capped at the heartbeat interval, so it
+//! is back within a heartbeat of the database) and wakes the dispatcher, since
+//! notifications sent meanwhile are lost (the safety poll and heartbeat cover the rest). An
+//! outage is logged once, by [`crate::outage`], not once per attempt.
 //! Does not act on anything itself beyond forwarding.
 
 use std::sync::Arc;
@@ -17,37 +19,35 @@ use tokio_postgres::AsyncMessage;
 
 use crate::db;
 use crate::guardian::Shared;
+use crate::outage;
 use crate::supervisor::StopReason;
 
 pub async fn run(shared: Arc<Shared>) {
     let mut pause = Duration::from_millis(200);
-    let mut failing = false;
     loop {
-        let began = tokio::time::Instant::now();
         let result = tokio::select! {
-            r = listen(&shared) => r,
+            r = listen(&shared, &mut pause) => r,
             _ = shared.abandon.cancelled() => return,
         };
-        if began.elapsed() > Duration::from_secs(60) {
-            pause = Duration::from_millis(200); // it was healthy: start the backoff afresh
-        }
-        if let Err(e) = result
-            && !failing
-        {
-            tracing::warn!(error = %format!("{e:#}"), "notification connection lost; reconnecting with backoff");
-            failing = true;
+        if let Err(e) = result {
+            if outage::is_connection_error(&e) {
+                shared.outage.failed("listener", &e);
+            } else {
+                tracing::warn!(error = %format!("{e:#}"), "notification connection failed; reconnecting with backoff");
+            }
         }
         shared.wake.notify_one();
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shared.abandon.cancelled() => return,
         }
-        pause = (pause * 2).min(Duration::from_secs(10));
+        pause = (pause * 2).min(shared.config().heartbeat_interval);
     }
 }
 
-async fn listen(shared: &Shared) -> Result<()> {
-    let config = db::parse_url(&shared.config.database_url)?;
+/// Listens until the connection breaks; resets `pause` once subscribed (it was healthy).
+async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
+    let config = db::parse_url(&shared.config().database_url)?;
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The client drives requests; the connection stream must be polled for them to complete.
@@ -56,6 +56,8 @@ async fn listen(shared: &Shared) -> Result<()> {
             .batch_execute("LISTEN sisy_wakeup; LISTEN sisy_kill; LISTEN sisy_hosts")
             .await?;
         tracing::debug!("listening for notifications");
+        *pause = Duration::from_millis(200);
+        shared.outage.ok();
         // Whatever happened before LISTEN took effect: look once.
         shared.wake.notify_one();
         std::future::pending::<Result<(), tokio_postgres::Error>>().await
@@ -76,7 +78,7 @@ async fn listen(shared: &Shared) -> Result<()> {
 
 fn handle(shared: &Shared, channel: &str, payload: &str) {
     match channel {
-        "sisy_wakeup" if shared.config.pools.iter().any(|p| p == payload) => {
+        "sisy_wakeup" if shared.config().pools.iter().any(|p| p == payload) => {
             shared.wake.notify_one();
         }
         "sisy_kill" => {
@@ -84,7 +86,7 @@ fn handle(shared: &Shared, channel: &str, payload: &str) {
                 shared.stop_run(id, StopReason::KillRequested);
             }
         }
-        "sisy_hosts" if payload == shared.config.host_name => {
+        "sisy_hosts" if payload == shared.host => {
             shared.wake.notify_one();
         }
         _ => {}

@@ -1,4 +1,7 @@
 //! The `sisy` binary: parses arguments, sets up logging and signals, and calls the library.
+//! The hidden `__run-shim` subcommand (the per-run process the guardian starts, see
+//! `sisyphus::shim`) is dispatched before anything else: it must stay single-threaded and
+//! start no runtime.
 
 use clap::Parser;
 use sisyphus::cli::{self, Cli, Command};
@@ -6,6 +9,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == sisyphus::shim::SUBCOMMAND) {
+        sisyphus::shim::main(&args[2..]);
+    }
     let cli = Cli::parse();
     // The guardian sets up logging once its config (log_format) is read.
     if !matches!(cli.command, Command::Guardian(_)) {
@@ -33,7 +40,8 @@ fn main() {
 }
 
 /// SIGTERM and SIGINT start a graceful shutdown; a second one is not needed (the guardian
-/// bounds its own shutdown by `shutdown_grace` and each job's `kill_grace`).
+/// bounds its own shutdown by `shutdown_grace` and each job's `kill_grace`). SIGHUP asks the
+/// guardian to reload its configuration (other subcommands ignore it).
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (
@@ -42,14 +50,14 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         ) else {
             return;
         };
-        // SIGHUP would end the process by default; until reloading exists, say so instead.
         let mut hup = signal(SignalKind::hangup()).ok();
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::warn!("SIGHUP: this version does not reload its configuration; restart the guardian to apply changes");
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    sisyphus::guardian::request_reload();
                 }
             }
         }

@@ -33,7 +33,7 @@ pub async fn run(shared: Arc<Shared>) {
             _ = tokio::time::sleep_until(next) => {}
             _ = shared.stopping.cancelled() => return,
         }
-        match run_once(&shared.db, shared.config.history_retention).await {
+        match run_once(&shared.db, shared.config().history_retention).await {
             Ok(o) if o.runs > 0 || o.hosts > 0 => {
                 tracing::info!(runs = o.runs, hosts = o.hosts, "old history deleted")
             }

@@ -1,11 +1,16 @@
 //! The recorder: writes how a run ended into `sisy.runs`.
 //!
 //! Owns the mapping from a supervisor [`Outcome`] to a final state and its `error` sentence,
-//! and writing it until the database takes it (a result is never dropped because the
-//! database was briefly away). A run that was declared lost while it ran here keeps that
-//! verdict; the recorder then notes that this host killed the process (fencing).
+//! and writing it until the database takes it: a result is never dropped because the
+//! database is away. When the first write fails, the result goes to the spool (see
+//! [`crate::spool`]) and is retried with backoff (capped at the heartbeat interval, so a
+//! result lands within a heartbeat of the database's return); the spool is replayed when a
+//! guardian restarts. A run that is no longer running here when its result arrives (it was
+//! declared lost meanwhile) keeps that verdict; the recorder then appends what this host saw
+//! (fencing, the watchdog, or the late result) to its `error`.
 //! Does not decide retries: the database trigger on `sisy.runs` does, for whoever writes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -13,6 +18,8 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::q;
+use crate::outage::{self, Outage};
+use crate::spool::{Entry, Spool};
 use crate::supervisor::{Outcome, StopReason};
 
 /// A final state with its explanation.
@@ -23,8 +30,8 @@ pub struct Verdict {
     pub no_retry: bool,
 }
 
-/// The state a run ends in, from how its process ended.
-pub fn verdict(outcome: &Outcome, max_runtime: Option<Duration>) -> Verdict {
+/// The state a run ends in, from how its process on `host` ended.
+pub fn verdict(outcome: &Outcome, max_runtime: Option<Duration>, host: &str) -> Verdict {
     let v = |state, error: Option<String>| Verdict {
         state,
         error,
@@ -32,6 +39,15 @@ pub fn verdict(outcome: &Outcome, max_runtime: Option<Duration>) -> Verdict {
     };
     if let Some(e) = &outcome.start_error {
         return v("failed", Some(e.clone()));
+    }
+    if outcome.unresponsive {
+        return v(
+            "lost",
+            Some(format!(
+                "the guardian on {host} stopped renewing its lease (paused or hung), so the job's \
+                 processes were killed there before another host could take the run over"
+            )),
+        );
     }
     if outcome.timed_out {
         let limit = max_runtime
@@ -48,7 +64,15 @@ pub fn verdict(outcome: &Outcome, max_runtime: Option<Duration>) -> Verdict {
         // The row already says who asked (sisy.kill, or the run that replaced it).
         Some(StopReason::KillRequested) => return v("killed", Some("killed on request".into())),
         Some(StopReason::Shutdown) => return v("killed", Some("guardian shutdown".into())),
-        Some(StopReason::Fenced) => return v("lost", None),
+        Some(StopReason::Fenced) => {
+            return v(
+                "lost",
+                Some(format!(
+                    "its process on {host} was killed at once when that guardian found the run \
+                     declared lost (fencing)"
+                )),
+            );
+        }
         None => {}
     }
     match (outcome.exit_code, outcome.signal) {
@@ -73,64 +97,150 @@ fn signal_name(sig: i32) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     Recorded,
-    /// The run was no longer running here (declared lost): fencing noted instead.
+    /// The run had been declared lost while its process ran here; its processes were killed
+    /// (fencing or the watchdog) and the run's `error` says so.
     Fenced,
+    /// The run had been declared lost, but its process had ended on its own; the result was
+    /// appended to the run's `error`.
+    Late,
 }
 
-/// Writes the end of run `id`, retrying with backoff until the database takes it or
-/// `give_up` is cancelled.
-pub async fn record(
-    db: &Pool,
+/// Builds the entry that records `outcome` under `verdict`.
+pub fn entry(
     host: &str,
-    id: i64,
+    run_id: i64,
+    job_name: &str,
     verdict: &Verdict,
     outcome: &Outcome,
-    give_up: &CancellationToken,
-) -> Result<Written> {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match write(db, host, id, verdict, outcome).await {
-            Ok(w) => return Ok(w),
-            Err(e) => {
-                tracing::warn!(run_id = id, error = %e, "cannot record the run's result yet; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = give_up.cancelled() => return Err(e),
+) -> Entry {
+    Entry {
+        run_id,
+        host: host.to_string(),
+        job_name: job_name.to_string(),
+        state: verdict.state.to_string(),
+        error: verdict.error.clone(),
+        no_retry: verdict.no_retry,
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        output: outcome.output.clone(),
+        output_bytes: outcome.output_bytes,
+    }
+}
+
+/// Writes results: to the database, through the spool when the database is away.
+#[derive(Clone)]
+pub struct Recorder {
+    pub db: Pool,
+    pub spool: Spool,
+    pub outage: Arc<Outage>,
+    /// The longest pause between two attempts.
+    pub retry_cap: Duration,
+}
+
+impl Recorder {
+    /// Writes `entry`, retrying with backoff until the database takes it or `give_up` is
+    /// cancelled (the entry then stays in the spool for the next start).
+    pub async fn record(&self, entry: &Entry, give_up: &CancellationToken) -> Result<Written> {
+        let mut pause = Duration::from_millis(100);
+        let mut spooled = false;
+        loop {
+            match write(&self.db, entry).await {
+                Ok(w) => {
+                    if spooled {
+                        self.spool.remove(entry.run_id);
+                        tracing::info!(run_id = entry.run_id, "spooled result written");
+                    }
+                    self.outage.ok();
+                    return Ok(w);
                 }
-                pause = (pause * 2).min(Duration::from_secs(5));
+                Err(e) => {
+                    if outage::is_connection_error(&e) {
+                        self.outage.failed("recorder", &e);
+                    } else if !spooled {
+                        tracing::warn!(run_id = entry.run_id, error = %format!("{e:#}"), "the database refused the run's result; retrying");
+                    }
+                    if !spooled {
+                        spooled = true;
+                        match self.spool.save(entry) {
+                            Ok(()) => tracing::info!(
+                                run_id = entry.run_id, path = %self.spool.describe(entry.run_id),
+                                "result kept in the spool until the database takes it"
+                            ),
+                            Err(se) => tracing::error!(
+                                run_id = entry.run_id, error = %se,
+                                "cannot write the spool: the result is kept in memory only"
+                            ),
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = give_up.cancelled() => return Err(e),
+                    }
+                    pause = (pause * 2).min(self.retry_cap);
+                }
             }
         }
     }
+
+    /// At start-up: writes what a previous process of this guardian spooled. Stops at the
+    /// first failure (the entries stay; start-up retries).
+    pub async fn replay(&self) -> Result<usize> {
+        let entries = self.spool.load();
+        for entry in &entries {
+            let written = write(&self.db, entry).await?;
+            self.spool.remove(entry.run_id);
+            tracing::info!(run_id = entry.run_id, job = %entry.job_name, state = %entry.state, ?written, "spooled result of a previous guardian process written");
+        }
+        Ok(entries.len())
+    }
 }
 
-async fn write(db: &Pool, host: &str, id: i64, v: &Verdict, o: &Outcome) -> Result<Written> {
+async fn write(db: &Pool, e: &Entry) -> Result<Written> {
     let client = db.get().await?;
-    let bytes = o.output_bytes as i64;
-    if v.state != "lost" {
-        let rows = client
-            .query(
-                q::RUNS_FINISH,
-                &[
-                    &id,
-                    &host,
-                    &v.state,
-                    &o.exit_code,
-                    &o.signal,
-                    &o.output,
-                    &bytes,
-                    &v.error,
-                    &v.no_retry,
-                ],
-            )
-            .await?;
-        if !rows.is_empty() {
-            return Ok(Written::Recorded);
-        }
-    }
-    client
-        .execute(q::RUNS_NOTE_FENCED, &[&id, &host, &o.output, &bytes])
+    let bytes = e.output_bytes as i64;
+    let rows = client
+        .query(
+            q::RUNS_FINISH,
+            &[
+                &e.run_id,
+                &e.host,
+                &e.state,
+                &e.exit_code,
+                &e.signal,
+                &e.output,
+                &bytes,
+                &e.error,
+                &e.no_retry,
+            ],
+        )
         .await?;
-    Ok(Written::Fenced)
+    if !rows.is_empty() {
+        return Ok(Written::Recorded);
+    }
+    // No longer running here: declared lost (or changed by hand) meanwhile.
+    let (note, written) = if e.state == "lost" {
+        (e.error.clone().unwrap_or_default(), Written::Fenced)
+    } else {
+        let how = e
+            .error
+            .clone()
+            .unwrap_or_else(|| match (e.exit_code, e.signal) {
+                (Some(code), _) => format!("exit code {code}"),
+                (None, Some(sig)) => format!("signal {sig}"),
+                _ => "no exit status".into(),
+            });
+        (
+            format!(
+                "its process on {} ended on its own ({}: {how}), but that result reached the database after the run had been declared lost",
+                e.host, e.state
+            ),
+            Written::Late,
+        )
+    };
+    client
+        .execute(q::RUNS_NOTE, &[&e.run_id, &note, &e.output, &bytes])
+        .await?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -147,13 +257,13 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(verdict(&ended(Some(0), None), None).state, "succeeded");
-        let failed = verdict(&ended(Some(3), None), None);
+        assert_eq!(verdict(&ended(Some(0), None), None, "h").state, "succeeded");
+        let failed = verdict(&ended(Some(3), None), None, "h");
         assert_eq!(
             (failed.state, failed.error.as_deref()),
             ("failed", Some("exited with code 3"))
         );
-        let sig = verdict(&ended(None, Some(9)), None);
+        let sig = verdict(&ended(None, Some(9)), None, "h");
         assert_eq!(
             sig.error.as_deref(),
             Some("terminated by signal SIGKILL (9)")
@@ -161,13 +271,13 @@ mod tests {
         let mut timed = ended(None, Some(15));
         timed.timed_out = true;
         assert_eq!(
-            verdict(&timed, Some(Duration::from_secs(2))).state,
+            verdict(&timed, Some(Duration::from_secs(2)), "h").state,
             "timed_out"
         );
         let mut shut = ended(None, Some(15));
         shut.stopped = Some(StopReason::Shutdown);
         assert_eq!(
-            verdict(&shut, None).error.as_deref(),
+            verdict(&shut, None, "h").error.as_deref(),
             Some("guardian shutdown")
         );
     }

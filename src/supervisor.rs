@@ -1,20 +1,19 @@
-//! The supervisor: runs one admitted run as a subprocess and reports how it ended.
+//! The supervisor: runs one admitted run and reports how it ended.
 //!
-//! Owns the process: `/bin/sh -c COMMAND` with stdin `/dev/null`, its own session and
-//! process group, a clean cron-like environment plus the job's `env` and the `SISY_*`
-//! variables, the `run_as` user with its supplementary groups, the working directory; the
-//! combined stdout+stderr read to EOF into a bounded tail (a job printing 10 GB costs the
-//! guardian `output_limit` bytes, never more); `max_runtime`; stop requests (kill, replace,
-//! shutdown, fencing) as SIGTERM to the whole group and SIGKILL after `kill_grace`; and, once
-//! the shell has exited, the same treatment for whatever it left behind in its group, so no
-//! job process outlives its run.
+//! Owns the guardian's side of a run: the process spec (`/bin/sh -c COMMAND`, stdin
+//! `/dev/null`, its own session and process group, a clean cron-like environment plus the
+//! job's `env` and the `SISY_*` variables, the `run_as` user with its supplementary groups,
+//! the working directory), handed to a run shim ([`crate::shim`]) that starts the shell and
+//! owns the job's process tree; the combined stdout+stderr read to EOF into a bounded tail
+//! (a job printing 10 GB costs the guardian `output_limit` bytes, never more);
+//! `max_runtime`; stop requests (kill, replace, shutdown: SIGTERM to the whole tree and
+//! SIGKILL after `kill_grace`; fencing: SIGKILL at once); forwarding the watchdog deadline
+//! the heartbeat renews. Once the shell has exited, the shim gives whatever it left behind
+//! the same SIGTERM-then-SIGKILL treatment, so no job process outlives its run.
 //! Does not own the database: the caller records the [`Outcome`]. Does not decide *who*
-//! may run as whom (that is [`crate::users`]); it only applies a resolved identity.
+//! may run as whom (that is [`crate::users`]); it only passes on a resolved identity.
 
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -23,6 +22,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
+use crate::orphans::Registry;
+use crate::shim::{self, Report};
 use crate::users::Identity;
 
 /// Everything needed to start one run.
@@ -46,7 +47,7 @@ pub enum StopReason {
     KillRequested,
     /// The guardian is shutting down.
     Shutdown,
-    /// The run was declared lost while its process still ran here.
+    /// The run was declared lost while its process still ran here: SIGKILL at once.
     Fenced,
 }
 
@@ -63,79 +64,121 @@ pub struct Outcome {
     pub start_error: Option<String>,
     pub timed_out: bool,
     pub stopped: Option<StopReason>,
+    /// The shim's watchdog killed the job: the guardian had stopped renewing its lease.
+    pub unresponsive: bool,
     pub duration: Duration,
 }
 
-/// Runs `spec` to its end. `stop` carries a stop request from the guardian; `pid_tx`
-/// receives the process id once it is known.
-pub async fn run(
-    spec: Spec,
-    mut stop: watch::Receiver<Option<StopReason>>,
-    pid_tx: watch::Sender<Option<u32>>,
-) -> Outcome {
+/// What ties a supervised run to the rest of the guardian.
+pub struct Supervision {
+    /// Stop requests from the guardian, and why.
+    pub stop: watch::Receiver<Option<StopReason>>,
+    /// Receives the job's process id once it is known.
+    pub pid: watch::Sender<Option<u32>>,
+    /// The watchdog deadline the heartbeat renews (see `shim`): past it, the job dies.
+    pub lease: watch::Receiver<std::time::Instant>,
+    /// Where the job's process group is recorded while it lives (see `orphans`).
+    pub registry: Option<Registry>,
+}
+
+/// Runs `spec` to its end through a run shim (see `shim`), which owns the job's process
+/// tree; this side forwards stop requests and watchdog renewals and reads the output.
+pub async fn run(spec: Spec, mut sup: Supervision) -> Outcome {
     let began = Instant::now();
     let (reader, writer) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => return start_failed(format!("cannot create the output pipe: {e}")),
     };
-    let mut child = match spawn(&spec, writer) {
-        Ok(child) => child,
-        Err(e) => {
-            return start_failed(format!(
-                "cannot start /bin/sh as user '{}' in '{}': {e}",
-                spec.identity.name, spec.workdir
-            ));
+    let left = lease_left(&sup.lease);
+    let mut shim = match shim::launch(&spec, writer, left).await {
+        Ok(shim) => shim,
+        Err(e) => return start_failed(format!("cannot start the run shim: {e}")),
+    };
+    let output = tokio::spawn(read_tail(reader, spec.output_limit));
+    let pid = match shim.reports.next().await {
+        Some(Report::Started(pid)) => pid,
+        other => {
+            let _ = shim.child.wait().await;
+            output.abort();
+            return start_failed(match other {
+                Some(Report::Error(e)) => e,
+                _ => "the run shim ended before it could start the job".into(),
+            });
         }
     };
-    let pid = child.id().unwrap_or(0);
-    let _ = pid_tx.send(Some(pid));
+    let _ = sup.pid.send(Some(pid));
     let pgid = Pid::from_raw(pid as i32);
-    let output = tokio::spawn(read_tail(reader, spec.output_limit));
+    let _record = sup
+        .registry
+        .as_ref()
+        .and_then(|r| r.record(spec.run_id, pid, &spec.env));
 
     let mut outcome = Outcome {
         pid: Some(pid),
         ..Outcome::default()
     };
     let timeout_at = spec.max_runtime.map(|d| began + d);
-    let mut kill_at: Option<Instant> = None;
+    let (mut reports_open, mut stop_open, mut lease_open) = (true, true, true);
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status,
-            _ = sleep_until(timeout_at.unwrap_or(began)), if timeout_at.is_some() && kill_at.is_none() => {
+            status = shim.child.wait() => break status,
+            report = shim.reports.next(), if reports_open => match report {
+                Some(Report::Exited(code)) => outcome.exit_code = Some(code),
+                Some(Report::Signaled(sig)) => outcome.signal = Some(sig),
+                Some(Report::Unresponsive) => outcome.unresponsive = true,
+                Some(Report::Survivors) => tracing::warn!(
+                    run_id = spec.run_id, pgid = pid,
+                    "processes of the run survive SIGKILL (uninterruptible sleep?)"
+                ),
+                Some(_) => {}
+                None => reports_open = false,
+            },
+            _ = sleep_until(timeout_at.unwrap_or(began)), if timeout_at.is_some() && !outcome.timed_out && outcome.stopped.is_none() => {
                 outcome.timed_out = true;
-                kill_at = Some(terminate(pgid, spec.kill_grace));
+                shim.control.terminate();
             }
-            changed = stop.changed(), if kill_at.is_none() => {
-                let reason = stop.borrow().clone();
-                match (changed, reason) {
-                    (Ok(()), Some(reason)) => {
-                        outcome.stopped = Some(reason);
-                        kill_at = Some(terminate(pgid, spec.kill_grace));
+            changed = sup.stop.changed(), if stop_open => {
+                // A dropped handle means the guardian is going away: stop like a shutdown.
+                let reason = match changed {
+                    Ok(()) => sup.stop.borrow().clone(),
+                    Err(_) => {
+                        stop_open = false;
+                        Some(StopReason::Shutdown)
                     }
-                    (Ok(()), None) => {}
-                    // The guardian dropped its handle: it is going away; stop like a shutdown.
-                    (Err(_), _) => {
-                        outcome.stopped = Some(StopReason::Shutdown);
-                        kill_at = Some(terminate(pgid, spec.kill_grace));
-                    }
+                };
+                if let Some(reason) = reason {
+                    stop(&mut outcome, &shim.control, reason);
                 }
             }
-            _ = sleep_until(kill_at.unwrap_or(began)), if kill_at.is_some() => {
-                let _ = killpg(pgid, Signal::SIGKILL);
-                kill_at = Some(Instant::now() + Duration::from_secs(3600));
-            }
+            changed = sup.lease.changed(), if lease_open => match changed {
+                Ok(()) => shim.control.lease(lease_left(&sup.lease)),
+                Err(_) => lease_open = false,
+            },
         }
     };
-    match status {
-        Ok(status) => {
-            outcome.exit_code = status.code();
-            outcome.signal = status.signal();
+    // The shim closes its end when it exits: the last reports are there to read.
+    while reports_open {
+        match tokio::time::timeout(Duration::from_secs(2), shim.reports.next()).await {
+            Ok(Some(Report::Exited(code))) => outcome.exit_code = Some(code),
+            Ok(Some(Report::Signaled(sig))) => outcome.signal = Some(sig),
+            Ok(Some(Report::Unresponsive)) => outcome.unresponsive = true,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => reports_open = false,
         }
-        Err(e) => outcome.start_error = Some(format!("lost track of the process: {e}")),
     }
+    if outcome.exit_code.is_none() && outcome.signal.is_none() {
+        let how = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        outcome.start_error = Some(format!(
+            "lost track of the job: its run shim ended ({how}) before the job did; the job's processes were killed"
+        ));
+    }
+    // Normally the shim left nothing behind; if it was killed itself, this cleans up.
     reap_group(pgid, spec.kill_grace).await;
-    // Read to EOF; a process that escaped the group with setsid may hold the pipe open, so
-    // the wait is bounded once the group is gone.
+    // Read to EOF; a process outside the job's tree (the shim could not adopt it) may hold
+    // the pipe open, so the wait is bounded once the tree is gone.
     match tokio::time::timeout(Duration::from_secs(2), output).await {
         Ok(Ok((text, total))) => {
             outcome.output = text;
@@ -150,61 +193,33 @@ pub async fn run(
     outcome
 }
 
+/// Forwards a stop request to the shim. Fencing kills at once and outranks a gentler stop
+/// already under way: the run has been handed to another host.
+fn stop(outcome: &mut Outcome, control: &shim::Control, reason: StopReason) {
+    match (&outcome.stopped, &reason) {
+        (None, StopReason::Fenced) | (Some(_), StopReason::Fenced) => {
+            control.kill();
+            outcome.stopped = Some(reason);
+        }
+        (None, _) => {
+            control.terminate();
+            outcome.stopped = Some(reason);
+        }
+        (Some(_), _) => {}
+    }
+}
+
+fn lease_left(lease: &watch::Receiver<std::time::Instant>) -> Duration {
+    lease
+        .borrow()
+        .saturating_duration_since(std::time::Instant::now())
+}
+
 fn start_failed(error: String) -> Outcome {
     Outcome {
         start_error: Some(error),
         ..Outcome::default()
     }
-}
-
-/// Starts the shell. Everything between fork and exec is async-signal-safe libc calls on
-/// values prepared beforehand.
-fn spawn(spec: &Spec, writer: OwnedFd) -> std::io::Result<tokio::process::Child> {
-    let stderr = writer.try_clone()?;
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::from(stderr));
-    let workdir = CString::new(spec.workdir.as_bytes())
-        .map_err(|_| std::io::Error::other("the workdir contains a NUL byte"))?;
-    let switch = spec.identity.switch.clone();
-    // SAFETY: the closure only calls async-signal-safe functions (setsid, setgroups, setgid,
-    // setuid, chdir, prctl, getppid) on data allocated before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(sw) = &switch
-                && (libc::setgroups(sw.groups.len(), sw.groups.as_ptr()) < 0
-                    || libc::setgid(sw.gid) < 0
-                    || libc::setuid(sw.uid) < 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::chdir(workdir.as_ptr()) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // If the guardian dies, its direct child dies with it (set after setuid, which
-            // clears it). The rest of the group is handled by the guardian's restart.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            Ok(())
-        });
-    }
-    let child = tokio::process::Command::from(cmd)
-        .kill_on_drop(false)
-        .spawn()?;
-    Ok(child)
-}
-
-/// SIGTERM to the group now; returns when SIGKILL is due.
-fn terminate(pgid: Pid, grace: Duration) -> Instant {
-    let _ = killpg(pgid, Signal::SIGTERM);
-    Instant::now() + grace
 }
 
 /// After the shell has exited: anything left in its process group gets SIGTERM, then

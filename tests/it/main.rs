@@ -6,6 +6,7 @@
 mod cli;
 mod core;
 mod events;
+mod faults;
 mod housekeeping;
 mod package;
 mod pg;

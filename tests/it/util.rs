@@ -73,20 +73,41 @@ impl Guardian {
             }
         }
         std::fs::write(&config, toml).unwrap();
-        let log = std::fs::File::create(dir.path().join("guardian.log")).unwrap();
-        let child = sisy()
-            .args(["guardian", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
         Guardian {
-            child: Some(child),
+            child: Some(launch(dir.path())),
             dir,
         }
+    }
+
+    /// The guardian process's pid, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `signal` to the guardian process (SIGSTOP, SIGCONT, SIGHUP, …).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+        }
+    }
+
+    /// SIGKILL (after SIGCONT, in case it was stopped) and reap; the directory (config,
+    /// state, log) stays for [`Guardian::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the guardian again with the same config, state directory and log (appended).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(launch(self.dir.path()));
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -106,6 +127,24 @@ impl Guardian {
         );
         child.wait().ok().and_then(|s| s.code())
     }
+}
+
+/// Starts `sisy guardian` with the config in `dir`, logging (appended) to `dir/guardian.log`.
+fn launch(dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("guardian.log"))
+        .unwrap();
+    sisy()
+        .args(["guardian", "--config"])
+        .arg(dir.join("guardian.toml"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Guardian {
@@ -192,4 +231,44 @@ pub fn process_gone(pid: i32) -> bool {
             .next()
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
+}
+
+/// Polls `done` (a process state, a file) every 20 ms until it holds; panics at the deadline.
+pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Live processes whose environment holds `key=value` (jobs inherit their run's `env`), as
+/// (pid, SISY_RUN_ID, whether it is a run shim). Zombies are not counted: they run nothing.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>, bool)> {
+    let mark = format!("{key}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            if !vars.contains(&mark.as_bytes()) || process_gone(pid) {
+                return None;
+            }
+            let run_id = vars.iter().find_map(|v| {
+                std::str::from_utf8(v.strip_prefix(b"SISY_RUN_ID=")?)
+                    .ok()?
+                    .parse()
+                    .ok()
+            });
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let shim = cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim");
+            Some((pid, run_id, shim))
+        })
+        .collect()
 }

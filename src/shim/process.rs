@@ -1,0 +1,440 @@
+//! The shim process itself: `sisy __run-shim ARGS COMMAND`, started by the guardian (see
+//! the parent module for the protocol and the guarantees).
+//!
+//! A single-threaded `poll` loop over the control pipe (stdin) and a signalfd, with the
+//! watchdog deadline and the stop timers as its timeout:
+//!
+//! ```text
+//!  loop: reap children ─▶ shell ended and no descendant left? exit
+//!        guardian gone (EOF, PDEATHSIG, new parent)? ─▶ stop: SIGTERM, SIGKILL after grace
+//!        watchdog deadline passed? ─▶ report `unresponsive`, SIGKILL the tree
+//!        shell ended? ─▶ stop what it left behind
+//!        stopping? ─▶ signal the job's group and every adopted descendant
+//!        poll(control, signalfd, timeout)
+//! ```
+//! Does not start a runtime, take a lock or know about the database.
+
+use std::collections::HashSet;
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::{Args, GIVE_UP, REPORT_FD, Report, SCAN, SUBCOMMAND};
+
+/// The shim's entry point: `sisy __run-shim ARGS`; never returns.
+pub fn main(args: &[OsString]) -> ! {
+    let parsed = match args {
+        [json, command] => json
+            .to_str()
+            .and_then(|a| serde_json::from_str::<Args>(a).ok())
+            .zip(command.to_str())
+            .map(|(args, command)| Args {
+                command: command.to_string(),
+                ..args
+            }),
+        _ => None,
+    };
+    let code = match parsed {
+        Some(args) => run(args),
+        None => {
+            eprintln!("error: {SUBCOMMAND} is internal to `sisy guardian` and not for direct use");
+            2
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(args: Args) -> i32 {
+    // SAFETY: fd 3 was set up by the guardian; we check it is open before taking it.
+    if unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        eprintln!("error: {SUBCOMMAND} must be started by `sisy guardian`");
+        return 2;
+    }
+    let mut reports = unsafe { File::from_raw_fd(REPORT_FD) };
+    match Shim::start(args, &mut reports) {
+        Ok(mut shim) => shim.supervise(&mut reports),
+        Err(e) => {
+            let _ = reports.write_all(Report::Error(e).line().as_bytes());
+            1
+        }
+    }
+}
+
+/// The shim's state while the job runs.
+struct Shim {
+    args: Args,
+    me: Pid,
+    /// The shell: its pid is also the job's process group.
+    shell: Pid,
+    shell_ended: bool,
+    /// Whether the last reap found any child (living or not yet reaped) at all.
+    has_children: bool,
+    /// The watchdog: past this, the guardian has stopped renewing and the tree dies.
+    deadline: Instant,
+    watchdog_fired: bool,
+    guardian_gone: bool,
+    stopping: Option<Stopping>,
+    signals: SignalFd,
+    control: File,
+    control_buf: Vec<u8>,
+    control_open: bool,
+}
+
+/// Stopping the tree: SIGTERM to each target once, SIGKILL to all of it from `kill_at`.
+struct Stopping {
+    kill_at: Instant,
+    killed: bool,
+    /// Processes and groups already sent SIGTERM.
+    termed: HashSet<i32>,
+}
+
+impl Shim {
+    fn start(args: Args, reports: &mut File) -> Result<Shim, String> {
+        let os = |what: &str, e: nix::Error| format!("{what}: {e}");
+        // Own session: signals aimed at the guardian's group or terminal do not reach us.
+        let _ = nix::unistd::setsid();
+        // SAFETY: plain prctl with an integer argument.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } < 0 {
+            return Err(format!(
+                "cannot become a child subreaper: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        let mut mask = SigSet::empty();
+        for sig in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            mask.add(sig);
+        }
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(|e| os("sigprocmask", e))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| os("signalfd", e))?;
+        if nix::unistd::getppid().as_raw() != args.guardian {
+            return Err("the guardian ended before the job could start".into());
+        }
+        // SAFETY: fd 0 is the control pipe the guardian gave us as stdin.
+        let control = unsafe { File::from_raw_fd(0) };
+        set_nonblocking(0).map_err(|e| format!("control pipe: {e}"))?;
+        let shell = spawn_shell(&args)?;
+        let _ = reports.write_all(Report::Started(shell.as_raw() as u32).line().as_bytes());
+        // The output pipe is the job's alone: EOF comes when the job's processes are gone.
+        detach_stdio();
+        Ok(Shim {
+            deadline: Instant::now() + Duration::from_millis(args.lease_ms),
+            args,
+            me: nix::unistd::getpid(),
+            shell,
+            shell_ended: false,
+            has_children: true,
+            watchdog_fired: false,
+            guardian_gone: false,
+            stopping: None,
+            signals,
+            control,
+            control_buf: Vec::new(),
+            control_open: true,
+        })
+    }
+
+    /// The loop: reap, decide, signal, wait for the next event. Returns the exit code.
+    fn supervise(&mut self, reports: &mut File) -> i32 {
+        loop {
+            self.reap(reports);
+            if self.shell_ended && !self.has_children {
+                return 0;
+            }
+            let now = Instant::now();
+            if nix::unistd::getppid().as_raw() != self.args.guardian {
+                self.guardian_gone = true;
+            }
+            if !self.watchdog_fired && now >= self.deadline {
+                self.watchdog_fired = true;
+                if !self.shell_ended && !self.guardian_gone {
+                    let _ = reports.write_all(Report::Unresponsive.line().as_bytes());
+                }
+                self.stop(true);
+            }
+            if self.shell_ended || self.guardian_gone {
+                self.stop(false);
+            }
+            if let Some(s) = &mut self.stopping {
+                if !s.killed && now >= s.kill_at {
+                    s.killed = true;
+                }
+                if s.killed && now >= s.kill_at + GIVE_UP {
+                    let _ = reports.write_all(Report::Survivors.line().as_bytes());
+                    return 0;
+                }
+                signal_tree(self.me, self.shell, s);
+            }
+            self.wait_for_event(now);
+        }
+    }
+
+    /// Starts stopping the tree (`now`: SIGKILL at once), or hastens a stop in progress.
+    fn stop(&mut self, now: bool) {
+        let at = Instant::now();
+        let grace = Duration::from_millis(self.args.kill_grace_ms);
+        match &mut self.stopping {
+            Some(s) if now => s.kill_at = s.kill_at.min(at),
+            Some(_) => {}
+            None => {
+                self.stopping = Some(Stopping {
+                    kill_at: if now { at } else { at + grace },
+                    killed: false,
+                    termed: HashSet::new(),
+                })
+            }
+        }
+    }
+
+    /// Reaps every child that ended; reports the shell's end.
+    fn reap(&mut self, reports: &mut File) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    self.has_children = true;
+                    return;
+                }
+                Ok(status) => {
+                    if status.pid() == Some(self.shell) {
+                        self.shell_ended = true;
+                        let report = match status {
+                            WaitStatus::Exited(_, code) => Some(Report::Exited(code)),
+                            WaitStatus::Signaled(_, sig, _) => Some(Report::Signaled(sig as i32)),
+                            _ => None,
+                        };
+                        if let Some(r) = report {
+                            let _ = reports.write_all(r.line().as_bytes());
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => {
+                    // ECHILD: no descendant left at all (adopted ones included).
+                    self.has_children = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for a child to end, a signal, a control message or the next deadline.
+    fn wait_for_event(&mut self, now: Instant) {
+        let mut wait = if self.stopping.is_some() {
+            SCAN
+        } else {
+            // Besides the watchdog, look at the parent once a second whatever happens.
+            self.deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_secs(1))
+        };
+        if let Some(s) = &self.stopping
+            && !s.killed
+        {
+            wait = wait.min(s.kill_at.saturating_duration_since(now));
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: self.signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if self.control_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = wait.as_millis().clamp(1, 1000) as libc::c_int;
+        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if ready <= 0 {
+            return;
+        }
+        if fds[0].revents != 0 {
+            while let Ok(Some(info)) = self.signals.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig != libc::SIGCHLD && nix::unistd::getppid().as_raw() != self.args.guardian {
+                    self.guardian_gone = true;
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            self.read_control();
+        }
+    }
+
+    fn read_control(&mut self) {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.control.read(&mut buf) {
+                Ok(0) => {
+                    // Every copy of the write end is closed: the guardian is gone.
+                    self.control_open = false;
+                    self.guardian_gone = true;
+                    return;
+                }
+                Ok(n) => self.control_buf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        while let Some(end) = self.control_buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.control_buf.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..end]).into_owned();
+            match line.split_once(' ').unwrap_or((&line, "")) {
+                ("lease", ms) => {
+                    if let Ok(ms) = ms.parse::<u64>() {
+                        self.deadline = Instant::now() + Duration::from_millis(ms);
+                    }
+                }
+                ("term", _) => self.stop(false),
+                ("kill", _) => self.stop(true),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Starts `/bin/sh -c COMMAND` in its own session, as the job's user, in its workdir.
+fn spawn_shell(args: &Args) -> Result<Pid, String> {
+    let workdir = CString::new(args.workdir.as_bytes())
+        .map_err(|_| "the workdir contains a NUL byte".to_string())?;
+    let user = args.user.clone();
+    let me = nix::unistd::getpid().as_raw();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&args.command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // SAFETY: only async-signal-safe calls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &user
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::chdir(workdir.as_ptr()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Set after setuid, which clears it. The shim is single-threaded, so its one
+            // thread is the process.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != me {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let user_name = std::env::var("USER").unwrap_or_default();
+    let child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot start /bin/sh as user '{user_name}' in '{}': {e}",
+            args.workdir
+        )
+    })?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // The shim reaps its children itself (waitpid(-1)); the std handle is not needed.
+    std::mem::forget(child);
+    Ok(pid)
+}
+
+/// Sends the tree its signal: SIGTERM once per target while `killed` is false, SIGKILL to
+/// everything otherwise. Targets: the job's group, each adopted child and its group (one
+/// that left the job's group with setsid). A descendant whose parent is still alive is
+/// reached through that parent's group, or adopted once the parent dies.
+fn signal_tree(me: Pid, shell: Pid, s: &mut Stopping) {
+    let sig = if s.killed {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
+    let mut targets = vec![(shell.as_raw(), true)];
+    for (pid, pgrp) in children_of(me) {
+        if pid != shell.as_raw() {
+            targets.push((pid, false));
+        }
+        if pgrp > 1 && pgrp != me.as_raw() {
+            targets.push((pgrp, true));
+        }
+    }
+    for (id, group) in targets {
+        // A group is keyed negative so that a pid and a group id never collide.
+        let key = if group { -id } else { id };
+        if !s.killed && !s.termed.insert(key) {
+            continue;
+        }
+        let _ = if group {
+            killpg(Pid::from_raw(id), sig)
+        } else {
+            kill(Pid::from_raw(id), sig)
+        };
+    }
+}
+
+/// The live direct children of `parent` with their process groups, from /proc.
+fn children_of(parent: Pid) -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let pid: i32 = name.to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the ")" closing the command name: state, ppid, pgrp, …
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?;
+            let ppid: i32 = fields.next()?.parse().ok()?;
+            let pgrp: i32 = fields.next()?.parse().ok()?;
+            (ppid == parent.as_raw() && state != "Z" && state != "X").then_some((pid, pgrp))
+        })
+        .collect()
+}
+
+fn set_nonblocking(fd: i32) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Points the shim's stdout and stderr at /dev/null, so only the job holds the output pipe.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+}
