@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::util::{
-    Guardian, migrated_db, process_gone, processes_with_env, shared_dir, trigger, wait_finished,
-    wait_for,
+    Guardian, ProcessSampler, fleet, migrated_db, process_gone, processes_with_env, shared_dir,
+    trigger, wait_finished, wait_for, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -127,4 +127,267 @@ async fn job_processes_whose_guardian_and_shim_were_both_killed_die_at_the_next_
     .await;
     assert_eq!(wait_finished(&client, id, LONG).await, "lost");
     assert!(g.log().contains("left behind"), "{}", g.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_guardian_is_declared_dead_in_time_and_its_run_never_overlaps_the_retry() {
+    let (db, client) = migrated_db().await;
+    // heartbeat_interval 1 s, lease 3 s (the test defaults).
+    let guardians = fleet(&db, &client, 2, "").await;
+    let tag = format!("pause-{}", db.name);
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, overlap, max_retries, retry_delay, env)
+             VALUES ('solo', 'sleep 600', 'forbid', 1, '0', jsonb_build_object('FAULT_TAG', $1::text))",
+            &[&tag],
+        )
+        .await
+        .unwrap();
+    let first = trigger(&client, "solo").await;
+    wait_until(
+        &client,
+        "the first attempt to start",
+        LONG,
+        || format!("SELECT count(*) FROM sisy.runs WHERE id = {first} AND pid IS NOT NULL"),
+        |n: i64| n == 1,
+    )
+    .await;
+    let host: String = client
+        .query_one("SELECT host FROM sisy.runs WHERE id = $1", &[&first])
+        .await
+        .unwrap()
+        .get(0);
+    let paused = &guardians[if host == "g1" { 0 } else { 1 }];
+    let sampler = ProcessSampler::start("FAULT_TAG", &tag);
+
+    let paused_at = Instant::now();
+    paused.signal(Signal::SIGSTOP);
+    assert_eq!(wait_finished(&client, first, LONG).await, "lost");
+    let wall = paused_at.elapsed();
+    // Both instants from the database clock: the paused host's last renewal and expiry,
+    // and the moment another guardian declared the run lost.
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM r.finished_at - h.last_seen)::float8,
+                    extract(epoch FROM r.finished_at - h.lease_until)::float8, r.error
+               FROM sisy.runs r JOIN sisy.hosts h ON h.name = r.host WHERE r.id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    let (since_renewal, after_expiry, error): (f64, f64, String) =
+        (row.get(0), row.get(1), row.get(2));
+    eprintln!(
+        "lost detection: {since_renewal:.3} s after the last renewal, {after_expiry:.3} s after \
+         the lease expired (lease 3 s, heartbeat 1 s); {wall:?} after SIGSTOP"
+    );
+    assert!(error.contains("stopped heartbeating"), "{error}");
+    // Bound: lease + one heartbeat, with room for a loaded machine.
+    assert!(
+        since_renewal <= 3.0 + 1.0 + 1.0,
+        "declared lost {since_renewal} s after the last renewal"
+    );
+    assert!(
+        after_expiry >= 0.0,
+        "declared lost before the lease expired"
+    );
+
+    let second: i64 = wait_until(
+        &client,
+        "the retry to start on the other host",
+        LONG,
+        || {
+            format!(
+                "SELECT coalesce(max(id), 0) FROM sisy.runs WHERE job_name = 'solo' AND attempt = 2
+                AND started_at IS NOT NULL AND host <> '{host}'"
+            )
+        },
+        |id: i64| id > 0,
+    )
+    .await;
+    paused.signal(Signal::SIGCONT);
+    // The resumed guardian records that the first attempt's processes were killed on it.
+    wait_until(
+        &client,
+        "the resumed guardian to record the kill of its processes",
+        LONG,
+        || format!("SELECT error FROM sisy.runs WHERE id = {first}"),
+        |e: String| e.contains(&format!("on {host}")) && e.contains("killed"),
+    )
+    .await;
+    wait_for("the first attempt's processes to be gone", LONG, || {
+        processes_with_env("FAULT_TAG", &tag)
+            .iter()
+            .all(|(_, run, _)| *run != Some(first))
+    })
+    .await;
+    let (overlap, samples) = sampler.longest_overlap();
+    eprintln!("two attempts alive at once for at most {overlap:?} ({samples} samples)");
+    assert!(
+        overlap <= Duration::from_secs(1),
+        "two attempts of a forbid job ran together for {overlap:?}"
+    );
+    let state: String = client
+        .query_one("SELECT state FROM sisy.runs WHERE id = $1", &[&first])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "lost");
+    client
+        .execute("SELECT sisy.kill($1)", &[&second])
+        .await
+        .unwrap();
+    wait_finished(&client, second, LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_kills_what_outlives_the_grace_and_the_retry_runs_elsewhere() {
+    let (db, client) = migrated_db().await;
+    let mut g1 = Guardian::start(&db, "g1", "shutdown_grace = \"1s\"");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, max_retries, retry_delay, kill_grace)
+             VALUES ('long', 'sleep 600', 1, '0', '2 seconds')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let first = trigger(&client, "long").await;
+    wait_until(
+        &client,
+        "the run to start on g1",
+        LONG,
+        || format!("SELECT count(*) FROM sisy.runs WHERE id = {first} AND pid IS NOT NULL"),
+        |n: i64| n == 1,
+    )
+    .await;
+    let g2 = Guardian::start(&db, "g2", "");
+    let began = Instant::now();
+    assert_eq!(g1.stop(), Some(0), "guardian log:\n{}", g1.log());
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "shutdown took {took:?} with shutdown_grace 1 s"
+    );
+    let row = client
+        .query_one(
+            "SELECT state, error FROM sisy.runs WHERE id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    let (state, error): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(
+        (state.as_str(), error.as_str()),
+        ("killed", "guardian shutdown")
+    );
+    let second: i64 = wait_until(
+        &client,
+        "the retry to start on g2",
+        LONG,
+        || {
+            "SELECT coalesce(max(id), 0) FROM sisy.runs WHERE attempt = 2 AND reason = 'retry'
+                AND host = 'g2' AND started_at IS NOT NULL"
+                .into()
+        },
+        |id: i64| id > 0,
+    )
+    .await;
+    // SIGINT means the same; the last allowed attempt is not retried again.
+    g2.signal(Signal::SIGINT);
+    assert_eq!(wait_finished(&client, second, LONG).await, "killed");
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM sisy.runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_capacity_pools_and_users_without_touching_running_jobs() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "capacity = 1\npools = [\"a\"]");
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, pool) VALUES
+                 ('holder', 'sleep 600', 'a'), ('second', 'sleep 600', 'a'), ('other', 'echo other', 'b');
+             INSERT INTO sisy.jobs (name, command, pool, run_as) VALUES ('as-daemon', 'id -un', 'a', 'daemon');",
+        )
+        .await
+        .unwrap();
+    let holder = trigger(&client, "holder").await;
+    let pid: i32 = wait_until(
+        &client,
+        "the holder to start",
+        LONG,
+        || format!("SELECT coalesce(pid, 0) FROM sisy.runs WHERE id = {holder}"),
+        |pid: i32| pid > 0,
+    )
+    .await;
+    let second = trigger(&client, "second").await;
+    let other = trigger(&client, "other").await;
+
+    g.edit_config(|text| {
+        text.replace("capacity = 1", "capacity = 3").replace(
+            "pools = [\"a\"]",
+            "pools = [\"a\", \"b\"]\nallowed_users = [\"daemon\"]",
+        )
+    });
+    g.signal(Signal::SIGHUP);
+    wait_for("the reload", LONG, || {
+        g.log().contains("configuration reloaded")
+    })
+    .await;
+    assert_eq!(wait_finished(&client, other, LONG).await, "succeeded");
+    wait_until(
+        &client,
+        "the second run to start next to the holder",
+        LONG,
+        || format!("SELECT count(*) FROM sisy.runs WHERE id = {second} AND pid IS NOT NULL"),
+        |n: i64| n == 1,
+    )
+    .await;
+    let as_daemon = trigger(&client, "as-daemon").await;
+    assert_eq!(wait_finished(&client, as_daemon, LONG).await, "succeeded");
+    let output: String = client
+        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&as_daemon])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(output.trim(), "daemon");
+    // The running job was not touched.
+    let row = client
+        .query_one("SELECT state, pid FROM sisy.runs WHERE id = $1", &[&holder])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(1)),
+        ("running".into(), pid)
+    );
+    assert!(!process_gone(pid));
+    wait_until(
+        &client,
+        "the host row to show the new capacity and pools",
+        LONG,
+        || "SELECT capacity = 3 AND pools = '{a,b}' FROM sisy.hosts WHERE name = 'g1'".into(),
+        |ok: bool| ok,
+    )
+    .await;
+
+    // A config that does not load changes nothing and stops nothing.
+    g.edit_config(|text| format!("{text}\ncapacity = \"many\"\n"));
+    g.signal(Signal::SIGHUP);
+    wait_for("the refused reload", LONG, || {
+        g.log().contains("was not reloaded")
+    })
+    .await;
+    assert!(!process_gone(pid));
+    for id in [holder, second] {
+        client
+            .execute("SELECT sisy.kill($1)", &[&id])
+            .await
+            .unwrap();
+        assert_eq!(wait_finished(&client, id, LONG).await, "killed");
+    }
 }

@@ -104,6 +104,13 @@ impl Guardian {
         }
     }
 
+    /// Rewrites the config file: `edit` gets the current text and returns the new one.
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
+        let path = self.dir.path().join("guardian.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(&text)).unwrap();
+    }
+
     /// Starts the guardian again with the same config, state directory and log (appended).
     pub fn restart(&mut self) {
         self.kill();
@@ -271,4 +278,54 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>, bool
             Some((pid, run_id, shim))
         })
         .collect()
+}
+
+/// Samples, every 20 ms on a thread of its own, which runs have live job processes (shims
+/// not counted) among the processes whose environment holds `key=value`.
+pub struct ProcessSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(Duration, Vec<i64>)>>>,
+}
+
+impl ProcessSampler {
+    pub fn start(key: &str, value: &str) -> ProcessSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (key, value, flag) = (key.to_string(), value.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let began = Instant::now();
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut runs: Vec<i64> = processes_with_env(&key, &value)
+                    .into_iter()
+                    .filter(|(_, _, shim)| !shim)
+                    .filter_map(|(_, run, _)| run)
+                    .collect();
+                runs.sort_unstable();
+                runs.dedup();
+                samples.push((began.elapsed(), runs));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        });
+        ProcessSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; returns the longest stretch during which processes of two or more
+    /// runs were alive at once, and the number of samples taken.
+    pub fn longest_overlap(mut self) -> (Duration, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.thread.take().unwrap().join().unwrap();
+        let (mut longest, mut since) = (Duration::ZERO, None);
+        for (at, runs) in &samples {
+            match (runs.len() >= 2, since) {
+                (true, None) => since = Some(*at),
+                (true, Some(s)) => longest = longest.max(*at - s),
+                (false, _) => since = None,
+            }
+        }
+        (longest, samples.len())
+    }
 }
