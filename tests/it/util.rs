@@ -280,11 +280,14 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>, bool
         .collect()
 }
 
+/// What a [`ProcessSampler`] saw: when, and which runs had live processes.
+type Samples = Vec<(Duration, Vec<i64>)>;
+
 /// Samples, every 20 ms on a thread of its own, which runs have live job processes (shims
 /// not counted) among the processes whose environment holds `key=value`.
 pub struct ProcessSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(Duration, Vec<i64>)>>>,
+    thread: Option<std::thread::JoinHandle<Samples>>,
 }
 
 impl ProcessSampler {
