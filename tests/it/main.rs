@@ -8,6 +8,7 @@ mod core;
 mod events;
 mod faults;
 mod housekeeping;
+mod outages;
 mod package;
 mod pg;
 mod security;

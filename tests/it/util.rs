@@ -18,7 +18,17 @@ pub fn sisy() -> Command {
 
 /// A fresh database with the sisy schema applied by the real binary.
 pub async fn migrated_db() -> (TestDb, Client) {
-    let db = pg::fresh_database();
+    migrate(pg::fresh_database()).await
+}
+
+/// A fresh database on a server of the test's own (one it may stop, restart or fail over),
+/// with the sisy schema applied by the real binary.
+pub async fn migrated_db_on(server: &pg::Server) -> (TestDb, Client) {
+    let db = tokio::task::block_in_place(|| server.fresh_database());
+    migrate(db).await
+}
+
+async fn migrate(db: TestDb) -> (TestDb, Client) {
     let out = sisy()
         .args(["--database-url", &db.url, "db", "migrate"])
         .output()
