@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio_postgres::Client;
 
-use crate::pg::Server;
+use crate::pg::{Server, TestDb};
 use crate::util::{
     Guardian, migrated_db_on, process_gone, shared_dir, trigger, wait_finished, wait_for,
     wait_until,
@@ -197,4 +197,118 @@ async fn a_database_down_for_a_minute_loses_no_result_even_across_a_guardian_res
         g2.log()
     );
     g2.signal(Signal::SIGTERM);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_fails_over_to_a_promoted_replica_without_a_restart() {
+    let primary = Server::start_private();
+    let (db, client) = migrated_db_on(&primary).await;
+    let replica = tokio::task::block_in_place(|| primary.start_replica());
+    // One URL for both servers: whichever accepts writes is the database.
+    let fleet_db = TestDb {
+        name: db.name.clone(),
+        url: format!(
+            "host={},{} port={},{} user=postgres dbname={} target_session_attrs=read-write",
+            primary.socket_dir.display(),
+            replica.socket_dir.display(),
+            primary.port,
+            replica.port,
+            db.name
+        ),
+    };
+    let guardians = [
+        Guardian::start(&fleet_db, "g1", ""),
+        Guardian::start(&fleet_db, "g2", ""),
+    ];
+    let pids: Vec<Option<i32>> = guardians.iter().map(Guardian::pid).collect();
+    let dir = shared_dir();
+    let flag = dir.path().join("go");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, schedule) VALUES ('tick', 'echo tick', '* * * * * *'), ('across', $1, NULL)",
+            &[&until_flag(&flag, "across")],
+        )
+        .await
+        .unwrap();
+    let across = trigger(&client, "across").await;
+    wait_started(&client, across).await;
+    wait_until(
+        &client,
+        "ticks on the primary",
+        LONG,
+        || "SELECT count(*) FROM sisy.runs WHERE job_name = 'tick' AND state = 'succeeded'".into(),
+        |n: i64| n >= 3,
+    )
+    .await;
+    wait_for("the replica to catch up", LONG, || {
+        tokio::task::block_in_place(|| replica.caught_up_with(&primary))
+    })
+    .await;
+
+    tokio::task::block_in_place(|| {
+        replica.promote();
+        primary.stop();
+    });
+    let promoted_at = Instant::now();
+    let client = TestDb {
+        name: db.name.clone(),
+        url: replica.url_for(&db.name),
+    }
+    .connect()
+    .await;
+    // The run that was running through the failover reports to the new primary.
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(wait_finished(&client, across, LONG).await, "succeeded");
+    // The schedule goes on there.
+    let now: chrono::DateTime<chrono::Utc> =
+        client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    wait_until(
+        &client,
+        "ticks on the promoted replica",
+        LONG,
+        || {
+            format!(
+                "SELECT count(*) FROM sisy.runs WHERE job_name = 'tick' AND state = 'succeeded' \
+                 AND started_at > '{}'",
+                now.to_rfc3339()
+            )
+        },
+        |n: i64| n >= 3,
+    )
+    .await;
+    eprintln!(
+        "failover: three ticks on the promoted replica {:?} after the promotion",
+        promoted_at.elapsed()
+    );
+    // Nothing stays running: runs whose end went to the old primary after the promotion are
+    // given up by the heartbeat (their guardian no longer knows them).
+    client
+        .execute("SELECT sisy.suspend('tick')", &[])
+        .await
+        .unwrap();
+    wait_until(
+        &client,
+        "every run to reach a final state",
+        LONG,
+        || "SELECT count(*) FROM sisy.runs WHERE state IN ('pending', 'running')".into(),
+        |n: i64| n == 0,
+    )
+    .await;
+    let now_pids: Vec<Option<i32>> = guardians.iter().map(Guardian::pid).collect();
+    assert_eq!(pids, now_pids);
+    for pid in pids.into_iter().flatten() {
+        assert!(
+            !process_gone(pid),
+            "guardian {pid} did not survive the failover"
+        );
+    }
+    let hosts: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sisy.hosts WHERE lease_until > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hosts, 2, "both guardians heartbeat to the new primary");
 }

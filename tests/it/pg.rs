@@ -599,3 +599,80 @@ fn remove_stale_clusters() {
         }
     }
 }
+
+/// Streaming replication, for failover tests.
+impl Server {
+    /// A private cluster that streams from this one: a `pg_basebackup -R` of it, started on
+    /// a socket and port of its own, read-only until [`Server::promote`].
+    pub fn start_replica(&self) -> Server {
+        let replica = Server::start_private();
+        // The fresh cluster only provides the directories, port and cleanup; its data is
+        // replaced by a copy of this one.
+        replica.stop();
+        fs::remove_dir_all(&replica.data_dir)
+            .unwrap_or_else(|e| panic!("remove {}: {e}", replica.data_dir.display()));
+        let mut cmd = Command::new(self.bin_dir.join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&replica.data_dir)
+            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string());
+        replica.as_cluster_owner(&mut cmd);
+        let out = cmd.output().expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        replica.start();
+        replica
+    }
+
+    /// Promotes a replica to a primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        let admin = self.url_for("postgres");
+        on_own_runtime(async {
+            let (client, connection) = tokio_postgres::connect(&admin, NoTls).await?;
+            let connection = tokio::spawn(connection);
+            client.execute("SELECT pg_promote(true, 60)", &[]).await?;
+            drop(client);
+            let _ = connection.await;
+            Ok::<_, tokio_postgres::Error>(())
+        })
+        .unwrap_or_else(|e| panic!("promote the replica via {admin}: {e:#}"));
+    }
+
+    /// Whether this replica has replayed everything `primary` has written so far.
+    pub fn caught_up_with(&self, primary: &Server) -> bool {
+        let query = |url: String, sql: &'static str| {
+            on_own_runtime(async move {
+                let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+                let connection = tokio::spawn(connection);
+                let lsn: String = client.query_one(sql, &[]).await?.get(0);
+                drop(client);
+                let _ = connection.await;
+                Ok::<_, tokio_postgres::Error>(lsn)
+            })
+        };
+        let written = query(
+            primary.url_for("postgres"),
+            "SELECT pg_current_wal_lsn()::text",
+        );
+        let replayed = query(
+            self.url_for("postgres"),
+            "SELECT coalesce(pg_last_wal_replay_lsn()::text, '0/0')",
+        );
+        match (written, replayed) {
+            (Ok(w), Ok(r)) => lsn(&r) >= lsn(&w),
+            _ => false,
+        }
+    }
+}
+
+/// A WAL position `X/Y` as a number.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap_or(("0", "0"));
+    (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
+}
