@@ -3,6 +3,7 @@
 //! (each test gets its own database). Helpers: `pg` (the server), `util` (guardians,
 //! waiting on events); this file holds no tests of its own.
 
+mod chaos;
 mod cli;
 mod core;
 mod events;
