@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::util::{
-    Guardian, ProcessSampler, fleet, migrated_db, process_gone, processes_with_env, shared_dir,
-    trigger, wait_finished, wait_for, wait_until,
+    Guardian, ProcessSampler, Proxy, fleet, migrated_db, process_gone, processes_with_env,
+    shared_dir, trigger, wait_finished, wait_for, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -390,4 +390,82 @@ async fn sighup_reloads_capacity_pools_and_users_without_touching_running_jobs()
             .unwrap();
         assert_eq!(wait_finished(&client, id, LONG).await, "killed");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardian_cut_off_from_the_database_fences_its_lost_run_when_it_comes_back() {
+    let (db, client) = migrated_db().await;
+    let proxy = Proxy::start(crate::pg::server());
+    let tag = format!("partition-{}", db.name);
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, max_retries, retry_delay, env)
+             VALUES ('solo', 'sleep 600', 1, '0', jsonb_build_object('FAULT_TAG', $1::text))",
+            &[&tag],
+        )
+        .await
+        .unwrap();
+    // g1 reaches the database through the proxy; it alone is up when the run is claimed.
+    let g1 = Guardian::start(&proxy.db(&db), "g1", "");
+    let first = trigger(&client, "solo").await;
+    let pid: i32 = wait_until(
+        &client,
+        "the run to start on g1",
+        LONG,
+        || format!("SELECT coalesce(pid, 0) FROM sisy.runs WHERE id = {first}"),
+        |pid: i32| pid > 0,
+    )
+    .await;
+    let _g2 = Guardian::start(&db, "g2", "");
+    wait_until(
+        &client,
+        "g2 to be up for a whole lease (so that it may judge others)",
+        LONG,
+        || {
+            "SELECT coalesce((SELECT now() - started_at > interval '4 seconds' FROM sisy.hosts WHERE name = 'g2'), false)".into()
+        },
+        |ok: bool| ok,
+    )
+    .await;
+
+    proxy.cut();
+    assert_eq!(wait_finished(&client, first, LONG).await, "lost");
+    wait_until(
+        &client,
+        "the retry to start on g2",
+        LONG,
+        || {
+            "SELECT count(*) FROM sisy.runs WHERE attempt = 2 AND host = 'g2' AND pid IS NOT NULL"
+                .into()
+        },
+        |n: i64| n == 1,
+    )
+    .await;
+    // Cut off, g1 cannot tell a partition from a database outage: its job runs on (the
+    // documented overlap of a partition) until it hears from the database again.
+    assert!(!process_gone(pid), "g1 killed its job while cut off");
+    let healed = Instant::now();
+    proxy.heal();
+    wait_for("g1 to fence its lost run", LONG, || process_gone(pid)).await;
+    let fenced_in = healed.elapsed();
+    eprintln!("partition healed to the lost run's process killed: {fenced_in:?}");
+    wait_until(
+        &client,
+        "g1 to record the fencing",
+        LONG,
+        || format!("SELECT error FROM sisy.runs WHERE id = {first}"),
+        |e: String| e.contains("killed at once") && e.contains("(fencing)"),
+    )
+    .await;
+    let state: String = client
+        .query_one("SELECT state FROM sisy.runs WHERE id = $1", &[&first])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "lost");
+    assert!(g1.log().contains("fencing"), "{}", g1.log());
+    assert!(
+        fenced_in < Duration::from_secs(10),
+        "fencing took {fenced_in:?} after the partition healed"
+    );
 }

@@ -342,3 +342,84 @@ impl ProcessSampler {
         (longest, samples.len())
     }
 }
+
+/// A unix-socket proxy in front of a PostgreSQL server, to cut one guardian off the database
+/// (a network partition) while the others still reach it.
+pub struct Proxy {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards `dir/.s.PGSQL.<port>` to the server's socket.
+    pub fn start(server: &pg::Server) -> Proxy {
+        let dir = tempfile::Builder::new()
+            .prefix("sisy-proxy-")
+            .tempdir()
+            .unwrap();
+        let port = server.port;
+        let target = server.socket_dir.join(format!(".s.PGSQL.{port}"));
+        let listener =
+            tokio::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{port}"))).unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, l) = (cut.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::UnixStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+                l.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Proxy {
+            dir,
+            port,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    /// A `TestDb` for `db` that goes through the proxy.
+    pub fn db(&self, db: &TestDb) -> TestDb {
+        TestDb {
+            name: db.name.clone(),
+            url: format!(
+                "host={} port={} user=postgres dbname={}",
+                self.dir.path().display(),
+                self.port,
+                db.name
+            ),
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
