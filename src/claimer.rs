@@ -11,6 +11,8 @@
 //! ```
 //! A run counts as "running" for the overlap rules only once admitted (started_at set):
 //! two runs claimed at the same moment by two guardians are then ordered by the job lock.
+//! Runs of jobs with `overlap = 'allow'` have nothing to order: they are admitted by one
+//! statement, without a lock or a transaction. Statements are prepared once per connection.
 //! Does not own running the process (supervisor) nor materialising runs (scheduler).
 
 use std::collections::{HashMap, HashSet};
@@ -86,8 +88,9 @@ impl Claimer {
             return Ok(Vec::new());
         }
         let client = self.db.get().await?;
+        let claim = client.prepare_cached(q::RUNS_CLAIM).await?;
         let rows = client
-            .query(q::RUNS_CLAIM, &[&self.host, &pools, &(free as i64)])
+            .query(&claim, &[&self.host, &pools, &(free as i64)])
             .await?;
         Ok(rows.iter().map(claimed_from_row).collect())
     }
@@ -95,6 +98,13 @@ impl Claimer {
     /// Applies the overlap rules to claimed runs and records the outcome.
     pub async fn admit(&self, runs: &[ClaimedRun]) -> Result<HashMap<i64, Admission>> {
         let mut client = self.db.get().await?;
+        if runs.iter().all(|r| r.overlap == Overlap::Allow) {
+            // Nothing to serialise: no job lock, no transaction, one statement.
+            let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+            let admit = client.prepare_cached(q::RUNS_ADMIT).await?;
+            let rows = client.query(&admit, &[&ids, &self.host]).await?;
+            return Ok(rows.iter().map(started_from_row).collect());
+        }
         let tx = client.transaction().await?;
         let guarded: Vec<i64> = {
             let set: HashSet<i64> = runs
@@ -108,8 +118,10 @@ impl Claimer {
         };
         let mut started = Vec::new();
         if !guarded.is_empty() {
-            tx.query(q::JOBS_LOCK_FOR_ADMISSION, &[&guarded]).await?;
-            for row in tx.query(q::RUNS_RUNNING_OF_JOBS, &[&guarded]).await? {
+            let lock = tx.prepare_cached(q::JOBS_LOCK_FOR_ADMISSION).await?;
+            tx.query(&lock, &[&guarded]).await?;
+            let running = tx.prepare_cached(q::RUNS_RUNNING_OF_JOBS).await?;
+            for row in tx.query(&running, &[&guarded]).await? {
                 started.push(Started {
                     id: row.get(0),
                     job_id: row.get(1),
@@ -135,13 +147,12 @@ impl Claimer {
                 _ => None,
             })
             .unzip();
-        let mut result = HashMap::new();
-        for row in tx.query(q::RUNS_ADMIT, &[&admit, &self.host]).await? {
-            let latency = db::secs(row.get(1));
-            result.insert(row.get::<_, i64>(0), Admission::Start { latency });
-        }
+        let statement = tx.prepare_cached(q::RUNS_ADMIT).await?;
+        let rows = tx.query(&statement, &[&admit, &self.host]).await?;
+        let mut result: HashMap<i64, Admission> = rows.iter().map(started_from_row).collect();
         if !skip_ids.is_empty() {
-            tx.execute(q::RUNS_SKIP, &[&skip_ids, &skip_errors, &self.host])
+            let skip = tx.prepare_cached(q::RUNS_SKIP).await?;
+            tx.execute(&skip, &[&skip_ids, &skip_errors, &self.host])
                 .await?;
             for id in &skip_ids {
                 result.insert(*id, Admission::Skipped);
@@ -161,6 +172,12 @@ impl Claimer {
         tx.commit().await?;
         Ok(result)
     }
+}
+
+/// A row of `runs_admit.sql`: the run started, and how late.
+fn started_from_row(row: &tokio_postgres::Row) -> (i64, Admission) {
+    let latency = db::secs(row.get(1));
+    (row.get(0), Admission::Start { latency })
 }
 
 fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {

@@ -33,6 +33,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "views",
         sql: include_str!("../sql/migrations/0003_views.sql"),
     },
+    // In version order, not appended: the last entry is the version this binary needs.
+    Migration {
+        version: 5,
+        name: "performance",
+        sql: include_str!("../sql/migrations/0005_performance.sql"),
+    },
     Migration {
         version: 6,
         name: "privileges",

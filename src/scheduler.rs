@@ -15,10 +15,12 @@
 //!             └─ occ > now ─────────────────▶ the new next_due
 //! ```
 //! Next occurrences are always computed from the previous scheduled instant, never from
-//! "now", so a slow tick neither skips nor repeats an occurrence.
+//! "now", so a slow tick neither skips nor repeats an occurrence. Statements are prepared
+//! once per connection (`prepare_cached`): parsed and planned once, one round trip each.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -28,8 +30,13 @@ use rand::RngExt;
 use crate::db::{self, q};
 use crate::schedule::Schedule;
 
-/// How many jobs one pass handles; the dispatcher runs another pass while there is more.
+/// How many jobs one statement handles.
 const BATCH: i64 = 200;
+/// How long one pass keeps taking full batches before it hands back to the dispatcher
+/// (which then runs another pass at once). Claims wait for the pass: a thousand jobs due at
+/// the same instant are all materialised before the first of them is claimed and spawned,
+/// instead of each batch waiting behind the spawning of the previous one.
+const PASS_BUDGET: Duration = Duration::from_millis(200);
 /// At most this many pending runs per job per pass (a per-second job after a long ttl).
 const MAX_RUNS_PER_JOB: usize = 1000;
 /// Missed occurrences are counted one by one up to this many, then skipped over.
@@ -67,17 +74,32 @@ impl Scheduler {
         self.pools = pools;
     }
 
-    /// Seeds unseen jobs, then materialises due ones.
+    /// Seeds unseen jobs, then materialises due ones, batch after batch while batches come
+    /// back full, for up to [`PASS_BUDGET`].
     pub async fn run_once(&self, seed: bool) -> Result<Outcome> {
+        let began = Instant::now();
         let mut outcome = Outcome::default();
+        let full = |n: usize| n as i64 == BATCH;
         if seed {
-            outcome.seeded = self.seed().await?;
-            outcome.more |= outcome.seeded as i64 == BATCH;
+            loop {
+                let n = self.seed().await?;
+                outcome.seeded += n;
+                outcome.more = full(n);
+                if !outcome.more || began.elapsed() >= PASS_BUDGET {
+                    break;
+                }
+            }
         }
-        let (jobs, runs) = self.materialise().await?;
-        outcome.jobs = jobs;
-        outcome.runs = runs;
-        outcome.more |= jobs as i64 == BATCH;
+        // Materialise even when seeding used up the budget: due occurrences come first.
+        loop {
+            let (jobs, runs) = self.materialise().await?;
+            outcome.jobs += jobs;
+            outcome.runs += runs;
+            if !full(jobs) || began.elapsed() >= PASS_BUDGET {
+                outcome.more |= full(jobs);
+                break;
+            }
+        }
         Ok(outcome)
     }
 
@@ -85,7 +107,9 @@ impl Scheduler {
     async fn seed(&self) -> Result<usize> {
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
-        let rows = tx.query(q::JOBS_UNSEEN, &[&BATCH]).await?;
+        let rows = tx
+            .query(&tx.prepare_cached(q::JOBS_UNSEEN).await?, &[&BATCH])
+            .await?;
         let (mut ids, mut next, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
             let (id, expr, tz, now): (i64, String, String, DateTime<Utc>) =
@@ -114,8 +138,8 @@ impl Scheduler {
             }
         }
         if !ids.is_empty() {
-            tx.execute(q::JOBS_SET_NEXT_DUE, &[&ids, &next, &errors])
-                .await?;
+            let set_next_due = tx.prepare_cached(q::JOBS_SET_NEXT_DUE).await?;
+            tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
         }
         tx.commit().await?;
         Ok(ids.len())
@@ -125,14 +149,21 @@ impl Scheduler {
     async fn materialise(&self) -> Result<(usize, usize)> {
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
-        let rows = tx.query(q::JOBS_DUE, &[&self.pools, &BATCH]).await?;
+        let rows = tx
+            .query(
+                &tx.prepare_cached(q::JOBS_DUE).await?,
+                &[&self.pools, &BATCH],
+            )
+            .await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok((0, 0));
         }
         let jobs: Vec<DueJob> = rows.iter().map(DueJob::from_row).collect();
         let hosts = if jobs.iter().any(|j| j.target_all) {
-            let rows = tx.query(q::HOSTS_LIVE, &[]).await?;
+            let rows = tx
+                .query(&tx.prepare_cached(q::HOSTS_LIVE).await?, &[])
+                .await?;
             rows.iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<String>>(1)))
                 .collect()
@@ -163,8 +194,8 @@ impl Scheduler {
             }
         }
         let inserted = batch.insert(&tx).await?;
-        tx.execute(q::JOBS_SET_NEXT_DUE, &[&ids, &next, &errors])
-            .await?;
+        let set_next_due = tx.prepare_cached(q::JOBS_SET_NEXT_DUE).await?;
+        tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
         tx.commit().await?;
         Ok((jobs.len(), inserted))
     }
@@ -387,9 +418,10 @@ impl RunBatch {
         if self.job_id.is_empty() {
             return Ok(0);
         }
+        let statement = tx.prepare_cached(q::RUNS_INSERT).await?;
         let n = tx
             .execute(
-                q::RUNS_INSERT,
+                &statement,
                 &[
                     &self.job_id,
                     &self.job_name,

@@ -1,14 +1,24 @@
 -- The claim: the one statement through which a run becomes this host's. SKIP LOCKED lets any
 -- number of guardians claim at once without waiting on each other or taking the same run.
 --   $1 host  $2 pools  $3 free capacity
+-- Pool by pool (LATERAL), so that each reads the index runs_pending_due in due order and
+-- stops after $3 rows: `pool = ANY ($2)` over the whole set would read and sort every due
+-- pending run on every claim, however long the backlog. With several pools, rows locked
+-- beyond the $3 kept are released when the statement ends.
 WITH picked AS (
-    SELECT id FROM sisy.runs
-     WHERE state = 'pending' AND pool = ANY ($2) AND due_at <= now() AND deadline > now()
-       AND (target_host IS NULL OR target_host = $1)
-       AND NOT coalesce((SELECT draining FROM sisy.hosts WHERE name = $1), true)
-     ORDER BY due_at, id
+    SELECT r.id
+      FROM unnest($2::text[]) AS p (pool)
+     CROSS JOIN LATERAL (
+        SELECT id, due_at FROM sisy.runs
+         WHERE state = 'pending' AND pool = p.pool AND due_at <= now() AND deadline > now()
+           AND (target_host IS NULL OR target_host = $1)
+           AND NOT coalesce((SELECT draining FROM sisy.hosts WHERE name = $1), true)
+         ORDER BY due_at, id
+         LIMIT $3
+           FOR UPDATE SKIP LOCKED
+     ) r
+     ORDER BY r.due_at, r.id
      LIMIT $3
-       FOR UPDATE SKIP LOCKED
 )
 UPDATE sisy.runs r
    SET state = 'running', host = $1, claimed_at = now(), heartbeat_at = now()

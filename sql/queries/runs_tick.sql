@@ -1,20 +1,30 @@
 -- The dispatcher's look at the world, one statement: expire pending runs of these pools whose
 -- deadline passed, then say what there is to do and when the next thing falls due.
 --   $1 pools  $2 host
+-- Its cost follows what is due, not the size of the tables: the expiry reads only pending
+-- runs already due (a deadline is due_at + ttl and ttl is positive, so a run whose deadline
+-- passed is due), the next run is the first of each pool in runs_pending_due (LATERAL, as
+-- in runs_claim.sql), the next job the first in jobs_next_due.
 WITH expired AS (
     UPDATE sisy.runs
        SET state = 'expired', finished_at = now(),
            error = format('not started before its deadline %s (no free guardian of pool %s in time)',
                           deadline, pool)
-     WHERE state = 'pending' AND deadline <= now() AND pool = ANY ($1)
+     WHERE state = 'pending' AND due_at <= now() AND deadline <= now() AND pool = ANY ($1)
  RETURNING id
 ), next_job AS (
     SELECT min(next_due) AS at FROM sisy.jobs
      WHERE NOT suspended AND schedule_error IS NULL AND pool = ANY ($1)
 ), next_run AS (
-    SELECT min(due_at) AS at FROM sisy.runs
-     WHERE state = 'pending' AND pool = ANY ($1) AND (target_host IS NULL OR target_host = $2)
-       AND deadline > now()
+    SELECT min(first.due_at) AS at
+      FROM unnest($1::text[]) AS p (pool)
+     CROSS JOIN LATERAL (
+        SELECT due_at FROM sisy.runs
+         WHERE state = 'pending' AND pool = p.pool AND deadline > now()
+           AND (target_host IS NULL OR target_host = $2)
+         ORDER BY due_at
+         LIMIT 1
+     ) first
 )
 SELECT (SELECT count(*) FROM expired) AS expired,
        EXISTS (SELECT 1 FROM sisy.jobs
