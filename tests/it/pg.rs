@@ -5,8 +5,9 @@
 //! `postgres` user when we are root, because initdb and postgres refuse to run as root),
 //! tying the postmaster's life to the test process, and stop/start/restart for fault tests.
 //! It does not own schema or migrations (tests apply what they need), connection pools,
-//! TCP (the cluster listens on a unix socket only), or dropping test databases: the whole
-//! cluster directory is deleted instead, which is faster and cannot be forgotten.
+//! TCP (the cluster listens on a unix socket only, unless `start_private_with` is given
+//! `listen_addresses`), or dropping test databases: the whole cluster directory is deleted
+//! instead, which is faster and cannot be forgotten.
 //!
 //! Cleanup, in three layers, because a test process can end in three ways:
 //!
@@ -77,7 +78,7 @@ static SHARED: OnceLock<Result<Server, String>> = OnceLock::new();
 /// The cluster shared by every test in this process, started on first use.
 pub fn server() -> &'static Server {
     let started = SHARED.get_or_init(|| {
-        let server = Server::launch().map_err(|e| format!("{e:#}"))?;
+        let server = Server::launch(&[]).map_err(|e| format!("{e:#}"))?;
         // SAFETY: registering a plain extern "C" fn that only touches statics.
         unsafe { libc::atexit(stop_shared_at_exit) };
         Ok(server)
@@ -121,13 +122,22 @@ pub struct Server {
     /// another thread may hold while the process exits.
     postmaster_pid: AtomicI32,
     next_db: AtomicU32,
+    /// Server settings given after the defaults (so they win): see `start_private_with`.
+    settings: Vec<String>,
 }
 
 impl Server {
     /// A cluster of its own, for a test that stops or restarts the server and so must not
     /// disturb the tests sharing `server()`. Costs about a second; removed on drop.
     pub fn start_private() -> Server {
-        Server::launch().unwrap_or_else(|e| panic!("{e:#}"))
+        Server::start_private_with(&[])
+    }
+
+    /// A private cluster whose `settings` (`name=value`, as for `postgres -c`) override the
+    /// test defaults: the benchmarks use it for TCP on loopback, autovacuum and durability
+    /// as in production, and `pg_stat_statements`.
+    pub fn start_private_with(settings: &[&str]) -> Server {
+        Server::launch(settings).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The libpq key=value string for `dbname` in this cluster.
@@ -191,7 +201,7 @@ impl Server {
         self.start();
     }
 
-    fn launch() -> Result<Server> {
+    fn launch(settings: &[&str]) -> Result<Server> {
         static NEXT_SERVER: AtomicU32 = AtomicU32::new(0);
         let bin_dir = find_bin_dir()?;
         let run_as = cluster_owner()?;
@@ -224,6 +234,7 @@ impl Server {
             postmaster: Mutex::new(None),
             postmaster_pid: AtomicI32::new(0),
             next_db: AtomicU32::new(0),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         // From here on, an error drops `server`, which removes the directory.
         server.initdb()?;
@@ -282,7 +293,10 @@ impl Server {
             "max_wal_size=256MB".into(),
             // Tests are short; vacuuming hundreds of tiny databases only steals CPU.
             "autovacuum=off".into(),
-        ] {
+        ]
+        .iter()
+        .chain(&self.settings)
+        {
             cmd.arg("-c").arg(setting);
         }
         cmd.stdin(Stdio::null())
