@@ -25,9 +25,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Config, Socket};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use tls::TlsSettings;
 
@@ -75,8 +73,7 @@ pub mod cli {
 
 /// A connection's driver half, returned by [`connect_for_notifications`] so the caller can
 /// poll it for notifications. One concrete type for TCP and Unix sockets, TLS or not.
-pub type Connection =
-    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+pub type Connection = tokio_postgres::Connection<Socket, tls::Stream>;
 
 /// Parses a libpq URL or key=value string into the driver's settings, checking the keys
 /// tokio-postgres does not know (`sslmode` verify-ca/verify-full, `sslrootcert`,
@@ -169,7 +166,7 @@ pub fn secs(value: Option<f64>) -> Duration {
 /// filled in and the TLS mode set, and the connector that checks what the mode promises.
 struct Endpoint {
     config: Config,
-    connector: MakeRustlsConnect,
+    connector: tls::Connector,
     /// Where the password came from, for the message when the server rejects it.
     password: PasswordSource,
 }
@@ -238,8 +235,7 @@ impl Endpoint {
     /// The error of a failed connection attempt, as a sentence saying what to do.
     fn connect_error(&self, e: tokio_postgres::Error) -> anyhow::Error {
         let at = describe(&self.config);
-        let hosts: Vec<String> = self.config.get_hosts().iter().map(host_name).collect();
-        if let Some(why) = tls::explain(&e, &hosts.join(",")) {
+        if let Some(why) = tls::explain(&e) {
             return anyhow!("cannot connect to the database at {at}: {why}");
         }
         let rejected = e

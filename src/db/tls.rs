@@ -3,7 +3,8 @@
 //!
 //! Owns turning the two settings (from the connection string, else `PGSSLMODE` and
 //! `PGSSLROOTCERT`, else libpq's defaults) into the mode tokio-postgres understands and a
-//! rustls `ClientConfig` that checks what the mode promises:
+//! connector whose rustls `ClientConfig` checks what the mode promises, and whose failed
+//! handshakes read as sentences saying what to check:
 //!
 //! ```text
 //!   sslmode        tokio-postgres   server certificate
@@ -21,20 +22,29 @@
 //! it below verify-ca, silently turning verification off); `prefer` does not retry without
 //! TLS after a failed handshake. Unix sockets never carry TLS (PostgreSQL refuses it there),
 //! so any mode connects over them unencrypted, as with libpq. Client certificates are not
-//! supported. Does not own connecting: `db` hands the connector to tokio-postgres.
+//! supported. Does not own connecting: `db` hands the connector to tokio-postgres. The
+//! verifiers rustls lacks (chain only, none) are in `verify`.
 
+mod verify;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use rustls::{CertificateError, ClientConfig, RootCertStore};
+use tokio_postgres::Socket;
 use tokio_postgres::config::SslMode as DriverMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+use verify::{ChainOnly, Unverified};
 
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +162,7 @@ impl TlsSettings {
     }
 
     /// The connector for tokio-postgres; reads the root certificates now.
-    pub fn connector(&self) -> Result<MakeRustlsConnect> {
+    pub fn connector(&self) -> Result<Connector> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let algorithms = provider.signature_verification_algorithms;
         let builder = ClientConfig::builder_with_provider(provider)
@@ -177,17 +187,81 @@ impl TlsSettings {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Ok(MakeRustlsConnect::new(config))
+        Ok(Connector(MakeRustlsConnect::new(config)))
     }
 }
 
+/// The TLS stream of a connection.
+pub type Stream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+
+/// What tokio-postgres is given: rustls through tokio-postgres-rustls, with a failed
+/// handshake's error replaced by a sentence saying what to check. Replacing it here, rather
+/// than where a connection fails, words it alike on every path that connects: single
+/// connections, the pool and the listener.
+#[derive(Clone)]
+pub struct Connector(MakeRustlsConnect);
+
+impl MakeTlsConnect<Socket> for Connector {
+    type Stream = Stream;
+    type TlsConnect = Handshake;
+    type Error = Infallible;
+
+    fn make_tls_connect(&mut self, host: &str) -> Result<Handshake, Infallible> {
+        Ok(Handshake {
+            inner: MakeTlsConnect::<Socket>::make_tls_connect(&mut self.0, host)?,
+            host: host.to_string(),
+        })
+    }
+}
+
+/// One TLS handshake with the server `host`.
+pub struct Handshake {
+    inner: <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect,
+    host: String,
+}
+
+impl TlsConnect<Socket> for Handshake {
+    type Stream = Stream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Stream>> + Send>>;
+
+    fn connect(self, socket: Socket) -> Self::Future {
+        let Handshake { inner, host } = self;
+        Box::pin(async move {
+            inner.connect(socket).await.map_err(|e| {
+                // tokio-rustls wraps the rustls error in an io::Error.
+                let Some(rustls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+                else {
+                    return e;
+                };
+                io::Error::new(e.kind(), Problem(explain_rustls(rustls, &host)))
+            })
+        })
+    }
+}
+
+/// A failed handshake, as a sentence (which quotes the rustls error).
+#[derive(Debug)]
+struct Problem(String);
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Problem {}
+
 /// Why a connection failed, in words, when TLS is the reason; None for other failures.
-pub(super) fn explain(error: &tokio_postgres::Error, host: &str) -> Option<String> {
+pub(super) fn explain(error: &tokio_postgres::Error) -> Option<String> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
-        if let Some(rustls) = as_rustls(e) {
-            return Some(explain_rustls(rustls, host));
+        // The io::Error's `source()` skips the error it wraps: look inside explicitly.
+        let inner = e.downcast_ref::<io::Error>().and_then(|e| e.get_ref());
+        if let Some(problem) = inner.and_then(|e| e.downcast_ref::<Problem>()) {
+            return Some(problem.0.clone());
         }
+        // tokio-postgres's words when the server answers the TLS request with "no".
         if e.to_string() == "server does not support TLS" {
             return Some(
                 "the database server does not accept TLS connections: turn on ssl in its \
@@ -198,16 +272,6 @@ pub(super) fn explain(error: &tokio_postgres::Error, host: &str) -> Option<Strin
         cause = e.source();
     }
     None
-}
-
-/// The rustls error inside `e`: tokio-rustls wraps it in an io::Error, whose `source()`
-/// skips the wrapped error itself, so look inside explicitly.
-fn as_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    e.downcast_ref::<rustls::Error>().or_else(|| {
-        e.downcast_ref::<std::io::Error>()?
-            .get_ref()?
-            .downcast_ref::<rustls::Error>()
-    })
 }
 
 fn explain_rustls(e: &rustls::Error, host: &str) -> String {
@@ -281,100 +345,6 @@ fn load(roots: &Roots) -> Result<RootCertStore> {
         }
     }
     Ok(store)
-}
-
-/// verify-ca: the chain must lead to a trusted root; the name is not looked at, because
-/// the CA is private and vouches for every server it signs.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// prefer/require without a known CA: encrypted against eavesdropping but not against a
-/// man in the middle, exactly as libpq. The handshake signature is still checked, so the
-/// server holds the key of the certificate it sent (which channel binding relies on).
-#[derive(Debug)]
-struct Unverified {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
