@@ -14,4 +14,5 @@ mod package;
 mod pg;
 mod security;
 mod smoke;
+mod tls;
 mod util;
