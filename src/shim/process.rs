@@ -189,12 +189,15 @@ impl Shim {
         let at = Instant::now();
         let grace = Duration::from_millis(self.args.kill_grace_ms);
         match &mut self.stopping {
-            Some(s) if now => s.kill_at = s.kill_at.min(at),
+            Some(s) if now => {
+                s.kill_at = s.kill_at.min(at);
+                s.killed = true;
+            }
             Some(_) => {}
             None => {
                 self.stopping = Some(Stopping {
                     kill_at: if now { at } else { at + grace },
-                    killed: false,
+                    killed: now,
                     termed: HashSet::new(),
                 })
             }
