@@ -17,6 +17,7 @@ use crate::claimer::{Admission, ClaimedRun, Claimer};
 use crate::db::q;
 use crate::guardian::{RunHandle, Shared, is_draining};
 use crate::launch;
+use crate::metrics;
 use crate::outage;
 use crate::recorder::{self, Verdict, Written};
 use crate::scheduler::Scheduler;
@@ -66,6 +67,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
+                metrics::db_error("dispatcher");
                 if outage::is_connection_error(&e) {
                     shared.outage.failed("dispatcher", &e);
                 } else if failures == 1 || failures.is_multiple_of(60) {
@@ -129,7 +131,11 @@ impl Dispatcher {
         }
         let free = self.free_capacity(cfg.capacity);
         if free > 0 && !is_draining(&self.shared) && !self.shared.stopping.is_cancelled() {
-            let mut claimed = self.claimer.claim(&cfg.pools, free).await?;
+            let mut claimed = self
+                .claimer
+                .claim(&cfg.pools, free)
+                .await
+                .inspect_err(|_| metrics::claim_error())?;
             progress |= claimed.len() == free;
             claimed.append(&mut self.waiting);
             pass.started = self.admit_and_start(claimed).await?;
@@ -263,6 +269,7 @@ async fn supervise(
                 job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %host,
                 user = %spec.identity.name, latency_ms = latency.as_millis() as u64, "run started"
             );
+            metrics::run_started(&run.job_name, latency);
             let supervision = Supervision {
                 stop: stop_rx,
                 pid: pid_tx,
@@ -300,6 +307,7 @@ async fn supervise(
         duration_ms = outcome.duration.as_millis() as u64, error = verdict.error.as_deref().unwrap_or(""),
         "run finished"
     );
+    metrics::run_finished(&run.job_name, verdict.state, outcome.duration);
     match written {
         Ok(Written::Fenced) => tracing::warn!(
             run_id = run.id,

@@ -160,6 +160,9 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
             "killed job processes a previous guardian process left behind"
         );
     }
+    if let Some(listen) = config.metrics_listen {
+        crate::metrics::install(listen)?;
+    }
     let outage = Arc::new(Outage::default());
     let pool = db::pool(&config.database_url, 6)?;
     let recorder = Recorder {

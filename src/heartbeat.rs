@@ -101,8 +101,10 @@ pub async fn run(shared: Arc<Shared>) {
             None => {
                 shared.outage.ok();
                 shared.lease.send_replace(sent + config.lease);
+                crate::metrics::load(shared.running_count(), config.capacity);
             }
             Some((e, is_outage)) => {
+                crate::metrics::db_error("heartbeat");
                 heart.connected_since = None;
                 shared
                     .lease

@@ -14,6 +14,7 @@ pub mod heartbeat;
 pub mod launch;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod migrate;
 pub mod orphans;
 pub mod outage;

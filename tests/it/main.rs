@@ -4,12 +4,14 @@
 //! waiting on events); this file holds no tests of its own.
 
 mod chaos;
+mod badinput;
 mod cli;
 mod core;
 mod events;
 mod faults;
 mod housekeeping;
 mod outages;
+mod metrics;
 mod package;
 mod pg;
 mod security;

@@ -1,0 +1,85 @@
+//! The Prometheus endpoint, scraped over HTTP while jobs run: the counters move and the
+//! histograms carry the explicit buckets.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::util::{Guardian, migrated_db};
+
+fn scrape(addr: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of the first sample whose line starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_runs_while_jobs_run() {
+    let (db, client) = migrated_db().await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let g = Guardian::start(&db, "g1", &format!("metrics_listen = {addr:?}"));
+    client
+        .execute("INSERT INTO sisy.jobs (name, command, schedule) VALUES ('tick', 'true', '* * * * * *')", &[])
+        .await
+        .unwrap();
+    let finished = "sisy_runs_finished_total{job=\"tick\",state=\"succeeded\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (first, text) = loop {
+        if let Some(text) = scrape(&addr)
+            && let Some(n) = sample(&text, finished)
+            && n >= 1.0
+        {
+            break (n, text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished runs counted; guardian log:\n{}",
+            g.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(sample(&text, "sisy_runs_started_total{job=\"tick\"}").unwrap() >= 1.0);
+    assert!(
+        text.contains("sisy_dispatch_latency_seconds_bucket{le=\"0.005\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sisy_run_duration_seconds_bucket{job=\"tick\",le=\"0.01\"}"),
+        "{text}"
+    );
+    // The counter moves with the next runs, and the gauges arrive with the heartbeat.
+    loop {
+        let text = scrape(&addr).unwrap_or_default();
+        if sample(&text, finished).unwrap_or(0.0) >= first + 2.0
+            && sample(&text, "sisy_capacity").is_some()
+        {
+            assert_eq!(sample(&text, "sisy_capacity"), Some(16.0));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the counter did not move: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
