@@ -137,6 +137,11 @@ pub struct Recorder {
     pub retry_cap: Duration,
 }
 
+/// How long one write may take before it counts as failed (and the result is spooled): a
+/// connection that hangs (a partition without a reset) must not keep a result out of the
+/// spool. Repeating a write that did land is harmless (see `runs_finish.sql`).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Recorder {
     /// Writes `entry`, retrying with backoff until the database takes it or `give_up` is
     /// cancelled (the entry then stays in the spool for the next start).
@@ -144,7 +149,13 @@ impl Recorder {
         let mut pause = Duration::from_millis(100);
         let mut spooled = false;
         loop {
-            match write(&self.db, entry).await {
+            let attempt = tokio::time::timeout(WRITE_TIMEOUT, write(&self.db, entry)).await;
+            match attempt.unwrap_or_else(|_| {
+                Err(
+                    anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                        .context("no answer from the database"),
+                )
+            }) {
                 Ok(w) => {
                     if spooled {
                         self.spool.remove(entry.run_id);
@@ -280,5 +291,20 @@ mod tests {
             verdict(&shut, None, "h").error.as_deref(),
             Some("guardian shutdown")
         );
+    }
+
+    #[test]
+    fn a_run_killed_by_fencing_or_the_watchdog_is_lost_and_says_where() {
+        let mut fenced = ended(None, Some(9));
+        fenced.stopped = Some(StopReason::Fenced);
+        let v = verdict(&fenced, None, "web-1");
+        assert_eq!(v.state, "lost");
+        assert!(v.error.unwrap().contains("on web-1 was killed at once"));
+        let mut paused = ended(None, Some(9));
+        paused.unresponsive = true;
+        paused.stopped = Some(StopReason::Fenced);
+        let v = verdict(&paused, None, "web-1");
+        assert_eq!(v.state, "lost");
+        assert!(v.error.unwrap().contains("stopped renewing its lease"));
     }
 }

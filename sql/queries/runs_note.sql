@@ -6,3 +6,5 @@ UPDATE sisy.runs
    SET error = coalesce(error || '; ', '') || $2::text,
        output = coalesce(output, $3), output_bytes = coalesce(output_bytes, $4)
  WHERE id = $1 AND state NOT IN ('pending', 'running')
+   -- Said once, even if the write is repeated.
+   AND position($2::text IN coalesce(error, '')) = 0

@@ -3,15 +3,15 @@
 //! (each test gets its own database). Helpers: `pg` (the server), `util` (guardians,
 //! waiting on events); this file holds no tests of its own.
 
-mod chaos;
 mod badinput;
+mod chaos;
 mod cli;
 mod core;
 mod events;
 mod faults;
 mod housekeeping;
-mod outages;
 mod metrics;
+mod outages;
 mod package;
 mod pg;
 mod security;
