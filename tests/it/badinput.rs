@@ -41,7 +41,7 @@ async fn bad_jobs_fail_with_clear_errors_and_the_guardian_carries_on() {
     let (db, client) = migrated_db().await;
     let g = Guardian::start(&db, "g1", "");
 
-    let huge = format!("'{}'", format!(": {}", "x".repeat(1 << 20)));
+    let huge = format!("': {}'", "x".repeat(1 << 20));
     let (state, error) = run_job(&client, "huge", "command", &huge).await;
     assert_eq!(state, "failed");
     assert!(error.unwrap().contains("put it in a script"));
