@@ -356,6 +356,38 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// CPU time the whole machine spent busy (all cores), from /proc/stat.
+pub fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        // user nice system idle iowait irq softirq steal: all but idle and iowait.
+        .filter(|(i, _)| !matches!(i, 3 | 4) && *i < 8)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
+/// This benchmark process and the children it reaped (the raw spawns).
+pub fn own_cpu() -> Duration {
+    proc_stat(std::process::id() as i32).map_or(Duration::ZERO, |s| s.cpu + s.children_cpu)
+}
+
+/// The load average over the last minute: other work on the machine skews the figures.
+pub fn load() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Resident and peak resident memory in KiB.
 pub fn memory_kib(pid: i32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

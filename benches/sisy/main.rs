@@ -74,7 +74,8 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
     });
     for name in chosen {
         harness::progress(&format!("scenario {name}"));
-        let figures = match *name {
+        let load_before = harness::load();
+        let mut figures = match *name {
             "latency" => latency::run(&cluster).await?,
             "throughput" => throughput::run(&cluster).await?,
             "scale" => scale::run(&cluster).await?,
@@ -82,6 +83,8 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
             "control" => control::run(&cluster).await?,
             _ => unreachable!("checked in main"),
         };
+        // Other work on this machine (builds, tests) takes CPU from the benchmark.
+        figures["load_average_1min"] = json!({"before": load_before, "after": harness::load()});
         report[*name] = figures;
     }
     report["elapsed_s"] = json!(harness::round(began.elapsed().as_secs_f64(), 1));

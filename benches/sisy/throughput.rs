@@ -26,7 +26,14 @@ const RUNS: i64 = 4000;
 pub async fn run(cluster: &Cluster) -> Result<Value> {
     let parallelism = GUARDIANS * CAPACITY;
     progress("throughput: raw spawn rate of /bin/sh -c true");
+    let (busy0, own0) = (harness::machine_busy(), harness::own_cpu());
+    let began = Instant::now();
     let raw = raw_spawn_rate(parallelism, RUNS as usize);
+    let others = (harness::machine_busy() - busy0).saturating_sub(harness::own_cpu() - own0);
+    let raw_others_pct = round(
+        others.as_secs_f64() / began.elapsed().as_secs_f64() * 100.0,
+        0,
+    );
     progress("throughput: sisy end to end");
     let sisy = end_to_end(cluster).await?;
     let rate = sisy["runs_per_s"].as_f64().unwrap_or(0.0);
@@ -37,6 +44,7 @@ pub async fn run(cluster: &Cluster) -> Result<Value> {
         "parallelism": parallelism,
         "runs": RUNS,
         "raw_spawn_per_s": round(raw, 0),
+        "raw_other_processes_cpu_pct": raw_others_pct,
         "sisy": sisy,
         "ratio": round(ratio, 3),
         "ratio_target": target(ratio, 0.6, false, "at least 60 % of the raw spawn rate"),
@@ -93,6 +101,8 @@ async fn end_to_end(cluster: &Cluster) -> Result<Value> {
     cluster.reset_statements(&db).await?;
     let (g0, jobs0) = stat(&pids);
     let pg0 = cluster.postgres_cpu();
+    let (busy0, own0) = (harness::machine_busy(), harness::own_cpu());
+    let window = Instant::now();
     // One row per run, as sisy.trigger inserts it; distinct instants keep the occurrence key
     // unique.
     db.client
@@ -116,6 +126,12 @@ async fn end_to_end(cluster: &Cluster) -> Result<Value> {
     .await?;
     let (g1, jobs1) = stat(&pids);
     let pg = cluster.postgres_cpu() - pg0;
+    let ours = (g1 - g0) + (jobs1 - jobs0) + pg + (harness::own_cpu() - own0);
+    let others = (harness::machine_busy() - busy0).saturating_sub(ours);
+    let others_pct = round(
+        others.as_secs_f64() / window.elapsed().as_secs_f64() * 100.0,
+        0,
+    );
     let statements = cluster.statements(&db).await?;
     let row = db
         .client
@@ -140,6 +156,7 @@ async fn end_to_end(cluster: &Cluster) -> Result<Value> {
             "jobs": per_run_us(jobs1 - jobs0),
             "postgres": per_run_us(pg),
         },
+        "other_processes_cpu_pct": others_pct,
         "statements_per_run": round(statements.total().calls as f64 / RUNS as f64, 2),
         "statements": statements.to_json(),
     }))
