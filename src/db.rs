@@ -235,8 +235,20 @@ impl Endpoint {
     /// The error of a failed connection attempt, as a sentence saying what to do.
     fn connect_error(&self, e: tokio_postgres::Error) -> anyhow::Error {
         let at = describe(&self.config);
-        if let Some(why) = tls::explain(&e) {
-            return anyhow!("cannot connect to the database at {at}: {why}");
+        match tls::failure(&e) {
+            // The connector's sentence is in the chain; keeping the driver's error there
+            // lets callers tell a connection failure from others (see `outage`).
+            Some(tls::Failure::Handshake) => {
+                return anyhow::Error::new(e)
+                    .context(format!("cannot connect to the database at {at}"));
+            }
+            Some(tls::Failure::NotOffered) => {
+                return anyhow!(
+                    "cannot connect to the database at {at}: the server does not accept TLS \
+                     connections: turn on ssl in its postgresql.conf, or lower sslmode"
+                );
+            }
+            None => {}
         }
         let rejected = e
             .as_db_error()

@@ -252,22 +252,27 @@ impl fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
-/// Why a connection failed, in words, when TLS is the reason; None for other failures.
-pub(super) fn explain(error: &tokio_postgres::Error) -> Option<String> {
+/// How TLS made a connection attempt fail.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// The handshake failed; the connector has put what to check into the error.
+    Handshake,
+    /// The server answered the request for TLS with "no".
+    NotOffered,
+}
+
+/// Whether, and how, TLS is why `error` happened.
+pub(super) fn failure(error: &tokio_postgres::Error) -> Option<Failure> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         // The io::Error's `source()` skips the error it wraps: look inside explicitly.
         let inner = e.downcast_ref::<io::Error>().and_then(|e| e.get_ref());
-        if let Some(problem) = inner.and_then(|e| e.downcast_ref::<Problem>()) {
-            return Some(problem.0.clone());
+        if inner.is_some_and(|e| e.is::<Problem>()) {
+            return Some(Failure::Handshake);
         }
-        // tokio-postgres's words when the server answers the TLS request with "no".
+        // tokio-postgres's words for the server's "no".
         if e.to_string() == "server does not support TLS" {
-            return Some(
-                "the database server does not accept TLS connections: turn on ssl in its \
-                 postgresql.conf, or lower sslmode"
-                    .to_string(),
-            );
+            return Some(Failure::NotOffered);
         }
         cause = e.source();
     }

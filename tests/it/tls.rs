@@ -414,6 +414,16 @@ async fn passwords_come_from_a_password_file_and_are_never_printed() {
         "{err}"
     );
 
+    // This server has no TLS: require says so.
+    let err = connect(&format!("{url} sslmode=require"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("the server does not accept TLS connections"),
+        "{err}"
+    );
+
     // A guardian finds its password in the file named by PGPASSFILE.
     admin
         .batch_execute("INSERT INTO sisy.jobs (name, command) VALUES ('with-password', 'true')")
