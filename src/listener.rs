@@ -47,8 +47,8 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Listens until the connection breaks; resets `pause` once subscribed (it was healthy).
 async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
-    let config = db::parse_url(&shared.config().database_url)?;
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) =
+        db::connect_for_notifications(&shared.config().database_url).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The client drives requests; the connection stream must be polled for them to complete.
     let subscribe = async {
