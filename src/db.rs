@@ -317,7 +317,15 @@ fn fill_password(
     };
     let dbname = config.get_dbname().unwrap_or(&user).to_string();
     let ports = config.get_ports().to_vec();
+    // libpq's key is `host`, else `hostaddr`, else `localhost` (the empty name).
     let mut hosts: Vec<String> = config.get_hosts().iter().map(host_name).collect();
+    if hosts.is_empty() {
+        hosts = config
+            .get_hostaddrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    }
     if hosts.is_empty() {
         hosts.push(String::new());
     }
@@ -461,6 +469,14 @@ mod tests {
             password(&with, &[passfile, ("PGPASSWORD", "from-env")]),
             (Some("given".into()), PasswordSource::ConnectionString)
         );
+        // Without `host`, the key is the address (here with TLS off, so no name is derived).
+        let by_addr = format!(
+            "hostaddr=192.0.2.7 port=5433 user=u dbname=d sslmode=disable passfile={}",
+            file.display()
+        );
+        std::fs::write(&file, "192.0.2.7:5433:d:u:by-address\n").unwrap();
+        assert_eq!(password(&by_addr, &[]).0.as_deref(), Some("by-address"));
+        std::fs::write(&file, "db.example:5433:d:u:from-file\n").unwrap();
         // The `passfile` key wins over PGPASSFILE; no line matches another port.
         let key = format!(
             "host=db.example user=u dbname=d passfile={}",
