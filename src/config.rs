@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -43,8 +42,9 @@ impl LogFormat {
 }
 
 /// The validated settings of one guardian. Built only by [`GuardianConfig::load`] (or by
-/// tests), so every value in it has passed the checks below.
-#[derive(Debug, Clone)]
+/// tests), so every value in it has passed the checks below. Its `Debug` hides the
+/// database password.
+#[derive(Clone)]
 pub struct GuardianConfig {
     /// The libpq-style URL or key=value string as given (may be multi-host).
     pub database_url: String,
@@ -73,6 +73,28 @@ pub struct GuardianConfig {
     /// The file this configuration was read from (None: the default path, if it existed);
     /// a reload reads it again.
     pub path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GuardianConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardianConfig")
+            .field("database_url", &redact_password(&self.database_url))
+            .field("host_name", &self.host_name)
+            .field("pools", &self.pools)
+            .field("capacity", &self.capacity)
+            .field("default_user", &self.default_user)
+            .field("allowed_users", &self.allowed_users)
+            .field("output_limit", &self.output_limit)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("lease", &self.lease)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("history_retention", &self.history_retention)
+            .field("state_dir", &self.state_dir)
+            .field("log_format", &self.log_format)
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 /// A configuration read again while the guardian runs, merged with the running one.
@@ -497,12 +519,9 @@ fn parse_database_url(value: &Value) -> Result<String, String> {
 /// Parses like the `db` module will, and adds the checks tokio-postgres only makes when
 /// connecting, so a bad URL stops start-up instead of failing every reconnection.
 fn validate_database_url(url: &str) -> Result<()> {
-    let config = tokio_postgres::Config::from_str(url).map_err(|e| {
-        let cause = std::error::Error::source(&e).map_or(e.to_string(), |c| c.to_string());
-        // The parser reports the character it did not expect, which may be in the password.
-        let cause = cause.split(" but got ").next().unwrap_or_default();
-        anyhow!("invalid connection string: {cause}")
-    })?;
+    // The same parser the connections use: it knows libpq's keys the driver does not
+    // (sslmode verify-ca/verify-full, sslrootcert, passfile) and never repeats the password.
+    let config = crate::db::parse_url(url)?;
     let (hosts, addrs) = (config.get_hosts().len(), config.get_hostaddrs().len());
     if hosts == 0 && addrs == 0 {
         bail!("no host given: add host=... (a name, an address or a socket directory)");
@@ -790,6 +809,7 @@ fn default_user() -> Result<String, String> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::str::FromStr;
 
     const URL: &str = "postgres://sisy:hunter2@db.example/sisy";
 
@@ -823,6 +843,25 @@ mod tests {
 
     fn with_url(text: &str) -> String {
         format!("database_url = {URL:?}\n{text}")
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let env = vec![("SISY_DATABASE_URL".to_string(), URL.to_string())];
+        let config = GuardianConfig::load(None, &env).unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("db.example"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn verify_modes_and_root_certificates_are_accepted_in_the_url() {
+        let url =
+            "host=db.example dbname=sisy sslmode=verify-full sslrootcert=/etc/sisyphus/ca.pem";
+        let env = vec![("SISY_DATABASE_URL".to_string(), url.to_string())];
+        assert_eq!(GuardianConfig::load(None, &env).unwrap().database_url, url);
     }
 
     #[test]
@@ -1259,8 +1298,8 @@ mod tests {
         );
         assert_eq!(
             msg,
-            "PG* environment variables (PGHOST, PGPORT, PGPASSWORD): invalid connection string: \
-             invalid value for option `port`"
+            "PG* environment variables (PGHOST, PGPORT, PGPASSWORD): the database URL is not valid \
+             (invalid value for option `port`): write it like postgres://user@host:5432/db or host=... dbname=..."
         );
         let with_url = load(&with_url(""), &[("PGHOST", "ignored")]).0.unwrap();
         assert_eq!(with_url.database_url, URL, "database_url wins over PG*");
@@ -1287,22 +1326,20 @@ mod tests {
         assert_eq!(
             msg,
             format!(
-                "{path}: database_url: invalid connection string: invalid value for option `port`"
+                "{path}: database_url: the database URL is not valid (invalid value for option `port`): \
+                 write it like postgres://user@host:5432/db or host=... dbname=..."
             )
         );
         let cases = [
             (
                 "password=hunter2 host=h port=abc",
-                "invalid connection string: invalid value for option `port`",
+                "invalid value for option `port`",
             ),
             (
                 "password=hunter2 host=h colour=blue",
-                "invalid connection string: unknown option `colour`",
+                "unknown option `colour`",
             ),
-            (
-                "host=h password hunter2",
-                "invalid connection string: unexpected character at byte 16: expected `=`",
-            ),
+            ("host=h password hunter2", "expected `=`"),
             (
                 "password=hunter2 user=u",
                 "no host given: add host=... (a name, an address or a socket directory)",
@@ -1322,7 +1359,9 @@ mod tests {
         ];
         for (url, expected) in cases {
             let (msg, _) = error("", &[("SISY_DATABASE_URL", url)]);
-            assert_eq!(msg, format!("SISY_DATABASE_URL: {expected}"), "{url}");
+            assert!(msg.starts_with("SISY_DATABASE_URL: "), "{url}: {msg}");
+            assert!(msg.contains(expected), "{url}: {msg}");
+            assert!(!msg.contains("hunter2"), "{url}: {msg}");
         }
         let (msg, path) = error("database_url = 5", &[]);
         assert_eq!(
