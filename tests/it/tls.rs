@@ -267,10 +267,10 @@ async fn the_cli_and_guardians_work_over_verified_tls() {
         .batch_execute("INSERT INTO sisy.jobs (name, command) VALUES ('over-tls', 'echo over tls')")
         .await
         .unwrap();
-    // A guardian as the tests start them, with sslmode=require in its config file.
+    // A guardian as the tests start them, with verify-full and the CA in its config file.
     let require = TestDb {
         name: db.name.clone(),
-        url: url("sslmode=require"),
+        url: url(&format!("sslmode=verify-full sslrootcert={ca}")),
     };
     let mut plain = Guardian::start(&require, "g-require", "");
     let id = trigger(&admin, "over-tls").await;
