@@ -9,22 +9,48 @@
 //! Does not retry anything itself.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
+
+/// A failure this soon after the database came back belongs to the same outage: pooled
+/// connections opened before a restart fail once each when first used after it, and
+/// that is no news for the operator.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// Whether the database is currently out of reach, as the services found it.
 #[derive(Debug, Default)]
 pub struct Outage {
-    since: Mutex<Option<Instant>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the current outage began; None while the database answers.
+    since: Option<Instant>,
+    /// Whether the current outage was announced (not a straggler after a recovery).
+    announced: bool,
+    /// When the last outage ended.
+    recovered: Option<Instant>,
 }
 
 impl Outage {
     /// A service could not reach the database: logs the first failure of an outage only.
     pub fn failed(&self, service: &str, error: &anyhow::Error) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if since.is_none() {
-            *since = Some(Instant::now());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = state.since {
+            if !state.announced && since.elapsed() >= SETTLE {
+                // Not a straggler after all: the database is away again.
+                state.announced = true;
+                tracing::warn!(service, error = %format!("{error:#}"), "database unreachable again; reconnecting with backoff");
+            } else {
+                tracing::debug!(service, error = %format!("{error:#}"), "database still unreachable");
+            }
+            return;
+        }
+        state.since = Some(Instant::now());
+        state.announced = state.recovered.is_none_or(|at| at.elapsed() >= SETTLE);
+        if state.announced {
             tracing::warn!(
                 service, error = %format!("{error:#}"),
                 "database unreachable: running jobs keep running and their results are kept \
@@ -32,25 +58,29 @@ impl Outage {
                  with backoff"
             );
         } else {
-            tracing::debug!(service, error = %format!("{error:#}"), "database still unreachable");
+            tracing::debug!(service, error = %format!("{error:#}"), "a connection from before the outage failed");
         }
     }
 
     /// A statement went through: ends the outage, if there was one.
     pub fn ok(&self) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = since.take() {
-            tracing::info!(
-                after_s = at.elapsed().as_secs_f64().round(),
-                "database reachable again"
-            );
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = state.since.take() {
+            state.recovered = Some(Instant::now());
+            if state.announced {
+                tracing::info!(
+                    after_s = at.elapsed().as_secs_f64().round(),
+                    "database reachable again"
+                );
+            }
         }
     }
 
     pub fn is_down(&self) -> bool {
-        self.since
+        self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .since
             .is_some()
     }
 }
@@ -115,5 +145,10 @@ mod tests {
         assert!(outage.is_down());
         outage.ok();
         assert!(!outage.is_down());
+        // A stale connection failing right after the recovery is the same outage: silent.
+        outage.failed("test", &anyhow::anyhow!("stale"));
+        assert!(outage.is_down());
+        assert!(!outage.state.lock().unwrap().announced);
+        outage.ok();
     }
 }
