@@ -5,7 +5,7 @@
 //! this guardian's pools: a `pending` run per occurrence (per live host for `target = 'all'`),
 //! and, for occurrences already past their deadline (say the whole fleet was down for a
 //! week), one coalesced `expired` row that counts them. Its cost follows what is due: it
-//! reads jobs through the `next_due` index, never the whole table.
+//! reads jobs through the index `jobs_pool_next_due`, pool by pool, never the whole table.
 //! Does not own claiming or running (claimer, supervisor) nor expiring pending runs that no
 //! guardian started in time (the dispatcher tick does that).
 //!

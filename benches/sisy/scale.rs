@@ -5,7 +5,8 @@
 //! `sisyphus::reaper::run_once` takes to prune the million.
 //!
 //! The dormant jobs are daily jobs at random times outside the next hour (none falls due
-//! during the run). The history rows are shaped like recorded runs of a `true` job (empty
+//! during the run); a tenth of them are in a pool no guardian serves, overdue by a day, as
+//! they are after a day without such a guardian (due, but never this fleet's work). The history rows are shaped like recorded runs of a `true` job (empty
 //! output) and are bulk-loaded with triggers off (a million `sisy_events` notifications
 //! would measure NOTIFY, not the schema); the load is followed by `VACUUM ANALYZE`, which
 //! autovacuum would do next. Likewise the jobs table once the guardians have seeded it.
@@ -103,6 +104,11 @@ async fn measure(cluster: &Cluster, db: &Db) -> Result<Value> {
     // the index jobs_unseen holds one dead entry per job, which the tick's `unseen` probe
     // steps over (0.4 ms, 275 buffers a tick), and the statistics still count the jobs
     // unseen. The window measures the steady state after that, not the first minute.
+    db.client
+        .batch_execute(
+            "UPDATE sisy.jobs SET next_due = now() - interval '1 day' WHERE pool = 'stranded'",
+        )
+        .await?;
     db.client.batch_execute("VACUUM ANALYZE sisy.jobs").await?;
     let m = latency::steady(cluster, db, &guardians, &Load::default()).await?;
     let explain = explain(db, jobs).await?;
@@ -118,12 +124,14 @@ async fn measure(cluster: &Cluster, db: &Db) -> Result<Value> {
     }))
 }
 
-/// Daily jobs at random times that stay clear of the next hour.
+/// Daily jobs at random times that stay clear of the next hour; every tenth in the pool
+/// `stranded`, which no guardian serves.
 async fn add_dormant(db: &Db, n: usize) -> Result<()> {
     db.client
         .execute(
-            "INSERT INTO sisy.jobs (name, command, schedule)
+            "INSERT INTO sisy.jobs (name, command, pool, schedule)
              SELECT format('dormant-%s', i), format('/usr/local/bin/task --id %s', i),
+                    CASE WHEN i % 10 = 0 THEN 'stranded' ELSE 'default' END,
                     format('%s %s * * *', (random() * 59)::int,
                            (extract(hour FROM now() AT TIME ZONE 'UTC')::int + 2 + (random() * 21)::int) % 24)
                FROM generate_series(1, $1::int) i",

@@ -1,11 +1,23 @@
--- Jobs of the given pools with an occurrence due now. The row lock is the right to
--- materialise the job's occurrences: a job locked by another guardian is skipped, never waited for.
-SELECT id, name, pool, target, schedule, timezone,
-       extract(epoch FROM ttl)::float8 AS ttl,
-       extract(epoch FROM jitter)::float8 AS jitter,
-       next_due, now() AS db_now
-  FROM sisy.jobs
- WHERE next_due <= now() AND NOT suspended AND schedule_error IS NULL AND pool = ANY ($1)
- ORDER BY next_due
+-- Jobs of the given pools with an occurrence due now, oldest first. The row lock is the
+-- right to materialise the job's occurrences: a job locked by another guardian is skipped,
+-- never waited for.
+--   $1 pools  $2 batch size
+-- Pool by pool (LATERAL) through jobs_pool_next_due, each read stopping after $2 jobs: one
+-- `pool = ANY ($1)` scan in next_due order would step over every overdue job of the pools
+-- no guardian here serves, on every pass. With several pools, jobs locked beyond the $2
+-- kept stay locked until the scheduler's transaction ends and go to the next pass.
+SELECT j.id, j.name, j.pool, j.target, j.schedule, j.timezone,
+       extract(epoch FROM j.ttl)::float8 AS ttl,
+       extract(epoch FROM j.jitter)::float8 AS jitter,
+       j.next_due, now() AS db_now
+  FROM unnest($1::text[]) AS p (pool)
+ CROSS JOIN LATERAL (
+    SELECT id, name, pool, target, schedule, timezone, ttl, jitter, next_due
+      FROM sisy.jobs
+     WHERE pool = p.pool AND next_due <= now() AND NOT suspended AND schedule_error IS NULL
+     ORDER BY next_due
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+ ) j
+ ORDER BY j.next_due
  LIMIT $2
-   FOR UPDATE SKIP LOCKED

@@ -3,8 +3,9 @@
 --   $1 pools  $2 host
 -- Its cost follows what is due, not the size of the tables: the expiry reads only pending
 -- runs already due (a deadline is due_at + ttl and ttl is positive, so a run whose deadline
--- passed is due), the next run is the first of each pool in runs_pending_due (LATERAL, as
--- in runs_claim.sql), the next job the first in jobs_next_due.
+-- passed is due); the next run and the next job are the first of each pool in
+-- runs_pending_due and jobs_pool_next_due (LATERAL, as in runs_claim.sql: overdue jobs and
+-- runs of pools this guardian does not serve are never read).
 WITH expired AS (
     UPDATE sisy.runs
        SET state = 'expired', finished_at = now(),
@@ -13,8 +14,14 @@ WITH expired AS (
      WHERE state = 'pending' AND due_at <= now() AND deadline <= now() AND pool = ANY ($1)
  RETURNING id
 ), next_job AS (
-    SELECT min(next_due) AS at FROM sisy.jobs
-     WHERE NOT suspended AND schedule_error IS NULL AND pool = ANY ($1)
+    SELECT min(first.next_due) AS at
+      FROM unnest($1::text[]) AS p (pool)
+     CROSS JOIN LATERAL (
+        SELECT next_due FROM sisy.jobs
+         WHERE pool = p.pool AND next_due IS NOT NULL AND NOT suspended AND schedule_error IS NULL
+         ORDER BY next_due
+         LIMIT 1
+     ) first
 ), next_run AS (
     SELECT min(first.due_at) AS at
       FROM unnest($1::text[]) AS p (pool)
