@@ -15,9 +15,9 @@ dir=${SISY_QUICKSTART_DIR:-/tmp/sisy-quickstart}
 mkdir -p "$dir"
 
 if [[ -f $HOME/.cargo/env ]]; then source "$HOME/.cargo/env"; fi
-echo "quickstart: building sisy (cargo build --release)…" >&2
-cargo build --release --quiet
-sisy=$PWD/target/release/sisy
+echo "quickstart: building sisy (cargo build; a debug build is quicker to make and plenty for a demo)…" >&2
+cargo build --quiet --bin sisy
+sisy=$PWD/target/debug/sisy
 
 echo "quickstart: starting a throwaway PostgreSQL in $dir/pg…" >&2
 url=$(scripts/throwaway-pg.sh start "$dir/pg")

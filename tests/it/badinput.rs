@@ -232,3 +232,30 @@ fn live_members_of_group(pgid: i32) -> usize {
         })
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_escaping_its_group_with_setsid_is_still_cleaned_up() {
+    let (db, client) = migrated_db().await;
+    let _g = Guardian::start(&db, "g1", "");
+    let dir = shared_dir();
+    let pidfile = dir.path().join("escaped.pid");
+    let command = format!("setsid sleep 300 & echo $! > {}; exit 0", pidfile.display());
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, kill_grace) VALUES ('escaper', $1, '1 second')",
+            &[&command],
+        )
+        .await
+        .unwrap();
+    let id = trigger(&client, "escaper").await;
+    assert_eq!(wait_finished(&client, id, LONG).await, "succeeded");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        crate::util::process_gone(pid),
+        "the setsid escapee {pid} outlived its run"
+    );
+}

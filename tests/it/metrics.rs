@@ -83,3 +83,46 @@ async fn the_metrics_endpoint_counts_runs_while_jobs_run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_line_per_run_start_and_finish_and_no_secrets() {
+    let (db, client) = migrated_db().await;
+    let mut g = Guardian::start(&db, "g1", "log_format = \"json\"");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, env) VALUES ('quiet', 'echo \"$TOKEN\" > /dev/null', '{\"TOKEN\": \"s3cr3t-token\"}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let id = crate::util::trigger(&client, "quiet").await;
+    assert_eq!(
+        crate::util::wait_finished(&client, id, Duration::from_secs(30)).await,
+        "succeeded"
+    );
+    assert_eq!(g.stop(), Some(0));
+    let log = g.log();
+    assert!(
+        !log.contains("s3cr3t-token"),
+        "a job env value was logged:\n{log}"
+    );
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    let (started, finished) = (of("run started"), of("run finished"));
+    assert_eq!((started.len(), finished.len()), (1, 1), "{log}");
+    let f = &finished[0]["fields"];
+    assert_eq!(f["job"], "quiet");
+    assert_eq!(f["run_id"], id);
+    assert_eq!(f["attempt"], 1);
+    assert_eq!(f["host"], "g1");
+    assert_eq!(f["state"], "succeeded");
+    assert!(f["duration_ms"].is_u64(), "{f}");
+}
