@@ -143,6 +143,10 @@ impl Dispatcher {
         pass.next_in = if progress {
             Some(Duration::ZERO)
         } else {
+            // A run due now that this host cannot take (no free capacity, draining) is no
+            // reason to look again: the finish of a run or a notification wakes us.
+            let cannot_claim = self.free_capacity(cfg.capacity) == 0 || is_draining(&self.shared);
+            let run_due_in = run_due_in.filter(|s| !(cannot_claim && *s <= 0.0));
             let mut next = [job_due_in, run_due_in]
                 .into_iter()
                 .flatten()
@@ -151,9 +155,9 @@ impl Dispatcher {
             if !self.waiting.is_empty() {
                 next = Some(next.map_or(REPLACE_POLL, |n| n.min(REPLACE_POLL)));
             }
-            // Something due that this pass could not take (locked elsewhere, no capacity):
-            // the finish of a run or a notification will wake us; meanwhile no busy loop.
-            next.map(|n| n.max(IDLE_BACKOFF))
+            // Due now yet not taken by this pass (locked by another guardian): a short pause
+            // instead of a busy loop. A due time in the future is slept to exactly.
+            next.map(|n| if n.is_zero() { IDLE_BACKOFF } else { n })
         };
         Ok(pass)
     }
