@@ -113,8 +113,10 @@ impl Dispatcher {
             self.scheduler.set_pools(self.pools.clone());
         }
         let client = self.shared.db.get().await?;
+        // Prepared once per pooled connection: one round trip, no parse or plan per pass.
+        let statement = client.prepare_cached(q::RUNS_TICK).await?;
         let tick = client
-            .query_one(q::RUNS_TICK, &[&cfg.pools, &self.shared.host])
+            .query_one(&statement, &[&cfg.pools, &self.shared.host])
             .await?;
         drop(client);
         self.shared.outage.ok();

@@ -168,9 +168,10 @@ impl Heartbeat {
         let since = *self.connected_since.get_or_insert_with(Instant::now);
         let rescue = since.elapsed() >= cfg.lease;
         let client = shared.beat_db.get().await?;
+        let statement = client.prepare_cached(q::HEARTBEAT).await?;
         let row = client
             .query_one(
-                q::HEARTBEAT,
+                &statement,
                 &[
                     &shared.host,
                     &cfg.lease.as_secs_f64(),

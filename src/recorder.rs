@@ -209,9 +209,10 @@ impl Recorder {
 async fn write(db: &Pool, e: &Entry) -> Result<Written> {
     let client = db.get().await?;
     let bytes = e.output_bytes as i64;
+    let statement = client.prepare_cached(q::RUNS_FINISH).await?;
     let rows = client
         .query(
-            q::RUNS_FINISH,
+            &statement,
             &[
                 &e.run_id,
                 &e.host,
