@@ -44,7 +44,7 @@ use tokio_postgres::config::SslMode as DriverMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use verify::{ChainOnly, Unverified};
+use verify::ChainOnly;
 
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +169,10 @@ impl TlsSettings {
             .with_safe_default_protocol_versions()
             .context("cannot set up TLS")?;
         let verifier: Arc<dyn ServerCertVerifier> = match (&self.roots, self.mode) {
-            (_, SslMode::Disable) | (Roots::None, _) => Arc::new(Unverified { algorithms }),
+            (_, SslMode::Disable) | (Roots::None, _) => Arc::new(ChainOnly {
+                roots: None,
+                algorithms,
+            }),
             (roots, SslMode::VerifyFull) => {
                 rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(load(roots)?),
@@ -179,7 +182,7 @@ impl TlsSettings {
                 .context("cannot set up TLS certificate verification")?
             }
             (roots, _) => Arc::new(ChainOnly {
-                roots: Arc::new(load(roots)?),
+                roots: Some(Arc::new(load(roots)?)),
                 algorithms,
             }),
         };
