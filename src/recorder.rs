@@ -124,6 +124,7 @@ pub fn entry(
         signal: outcome.signal,
         output: outcome.output.clone(),
         output_bytes: outcome.output_bytes,
+        pid: outcome.pid,
     }
 }
 
@@ -209,6 +210,7 @@ impl Recorder {
 async fn write(db: &Pool, e: &Entry) -> Result<Written> {
     let client = db.get().await?;
     let bytes = e.output_bytes as i64;
+    let pid = e.pid.map(|p| p as i32);
     let statement = client.prepare_cached(q::RUNS_FINISH).await?;
     let rows = client
         .query(
@@ -223,6 +225,7 @@ async fn write(db: &Pool, e: &Entry) -> Result<Written> {
                 &bytes,
                 &e.error,
                 &e.no_retry,
+                &pid,
             ],
         )
         .await?;

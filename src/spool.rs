@@ -33,6 +33,9 @@ pub struct Entry {
     pub signal: Option<i32>,
     pub output: String,
     pub output_bytes: u64,
+    /// The process id, when it started (absent in files spooled by older versions).
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// The spool directory.
@@ -117,6 +120,7 @@ mod tests {
 
     fn entry(run_id: i64) -> Entry {
         Entry {
+            pid: Some(4242),
             run_id,
             host: "h".into(),
             job_name: "j".into(),

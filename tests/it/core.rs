@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::util::{
-    Guardian, fleet, migrated_db, process_gone, shared_dir, trigger, wait_finished, wait_until,
+    Guardian, fleet, migrated_db, process_gone, shared_dir, trigger, wait_finished, wait_started,
+    wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -196,6 +197,13 @@ async fn output_exit_codes_and_signals_are_recorded() {
     assert_eq!(r.get::<_, String>(3), "out\nerr\n");
     assert_eq!(r.get::<_, i64>(4), 8);
     assert_eq!(r.get::<_, String>(5), "exited with code 7");
+    // Who ran it, even for a run far shorter than a heartbeat.
+    let pid: Option<i32> = client
+        .query_one("SELECT pid FROM sisy.runs WHERE id = $1", &[&exit7])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pid.is_some_and(|p| p > 0), "no pid recorded: {pid:?}");
 
     let r = get(signalled).await;
     assert_eq!(r.get::<_, String>(0), "failed");
@@ -526,14 +534,7 @@ async fn a_clean_shutdown_releases_the_lease_and_kills_nothing_that_finishes_in_
         .await
         .unwrap();
     let id = trigger(&client, "short").await;
-    wait_until(
-        &client,
-        "the run to start",
-        LONG,
-        || format!("SELECT state FROM sisy.runs WHERE id = {id}"),
-        |s: String| s == "running",
-    )
-    .await;
+    wait_started(&client, id).await;
     assert_eq!(
         fleet[0].stop(),
         Some(0),
@@ -576,13 +577,11 @@ async fn kill_reaches_the_guardian_through_notify_and_the_group_dies() {
         .await
         .unwrap();
     let id = trigger(&client, "deaf").await;
-    wait_until(&client, "the run to start", LONG, || {
-        format!("SELECT count(*) FROM sisy.runs WHERE id = {id} AND pid IS NOT NULL OR (id = {id} AND started_at IS NOT NULL)")
-    }, |n: i64| n == 1)
+    wait_started(&client, id).await;
+    crate::util::wait_for("the job to write its child's pid", LONG, || {
+        pidfile.exists()
+    })
     .await;
-    while !pidfile.exists() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let asked = std::time::Instant::now();
     client
         .execute("SELECT sisy.kill($1)", &[&id])
@@ -630,24 +629,10 @@ async fn overlap_replace_kills_the_running_run_then_starts() {
         .await
         .unwrap();
     let first = trigger(&client, "newest").await;
-    wait_until(
-        &client,
-        "the first run to start",
-        LONG,
-        || format!("SELECT count(*) FROM sisy.runs WHERE id = {first} AND started_at IS NOT NULL"),
-        |n: i64| n == 1,
-    )
-    .await;
+    wait_started(&client, first).await;
     let second = trigger(&client, "newest").await;
     assert_eq!(wait_finished(&client, first, LONG).await, "killed");
-    wait_until(
-        &client,
-        "the second run to start",
-        LONG,
-        || format!("SELECT count(*) FROM sisy.runs WHERE id = {second} AND started_at IS NOT NULL"),
-        |n: i64| n == 1,
-    )
-    .await;
+    wait_started(&client, second).await;
     let row = client
         .query_one(
             "SELECT a.error, b.started_at >= a.finished_at FROM sisy.runs a, sisy.runs b WHERE a.id = $1 AND b.id = $2",
