@@ -267,14 +267,7 @@ async fn runs_commands_show_logs_kill_and_retry() {
         .trim()
         .parse()
         .unwrap();
-    crate::util::wait_until(
-        &client,
-        "the sleeper to start",
-        Duration::from_secs(30),
-        || format!("SELECT count(*) FROM sisy.runs WHERE id = {long} AND started_at IS NOT NULL"),
-        |n: i64| n == 1,
-    )
-    .await;
+    crate::util::wait_started(&client, long).await;
     ok(&db, &["runs", "kill", &long.to_string()]);
     assert_eq!(
         wait_finished(&client, long, Duration::from_secs(30)).await,

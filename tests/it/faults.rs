@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use crate::util::{
     Guardian, ProcessSampler, Proxy, fleet, migrated_db, process_gone, processes_with_env,
-    shared_dir, trigger, wait_finished, wait_for, wait_until,
+    shared_dir, trigger, wait_finished, wait_for, wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -144,14 +144,7 @@ async fn a_paused_guardian_is_declared_dead_in_time_and_its_run_never_overlaps_t
         .await
         .unwrap();
     let first = trigger(&client, "solo").await;
-    wait_until(
-        &client,
-        "the first attempt to start",
-        LONG,
-        || format!("SELECT count(*) FROM sisy.runs WHERE id = {first} AND pid IS NOT NULL"),
-        |n: i64| n == 1,
-    )
-    .await;
+    wait_started(&client, first).await;
     let host: String = client
         .query_one("SELECT host FROM sisy.runs WHERE id = $1", &[&first])
         .await
@@ -253,14 +246,7 @@ async fn shutdown_kills_what_outlives_the_grace_and_the_retry_runs_elsewhere() {
         .await
         .unwrap();
     let first = trigger(&client, "long").await;
-    wait_until(
-        &client,
-        "the run to start on g1",
-        LONG,
-        || format!("SELECT count(*) FROM sisy.runs WHERE id = {first} AND pid IS NOT NULL"),
-        |n: i64| n == 1,
-    )
-    .await;
+    wait_started(&client, first).await;
     let g2 = Guardian::start(&db, "g2", "");
     let began = Instant::now();
     assert_eq!(g1.stop(), Some(0), "guardian log:\n{}", g1.log());
@@ -317,14 +303,7 @@ async fn sighup_reloads_capacity_pools_and_users_without_touching_running_jobs()
         .await
         .unwrap();
     let holder = trigger(&client, "holder").await;
-    let pid: i32 = wait_until(
-        &client,
-        "the holder to start",
-        LONG,
-        || format!("SELECT coalesce(pid, 0) FROM sisy.runs WHERE id = {holder}"),
-        |pid: i32| pid > 0,
-    )
-    .await;
+    let pid = wait_started(&client, holder).await;
     let second = trigger(&client, "second").await;
     let other = trigger(&client, "other").await;
 
@@ -340,14 +319,7 @@ async fn sighup_reloads_capacity_pools_and_users_without_touching_running_jobs()
     })
     .await;
     assert_eq!(wait_finished(&client, other, LONG).await, "succeeded");
-    wait_until(
-        &client,
-        "the second run to start next to the holder",
-        LONG,
-        || format!("SELECT count(*) FROM sisy.runs WHERE id = {second} AND pid IS NOT NULL"),
-        |n: i64| n == 1,
-    )
-    .await;
+    wait_started(&client, second).await;
     let as_daemon = trigger(&client, "as-daemon").await;
     assert_eq!(wait_finished(&client, as_daemon, LONG).await, "succeeded");
     let output: String = client
@@ -408,14 +380,7 @@ async fn a_guardian_cut_off_from_the_database_fences_its_lost_run_when_it_comes_
     // g1 reaches the database through the proxy; it alone is up when the run is claimed.
     let g1 = Guardian::start(&proxy.db(&db), "g1", "");
     let first = trigger(&client, "solo").await;
-    let pid: i32 = wait_until(
-        &client,
-        "the run to start on g1",
-        LONG,
-        || format!("SELECT coalesce(pid, 0) FROM sisy.runs WHERE id = {first}"),
-        |pid: i32| pid > 0,
-    )
-    .await;
+    let pid = wait_started(&client, first).await;
     let _g2 = Guardian::start(&db, "g2", "");
     wait_until(
         &client,

@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 use crate::pg::{Server, TestDb};
 use crate::util::{
     Guardian, migrated_db_on, process_gone, shared_dir, trigger, wait_finished, wait_for,
-    wait_until,
+    wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -23,17 +23,6 @@ fn until_flag(flag: &Path, word: &str) -> String {
         "while [ ! -e {} ]; do sleep 0.1; done; echo {word}",
         flag.display()
     )
-}
-
-async fn wait_started(client: &Client, id: i64) -> i32 {
-    wait_until(
-        client,
-        &format!("run {id} to start"),
-        LONG,
-        || format!("SELECT coalesce(pid, 0) FROM sisy.runs WHERE id = {id}"),
-        |pid: i32| pid > 0,
-    )
-    .await
 }
 
 async fn state_and_output(client: &Client, id: i64) -> (String, String) {

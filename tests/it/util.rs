@@ -230,6 +230,18 @@ pub async fn wait_finished(client: &Client, id: i64, timeout: Duration) -> Strin
     .await
 }
 
+/// Waits until run `id`'s process has started (its pid is recorded) and returns the pid.
+pub async fn wait_started(client: &Client, id: i64) -> i32 {
+    wait_until(
+        client,
+        &format!("run {id} to start"),
+        Duration::from_secs(60),
+        || format!("SELECT coalesce(pid, 0) FROM sisy.runs WHERE id = {id}"),
+        |pid: i32| pid > 0,
+    )
+    .await
+}
+
 /// Triggers `job` through the SQL function; returns the run id.
 pub async fn trigger(client: &Client, job: &str) -> i64 {
     client
