@@ -14,6 +14,7 @@ mod metrics;
 mod outages;
 mod package;
 mod pg;
+mod privilege;
 mod security;
 mod smoke;
 mod tls;
