@@ -220,12 +220,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
 
 async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let default = std::path::Path::new(crate::config::DEFAULT_PATH);
-    match args.config.as_deref() {
-        Some(path) => refuse_writable_by_others(path)?,
-        None if default.exists() => refuse_writable_by_others(default)?,
-        None => {}
-    }
+    // Refuses a file other users could change (config::trust).
     let config = GuardianConfig::load(args.config.as_deref(), &env)?;
     if args.check_config {
         print!("{}", config.to_redacted_toml());
@@ -233,28 +228,6 @@ async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result
     }
     crate::logging::init(matches!(config.log_format, crate::config::LogFormat::Json));
     guardian::run(config, shutdown).await
-}
-
-/// The config decides what this host runs and as whom: a file that users other than its
-/// owner (and its group, when that is root's) can change is refused.
-fn refuse_writable_by_others(path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(()); // a missing file is reported by the config loader
-    };
-    let shown = path.display();
-    if meta.mode() & 0o002 != 0 {
-        anyhow::bail!(
-            "{shown} is writable by every user, who could then make this host run anything: run `chmod o-w {shown}`"
-        );
-    }
-    if meta.mode() & 0o020 != 0 && meta.gid() != 0 {
-        anyhow::bail!(
-            "{shown} is writable by its group (gid {}), whose members could then make this host run anything: run `chmod g-w {shown}`",
-            meta.gid()
-        );
-    }
-    Ok(())
 }
 
 /// A client for the one-shot subcommands; failure to connect is exit code 3.
