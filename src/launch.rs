@@ -45,16 +45,9 @@ pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Sp
             error,
             final_: true,
         })?;
+    // Not looked at here: the guardian may be root, and the workdir is the job's to name.
+    // The shim changes to it after the switch of user and words the failure.
     let workdir = run.workdir.clone().unwrap_or_else(|| identity.home.clone());
-    if !std::path::Path::new(&workdir).is_dir() {
-        return Err(Refusal {
-            error: format!(
-                "workdir '{workdir}' does not exist on host {} (or is not a directory)",
-                policy.host
-            ),
-            final_: false,
-        });
-    }
     let mut env: Vec<(String, String)> = vec![
         ("HOME".into(), identity.home.clone()),
         ("USER".into(), identity.name.clone()),
@@ -87,6 +80,7 @@ pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Sp
         env,
         identity,
         workdir,
+        host: policy.host.clone(),
         max_runtime: run.max_runtime,
         kill_grace: run.kill_grace.max(Duration::from_millis(1)),
         output_limit,

@@ -60,6 +60,7 @@ use tokio::net::unix::pipe;
 use crate::supervisor::Spec;
 
 mod process;
+mod shell;
 
 pub use process::main;
 
@@ -97,8 +98,9 @@ struct Args {
 struct Job {
     command: String,
     workdir: String,
-    /// The user's name, for messages.
+    /// The user's name and the host's, for messages.
     user_name: String,
+    host: String,
     /// The shell's whole environment.
     env: Vec<(String, String)>,
 }
@@ -163,6 +165,7 @@ pub async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io::Result
         command: spec.command.clone(),
         workdir: spec.workdir.clone(),
         user_name: spec.identity.name.clone(),
+        host: spec.host.clone(),
         env: spec.env.clone(),
     })?;
     let args = Args {

@@ -15,12 +15,10 @@
 //! Does not start a runtime, take a lock or know about the database.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
@@ -28,6 +26,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::shell::spawn_shell;
 use super::{Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND};
 
 /// The shim's entry point: `sisy __run-shim ARGS`; never returns.
@@ -326,63 +325,6 @@ impl Shim {
             }
         }
     }
-}
-
-/// Starts `/bin/sh -c -- COMMAND` in its own session, as the job's user, in its workdir,
-/// with the job's environment: the user switch and `chdir` happen in `pre_exec`, and the
-/// environment takes effect at `execve`, after both. `--`: a command starting with `-` is
-/// a command, not options of the shell.
-fn spawn_shell(args: &Args, job: &Job) -> Result<Pid, String> {
-    let workdir = CString::new(job.workdir.as_bytes())
-        .map_err(|_| "the workdir contains a NUL byte".to_string())?;
-    let user = args.user.clone();
-    let me = nix::unistd::getpid().as_raw();
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.args(["-c", "--"])
-        .arg(&job.command)
-        .env_clear()
-        .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    // SAFETY: only async-signal-safe calls on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some((uid, gid, groups)) = &user
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0)
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::chdir(workdir.as_ptr()) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Set after setuid, which clears it. The shim is single-threaded, so its one
-            // thread is the process.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != me {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start /bin/sh as user '{}' in '{}': {e}",
-            job.user_name, job.workdir
-        )
-    })?;
-    let pid = Pid::from_raw(child.id() as i32);
-    // The shim reaps its children itself (waitpid(-1)); the std handle is not needed.
-    std::mem::forget(child);
-    Ok(pid)
 }
 
 /// Sends the tree its signal: SIGTERM once per target while `killed` is false, SIGKILL to

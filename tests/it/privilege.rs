@@ -165,3 +165,43 @@ async fn the_run_shim_holds_nothing_of_the_jobs_environment() {
         .unwrap();
     wait_finished(&client, id, Duration::from_secs(60)).await;
 }
+
+/// The workdir is looked at only as the job's user: a job cannot learn, through the error
+/// its run records, what exists where its user cannot look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workdir_is_judged_as_the_jobs_user_not_as_root() {
+    let hidden = tempfile::tempdir().unwrap();
+    // Root's, and nobody may not enter it.
+    std::fs::set_permissions(hidden.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir(hidden.path().join("exists")).unwrap();
+    let (db, client) = migrated_db().await;
+    let _g = Guardian::start(&db, "g1", "");
+    let mut errors = Vec::new();
+    for name in ["exists", "missing"] {
+        let workdir = hidden.path().join(name).display().to_string();
+        client
+            .execute(
+                "INSERT INTO sisy.jobs (name, command, workdir) VALUES ($1, 'pwd', $2)",
+                &[&name, &workdir],
+            )
+            .await
+            .unwrap();
+        let id = trigger(&client, name).await;
+        assert_eq!(
+            wait_finished(&client, id, Duration::from_secs(60)).await,
+            "failed"
+        );
+        let error: String = client
+            .query_one("SELECT error FROM sisy.runs WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        errors.push(error.replace(&workdir, "WORKDIR"));
+    }
+    assert_eq!(errors[0], errors[1], "the errors tell the two apart");
+    assert!(
+        errors[0].contains("workdir 'WORKDIR'") && errors[0].contains("user 'nobody'"),
+        "{}",
+        errors[0]
+    );
+}
