@@ -54,6 +54,7 @@ pub mod q {
     pub const HOSTS_PRUNE: &str = include_str!("../sql/queries/hosts_prune.sql");
     pub const RUNS_ORPHANED_BY_RESTART: &str =
         include_str!("../sql/queries/runs_orphaned_by_restart.sql");
+    pub const MIGRATIONS_APPLIED: &str = include_str!("../sql/queries/migrations_applied.sql");
 }
 
 /// The statements of the `sisy` CLI (a thin client over the SQL surface).

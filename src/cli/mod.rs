@@ -302,6 +302,12 @@ async fn db_status(client: &Client, json: bool) -> Result<()> {
                 "latest": migrate::latest_version(),
                 "applied": status.applied,
                 "pending": status.pending,
+                "newer": status.unknown.iter().map(|u| serde_json::json!({
+                    "version": u.version,
+                    "name": u.name,
+                    "compatible_with": u.compatible_with,
+                    "compatible": u.compatible(),
+                })).collect::<Vec<_>>(),
             })
         );
         return Ok(());
@@ -318,6 +324,14 @@ async fn db_status(client: &Client, json: bool) -> Result<()> {
             "pending"
         };
         println!("  {:04}_{:<12} {state}", m.version, m.name);
+    }
+    for u in &status.unknown {
+        let verdict = if u.compatible() {
+            "applied by a newer sisy, compatible with this one"
+        } else {
+            "applied by a newer sisy, NOT compatible with this one: upgrade sisy on this host"
+        };
+        println!("  {:04}_{:<12} {verdict}", u.version, u.name);
     }
     if !status.pending.is_empty() {
         println!("run `sisy db migrate` to apply the pending migrations");

@@ -18,4 +18,5 @@ mod privilege;
 mod security;
 mod smoke;
 mod tls;
+mod upgrade;
 mod util;
