@@ -103,8 +103,13 @@ pub enum DbCommand {
 pub enum JobsCommand {
     /// All jobs with their status.
     List,
-    /// One job: definition and status.
-    Show { name: String },
+    /// One job: definition (the names of its env variables, not their values) and status.
+    Show {
+        name: String,
+        /// Print the env values too (they may be secrets; sisy_reader may not read them).
+        #[arg(long)]
+        show_env_values: bool,
+    },
     /// Create a job.
     Add {
         name: String,

@@ -83,7 +83,7 @@ async fn jobs_commands_manage_jobs_and_refuse_bad_input() {
         ],
     );
     assert!(out.contains("created job 'backup'"), "{out}");
-    let job = json(&db, &["jobs", "show", "backup"]);
+    let job = json(&db, &["jobs", "show", "backup", "--show-env-values"]);
     assert_eq!(job["schedule"], "30 2 * * *");
     assert_eq!(job["timezone"], "Europe/Amsterdam");
     assert_eq!(job["max_retries"], 2);
@@ -104,7 +104,7 @@ async fn jobs_commands_manage_jobs_and_refuse_bad_input() {
             "1h",
         ],
     );
-    let job = json(&db, &["jobs", "show", "backup"]);
+    let job = json(&db, &["jobs", "show", "backup", "--show-env-values"]);
     assert_eq!(job["schedule"], "0 3 * * *");
     assert_eq!(job["env"], serde_json::json!({"B": "two words"}));
     assert_eq!(job["max_runtime"], "01:00:00");
@@ -481,4 +481,62 @@ async fn the_readme_monitoring_queries_run() {
             .await
             .unwrap_or_else(|e| panic!("README query failed: {sql}: {e}"));
     }
+}
+
+/// `sisy jobs show` as each role, through the real binary: a reader sees the job and the
+/// names of its env variables; nobody sees their values unless asking with
+/// `--show-env-values`, which a reader is refused with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_show_hides_env_values_and_works_for_every_role() {
+    let (db, owner) = migrated_db().await;
+    ok(&db, &["db", "roles"]);
+    owner
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, env) VALUES ('secretive', 'echo ok', '{\"TOKEN\": \"s3cret\", \"MODE\": \"fast\"}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (reader_url, _reader) = crate::security::login_as(&db, &owner, "sisy_reader").await;
+    let (admin_url, _admin) = crate::security::login_as(&db, &owner, "sisy_admin").await;
+    let as_role = |url: &str| TestDb {
+        name: db.name.clone(),
+        url: url.to_string(),
+    };
+    for role in [as_role(&reader_url), as_role(&admin_url)] {
+        let text = ok(&role, &["jobs", "show", "secretive"]);
+        assert!(
+            text.contains("echo ok") && text.contains("MODE, TOKEN") && !text.contains("s3cret"),
+            "{text}"
+        );
+        let v = json(&role, &["jobs", "show", "secretive"]);
+        assert_eq!(v["command"], "echo ok", "{v}");
+        assert_eq!(v["env_keys"], serde_json::json!(["MODE", "TOKEN"]), "{v}");
+        assert!(
+            v.get("env").is_none() && !v.to_string().contains("s3cret"),
+            "{v}"
+        );
+    }
+    fails(
+        &as_role(&reader_url),
+        &["jobs", "show", "secretive", "--show-env-values"],
+        1,
+        &["cannot read", "env", "without --show-env-values"],
+    );
+    let text = ok(
+        &as_role(&admin_url),
+        &["jobs", "show", "secretive", "--show-env-values"],
+    );
+    assert!(text.contains("s3cret"), "{text}");
+    let v = json(
+        &as_role(&admin_url),
+        &["jobs", "show", "secretive", "--show-env-values"],
+    );
+    assert_eq!(v["env"]["TOKEN"], "s3cret", "{v}");
+    fails(
+        &as_role(&reader_url),
+        &["jobs", "show", "nothing"],
+        1,
+        &["no job named 'nothing'"],
+    );
 }

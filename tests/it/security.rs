@@ -8,8 +8,8 @@ use tokio_postgres::NoTls;
 use crate::pg::TestDb;
 use crate::util::{Guardian, migrated_db, sisy, wait_finished, wait_until};
 
-/// Creates a log-in role that is a member of `group`, and connects as it.
-async fn login_as(
+/// Creates a log-in role that is a member of `group`, and connects as it; returns its URL.
+pub(crate) async fn login_as(
     db: &TestDb,
     admin: &tokio_postgres::Client,
     group: &str,
