@@ -67,7 +67,7 @@ pub enum Command {
     /// Cron expressions.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
-    /// Turn a crontab file into jobs (re-importing does not duplicate).
+    /// Sync jobs with a crontab file: a re-import updates, creates and removes jobs.
     ImportCrontab(import::ImportArgs),
     /// The fleet on one screen: hosts, running, failing jobs, missed runs.
     Status,
@@ -201,7 +201,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
             count,
         }) => Ok(schedule::check(&expr, &tz, after, count, json)?),
         Command::Generate { out } => Ok(generate::run(&out)?),
-        Command::ImportCrontab(args) if args.dry_run => Ok(import::run(None, &args, json).await?),
         command => {
             let mut client = client(cli.database_url.as_deref()).await?;
             let c = &mut client;
@@ -212,7 +211,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 Command::Jobs(cmd) => jobs::run(c, *cmd, json).await,
                 Command::Runs(cmd) => runs::run(c, cmd, json).await,
                 Command::Hosts(cmd) => hosts::run(c, cmd, json).await,
-                Command::ImportCrontab(args) => import::run(Some(c), &args, json).await,
+                Command::ImportCrontab(args) => import::run(c, &args, json).await,
                 Command::Status => status::run(c, json).await,
                 Command::Guardian(_) | Command::Schedule(_) | Command::Generate { .. } => {
                     unreachable!("handled above")

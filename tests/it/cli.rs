@@ -9,13 +9,13 @@ use serde_json::Value;
 use crate::pg::TestDb;
 use crate::util::{Guardian, fleet, migrated_db, sisy, wait_finished};
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn sisy_on(db: &TestDb, args: &[&str]) -> Ran {
+pub(crate) fn sisy_on(db: &TestDb, args: &[&str]) -> Ran {
     let out: Output = sisy()
         .args(["--database-url", &db.url])
         .args(args)
@@ -28,20 +28,20 @@ fn sisy_on(db: &TestDb, args: &[&str]) -> Ran {
     }
 }
 
-fn ok(db: &TestDb, args: &[&str]) -> String {
+pub(crate) fn ok(db: &TestDb, args: &[&str]) -> String {
     let r = sisy_on(db, args);
     assert_eq!(r.code, 0, "sisy {args:?} failed: {}", r.stderr);
     r.stdout
 }
 
-fn json(db: &TestDb, args: &[&str]) -> Value {
+pub(crate) fn json(db: &TestDb, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     serde_json::from_str(&ok(db, &all)).unwrap()
 }
 
 /// Fails with exit code `code` and one line on stderr containing every word of `words`.
-fn fails(db: &TestDb, args: &[&str], code: i32, words: &[&str]) -> String {
+pub(crate) fn fails(db: &TestDb, args: &[&str], code: i32, words: &[&str]) -> String {
     let r = sisy_on(db, args);
     assert_eq!(
         r.code, code,
@@ -402,55 +402,6 @@ fn an_unreachable_database_is_exit_code_3() {
         err.contains("cannot connect") && err.contains("PostgreSQL is running"),
         "{err}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_crontab_dry_runs_imports_once_and_refuses_reboot() {
-    let (db, client) = migrated_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("crontab");
-    std::fs::write(
-        &file,
-        "# a user crontab\nMAILTO=ops@example.net\nCRON_TZ=Europe/Amsterdam\n*/5 * * * * /usr/bin/check\n0 3 * * 1 backup --full % now\n",
-    )
-    .unwrap();
-    let f = file.to_str().unwrap();
-    let dry = ok(&db, &["import-crontab", f, "--dry-run"]);
-    assert!(dry.contains("would import 2 job(s)"), "{dry}");
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM sisy.jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0, "a dry run wrote");
-    let first = ok(&db, &["import-crontab", f]);
-    assert!(first.contains("2 created"), "{first}");
-    let again = ok(&db, &["import-crontab", f]);
-    assert!(
-        again.contains("0 created, 0 updated, 2 unchanged"),
-        "{again}"
-    );
-    let tz: String = client
-        .query_one("SELECT DISTINCT timezone FROM sisy.jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(tz, "Europe/Amsterdam");
-
-    std::fs::write(&file, "@reboot /usr/bin/startup\n* * * * * true\n").unwrap();
-    let r = sisy_on(&db, &["import-crontab", f]);
-    assert_eq!(r.code, 1);
-    assert!(
-        r.stderr.contains("@reboot") && r.stderr.contains("nothing was imported"),
-        "{}",
-        r.stderr
-    );
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM sisy.jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod core;
 mod events;
 mod faults;
 mod housekeeping;
+mod import;
 mod metrics;
 mod outages;
 mod package;
