@@ -204,6 +204,11 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
         command => {
             let mut client = client(cli.database_url.as_deref()).await?;
             let c = &mut client;
+            // The schema is judged as a guardian judges it: a database to migrate, or one
+            // too new for this binary, is said so instead of failing on a missing column.
+            if !matches!(command, Command::Db(_)) {
+                migrate::ensure_current(c).await?;
+            }
             let done = match command {
                 Command::Db(DbCommand::Migrate) => db_migrate(c, json).await,
                 Command::Db(DbCommand::Status) => db_status(c, json).await,

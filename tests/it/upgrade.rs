@@ -128,3 +128,21 @@ async fn a_guardian_refuses_a_schema_older_than_it_needs() {
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("run `sisy db migrate`"), "{log}");
 }
+
+/// The one-shot commands judge the schema as the guardian does, instead of failing on a
+/// missing column or misreading a newer schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_check_the_schema_like_the_guardian() {
+    let (db, client) = migrated_db().await;
+    let known = sisyphus::migrate::latest_version();
+    future_migration(&client, known + 1, Some(known)).await;
+    crate::cli::ok(&db, &["jobs", "list"]);
+    future_migration(&client, known + 2, None).await;
+    crate::cli::fails(&db, &["jobs", "list"], 1, &["upgrade sisy on this host"]);
+    // `db status` still says where the database stands.
+    let status = crate::cli::ok(&db, &["db", "status"]);
+    assert!(status.contains("NOT compatible"), "{status}");
+
+    let empty = crate::pg::fresh_database();
+    crate::cli::fails(&empty, &["jobs", "list"], 1, &["run `sisy db migrate`"]);
+}

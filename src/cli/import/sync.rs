@@ -136,9 +136,13 @@ pub fn plan(wanted: &[JobDef], existing: &[Existing], opts: &Options) -> Result<
         },
     );
 
+    let matched: HashMap<&str, &Existing> = matched
+        .into_iter()
+        .map(|(w, e)| (w.name.as_str(), e))
+        .collect();
     let mut changes: Vec<Change> = Vec::new();
     for w in wanted {
-        if let Some((_, e)) = matched.iter().find(|(m, _)| m.name == w.name) {
+        if let Some(e) = matched.get(w.name.as_str()) {
             changes.push(compare(w, e, opts));
         } else {
             changes.push(change(Action::Create, w, None));
