@@ -455,6 +455,15 @@ async fn jobs_show_hides_env_values_and_works_for_every_role() {
         url: url.to_string(),
     };
     for role in [as_role(&reader_url), as_role(&admin_url)] {
+        // The other reading commands work for both roles too.
+        for args in [
+            &["jobs", "list"][..],
+            &["status"],
+            &["runs", "list"],
+            &["hosts", "list"],
+        ] {
+            ok(&role, args);
+        }
         let text = ok(&role, &["jobs", "show", "secretive"]);
         assert!(
             text.contains("echo ok") && text.contains("MODE, TOKEN") && !text.contains("s3cret"),
