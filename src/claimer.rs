@@ -41,6 +41,9 @@ pub struct ClaimedRun {
     pub overlap: Overlap,
     pub max_runtime: Option<Duration>,
     pub kill_grace: Duration,
+    /// A value of the row the guardian could not read (an `env` nested too deep for the
+    /// JSON decoder): the run is refused with this sentence instead of started.
+    pub defect: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,24 +183,42 @@ fn started_from_row(row: &tokio_postgres::Row) -> (i64, Admission) {
     (row.get(0), Admission::Start { latency })
 }
 
+/// Reads a claimed run. Nothing in it may panic: a value that cannot be read becomes the
+/// run's `defect` (it then fails alone) and the rest of the claim goes on.
 fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {
-    let max_runtime: Option<f64> = row.get("max_runtime");
+    let mut defect = None;
+    let max_runtime: Option<f64> = field(row, "max_runtime", &mut defect);
+    let overlap: String = field(row, "overlap", &mut defect);
     ClaimedRun {
         id: row.get("id"),
-        job_id: row.get("job_id"),
-        job_name: row.get("job_name"),
-        scheduled_for: row.get("scheduled_for"),
-        attempt: row.get("attempt"),
-        target_host: row.get("target_host"),
-        due_at: row.get("due_at"),
-        command: row.get("command"),
-        run_as: row.get("run_as"),
-        env: row.get("env"),
-        workdir: row.get("workdir"),
-        overlap: Overlap::parse(row.get("overlap")),
+        job_id: field(row, "job_id", &mut defect),
+        job_name: field(row, "job_name", &mut defect),
+        scheduled_for: field(row, "scheduled_for", &mut defect),
+        attempt: field(row, "attempt", &mut defect),
+        target_host: field(row, "target_host", &mut defect),
+        due_at: field(row, "due_at", &mut defect),
+        command: field(row, "command", &mut defect),
+        run_as: field(row, "run_as", &mut defect),
+        env: field(row, "env", &mut defect),
+        workdir: field(row, "workdir", &mut defect),
+        overlap: Overlap::parse(&overlap),
         max_runtime: max_runtime.map(|s| db::secs(Some(s))),
-        kill_grace: db::secs(row.get("kill_grace")),
+        kill_grace: db::secs(field(row, "kill_grace", &mut defect)),
+        defect,
     }
+}
+
+/// One column of a claimed run, or its default with the first failure kept in `defect`.
+fn field<'a, T>(row: &'a tokio_postgres::Row, name: &str, defect: &mut Option<String>) -> T
+where
+    T: tokio_postgres::types::FromSql<'a> + Default,
+{
+    row.try_get(name).unwrap_or_else(|e| {
+        defect.get_or_insert_with(|| {
+            format!("the job's {name} could not be read by the guardian ({e}): keep it plain (a flat JSON object of strings for env)")
+        });
+        T::default()
+    })
 }
 
 /// A run that has started (admitted), as admission sees it.
@@ -269,6 +290,7 @@ mod tests {
             overlap,
             max_runtime: None,
             kill_grace: Duration::from_secs(1),
+            defect: None,
         }
     }
 

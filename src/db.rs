@@ -42,6 +42,7 @@ pub mod q {
     pub const HOSTS_REANNOUNCE: &str = include_str!("../sql/queries/hosts_reannounce.sql");
     pub const HEARTBEAT: &str = include_str!("../sql/queries/heartbeat.sql");
     pub const RUNS_INSERT: &str = include_str!("../sql/queries/runs_insert.sql");
+    pub const RUNS_EXTEND_HOSTLESS: &str = include_str!("../sql/queries/runs_extend_hostless.sql");
     pub const RUNS_TICK: &str = include_str!("../sql/queries/runs_tick.sql");
     pub const RUNS_CLAIM: &str = include_str!("../sql/queries/runs_claim.sql");
     pub const RUNS_RUNNING_OF_JOBS: &str = include_str!("../sql/queries/runs_running_of_jobs.sql");
@@ -162,11 +163,18 @@ pub fn error_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The longest interval a job may set (ttl, jitter, retry_delay, max_runtime, kill_grace),
+/// as migration 0007 enforces: 100 years of 365.25 days. Rows from before that limit are
+/// clamped to it when read, so that no sum of a due time and a row's intervals can leave the
+/// range of a timestamp or of the monotonic clock.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3_155_760_000);
+
 /// Converts seconds (as PostgreSQL's `extract(epoch …)` returns them) to a Duration,
-/// treating NULL, negatives and non-finite values as zero.
+/// treating NULL, negatives and NaN as zero and clamping at [`MAX_INTERVAL`] (an infinite
+/// interval included).
 pub fn secs(value: Option<f64>) -> Duration {
     match value {
-        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+        Some(s) if s > 0.0 => Duration::from_secs_f64(s.min(MAX_INTERVAL.as_secs_f64())),
         _ => Duration::ZERO,
     }
 }

@@ -14,7 +14,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 
 use crate::claimer::{Admission, ClaimedRun, Claimer};
-use crate::db::q;
+use crate::db::{self, q};
 use crate::guardian::{RunHandle, Shared, is_draining};
 use crate::launch;
 use crate::metrics;
@@ -152,7 +152,8 @@ impl Dispatcher {
             let mut next = [job_due_in, run_due_in]
                 .into_iter()
                 .flatten()
-                .map(|s| Duration::from_secs_f64(s.max(0.0)))
+                // Clamped: a far-off or odd due time is no reason to sleep past the poll.
+                .map(|s| db::secs(Some(s)).min(SAFETY_POLL))
                 .min();
             if !self.waiting.is_empty() {
                 next = Some(next.map_or(REPLACE_POLL, |n| n.min(REPLACE_POLL)));

@@ -29,6 +29,12 @@ pub const MAX_COMMAND_BYTES: usize = 32 * 4096;
 
 /// Builds the process spec for `run`, or says why it cannot start on this host.
 pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Spec, Refusal> {
+    if let Some(error) = &run.defect {
+        return Err(Refusal {
+            error: error.clone(),
+            final_: true,
+        });
+    }
     if run.command.len() >= MAX_COMMAND_BYTES {
         return Err(Refusal {
             error: format!(

@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../sql/migrations/0006_privileges.sql"),
     },
     Migration {
+        version: 7,
+        name: "row_limits",
+        sql: include_str!("../sql/migrations/0007_row_limits.sql"),
+    },
+    Migration {
         version: 11,
         name: "job_sources",
         sql: include_str!("../sql/migrations/0011_job_sources.sql"),

@@ -25,10 +25,13 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use deadpool_postgres::Pool;
-use rand::RngExt;
 
 use crate::db::{self, q};
 use crate::schedule::Schedule;
+
+mod plan;
+use plan::later;
+pub use plan::{Missed, Occurrence, Plan, plan};
 
 /// How many jobs one statement handles.
 const BATCH: i64 = 200;
@@ -159,7 +162,20 @@ impl Scheduler {
             tx.commit().await?;
             return Ok((0, 0));
         }
-        let jobs: Vec<DueJob> = rows.iter().map(DueJob::from_row).collect();
+        // A row whose values the guardian cannot use is flagged alone, never the batch.
+        let (mut jobs, mut ids, mut next, mut errors) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for row in &rows {
+            match DueJob::from_row(row) {
+                Ok(job) => jobs.push(job),
+                Err((id, error)) => {
+                    tracing::warn!(job_id = id, %error, "job has an unusable row");
+                    ids.push(id);
+                    next.push(None);
+                    errors.push(Some(error));
+                }
+            }
+        }
         let hosts = if jobs.iter().any(|j| j.target_all) {
             let rows = tx
                 .query(&tx.prepare_cached(q::HOSTS_LIVE).await?, &[])
@@ -171,33 +187,36 @@ impl Scheduler {
             Vec::new()
         };
         let mut batch = RunBatch::default();
-        let (mut ids, mut next, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         for job in &jobs {
             ids.push(job.id);
-            match self.schedule(&job.schedule, &job.timezone) {
-                Ok(schedule) => {
-                    let plan = plan(job, &schedule, &mut rand::rng());
-                    batch.add(job, &plan, &hosts);
-                    errors.push(match plan.next_due {
-                        None => Some(format!(
-                            "schedule '{}' never fires after {}",
-                            job.schedule, job.next_due
-                        )),
-                        Some(_) => None,
-                    });
-                    next.push(plan.next_due);
-                }
-                Err(e) => {
-                    next.push(None);
-                    errors.push(Some(e));
-                }
-            }
+            // No schedule: a one-off at next_due, after which next_due is NULL.
+            let schedule = match &job.schedule {
+                None => None,
+                Some(expr) => match self.schedule(expr, &job.timezone) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        next.push(None);
+                        errors.push(Some(e));
+                        continue;
+                    }
+                },
+            };
+            let plan = plan(job, schedule.as_ref(), &mut rand::rng());
+            batch.add(job, &plan, &hosts);
+            errors.push(match (&job.schedule, plan.next_due) {
+                (Some(expr), None) => Some(format!(
+                    "schedule '{expr}' never fires after {}",
+                    job.next_due
+                )),
+                _ => None,
+            });
+            next.push(plan.next_due);
         }
         let inserted = batch.insert(&tx).await?;
         let set_next_due = tx.prepare_cached(q::JOBS_SET_NEXT_DUE).await?;
         tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
         tx.commit().await?;
-        Ok((jobs.len(), inserted))
+        Ok((rows.len(), inserted))
     }
 
     /// A parsed schedule, cached by (expression, zone); the error is the sentence to record.
@@ -220,7 +239,8 @@ pub struct DueJob {
     pub name: String,
     pub pool: String,
     pub target_all: bool,
-    pub schedule: String,
+    /// None: a one-off run at `next_due`.
+    pub schedule: Option<String>,
     pub timezone: String,
     pub ttl: ChronoDuration,
     pub jitter: ChronoDuration,
@@ -229,104 +249,39 @@ pub struct DueJob {
 }
 
 impl DueJob {
-    fn from_row(row: &tokio_postgres::Row) -> DueJob {
-        let chrono =
-            |v: Option<f64>| ChronoDuration::from_std(db::secs(v)).unwrap_or(ChronoDuration::MAX);
-        DueJob {
-            id: row.get("id"),
-            name: row.get("name"),
-            pool: row.get("pool"),
-            target_all: row.get::<_, String>("target") == "all",
-            schedule: row.get("schedule"),
-            timezone: row.get("timezone"),
-            ttl: chrono(row.get("ttl")),
-            jitter: chrono(row.get("jitter")),
-            next_due: row.get("next_due"),
-            now: row.get("db_now"),
-        }
-    }
-}
-
-/// One occurrence to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Occurrence {
-    pub scheduled_for: DateTime<Utc>,
-    pub due_at: DateTime<Utc>,
-    pub deadline: DateTime<Utc>,
-}
-
-/// Occurrences that can no longer start, coalesced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missed {
-    pub first: DateTime<Utc>,
-    pub last: DateTime<Utc>,
-    pub count: u64,
-    /// Counting stopped at MISSED_COUNT_CAP: `count` is a lower bound.
-    pub capped: bool,
-}
-
-/// What to do for one due job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub runs: Vec<Occurrence>,
-    pub missed: Option<Missed>,
-    /// The first occurrence not handled; None when the schedule never fires again.
-    pub next_due: Option<DateTime<Utc>>,
-}
-
-/// Decides, for the occurrences from `job.next_due` up to `job.now`, which still run and
-/// which are missed. Pure: the tests drive it directly.
-pub fn plan(job: &DueJob, schedule: &Schedule, rng: &mut impl rand::Rng) -> Plan {
-    let now = job.now;
-    // Before this instant an occurrence is past its deadline whatever its jitter.
-    let horizon = now - job.ttl - job.jitter;
-    let mut runs = Vec::new();
-    let mut missed: Option<Missed> = None;
-    let mut occ = Some(job.next_due);
-    while let Some(at) = occ {
-        if at > now || runs.len() >= MAX_RUNS_PER_JOB {
-            break;
-        }
-        let due_at = at + random_below(job.jitter, rng);
-        let deadline = due_at + job.ttl;
-        if at >= horizon && deadline > now {
-            runs.push(Occurrence {
-                scheduled_for: at,
-                due_at,
-                deadline,
-            });
-            occ = schedule.next_after(at);
-            continue;
-        }
-        let m = missed.get_or_insert(Missed {
-            first: at,
-            last: at,
-            count: 0,
-            capped: false,
-        });
-        m.last = at;
-        m.count += 1;
-        occ = if m.count >= MISSED_COUNT_CAP && at < horizon {
-            // Enough counted: jump to the first occurrence that may still be on time.
-            m.capped = true;
-            schedule.next_after(horizon.max(at) - ChronoDuration::nanoseconds(1))
-        } else {
-            schedule.next_after(at)
+    /// Reads a due job, or gives its id and the sentence to flag it with when a value cannot
+    /// be used (a `next_due` of '-infinity' or beyond the years chrono represents).
+    fn from_row(row: &tokio_postgres::Row) -> Result<DueJob, (i64, String)> {
+        let id: i64 = row.get("id");
+        // Clamped at db::MAX_INTERVAL: every sum below stays a representable time.
+        let interval = |name: &str| {
+            let secs = row.try_get::<_, Option<f64>>(name).ok().flatten();
+            ChronoDuration::from_std(db::secs(secs)).unwrap_or(ChronoDuration::zero())
         };
+        let next_due = row.try_get("next_due").map_err(|_| {
+            let text: Option<String> = row.try_get("next_due_text").ok().flatten();
+            (
+                id,
+                format!(
+                    "next_due '{}' is not a time the guardian can schedule: set next_due to a time between the years 1 and 9999 (or to NULL, with schedule_error NULL, to have it computed again)",
+                    text.unwrap_or_default()
+                ),
+            )
+        })?;
+        let text = |name: &str| row.try_get::<_, Option<String>>(name).ok().flatten();
+        Ok(DueJob {
+            id,
+            name: text("name").unwrap_or_default(),
+            pool: text("pool").unwrap_or_default(),
+            target_all: text("target").as_deref() == Some("all"),
+            schedule: text("schedule"),
+            timezone: text("timezone").unwrap_or_default(),
+            ttl: interval("ttl"),
+            jitter: interval("jitter"),
+            next_due,
+            now: row.get("db_now"),
+        })
     }
-    Plan {
-        runs,
-        missed,
-        next_due: occ,
-    }
-}
-
-fn random_below(limit: ChronoDuration, rng: &mut impl rand::Rng) -> ChronoDuration {
-    let micros = limit.num_microseconds().unwrap_or(i64::MAX);
-    if micros <= 0 {
-        return ChronoDuration::zero();
-    }
-    ChronoDuration::microseconds(rng.random_range(0..micros))
 }
 
 /// The rows one pass inserts, as the columns of one `unnest` INSERT.
@@ -342,6 +297,16 @@ struct RunBatch {
     state: Vec<&'static str>,
     error: Vec<Option<String>>,
     missed_count: Vec<i64>,
+    /// Occurrences of `all` jobs that no host could take, per job.
+    hostless: Vec<Hostless>,
+}
+
+/// The occurrences of one `all` job's pass that found no live, undrained host of its pool.
+struct Hostless {
+    job: DueJob,
+    first: Occurrence,
+    last: DateTime<Utc>,
+    count: i64,
 }
 
 impl RunBatch {
@@ -349,7 +314,7 @@ impl RunBatch {
         if let Some(m) = &plan.missed {
             let error = missed_message(job, m);
             tracing::warn!(job = %job.name, missed = m.count, "occurrences missed");
-            let deadline = m.first + job.ttl;
+            let deadline = later(m.first, job.ttl);
             self.push(
                 job,
                 m.first,
@@ -361,13 +326,30 @@ impl RunBatch {
                 m.count as i64,
             );
         }
+        let targets: Vec<&String> = hosts
+            .iter()
+            .filter(|(_, p)| p.contains(&job.pool))
+            .map(|(h, _)| h)
+            .collect();
+        if job.target_all && targets.is_empty() {
+            if let (Some(first), Some(last)) = (plan.runs.first(), plan.runs.last()) {
+                tracing::warn!(job = %job.name, pool = %job.pool, "no live, undrained host for an occurrence");
+                self.hostless.push(Hostless {
+                    job: job.clone(),
+                    first: first.clone(),
+                    last: last.scheduled_for,
+                    count: plan.runs.len() as i64,
+                });
+            }
+            return;
+        }
         for occ in &plan.runs {
             if job.target_all {
-                for (host, _) in hosts.iter().filter(|(_, p)| p.contains(&job.pool)) {
+                for host in &targets {
                     self.push(
                         job,
                         occ.scheduled_for,
-                        Some(host.clone()),
+                        Some((*host).clone()),
                         occ.due_at,
                         occ.deadline,
                         "pending",
@@ -414,7 +396,44 @@ impl RunBatch {
         self.missed_count.push(missed_count);
     }
 
-    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<usize> {
+    /// Records occurrences no host could take: the job's latest run is extended when it is
+    /// already such a record (a stretch of hostless occurrences is one row), else a new
+    /// `expired` row stands for them. Missed, not silently dropped (SPEC §2).
+    async fn record_hostless(&mut self, tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+        if self.hostless.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = self.hostless.iter().map(|h| h.job.id).collect();
+        let counts: Vec<i64> = self.hostless.iter().map(|h| h.count).collect();
+        let lasts: Vec<DateTime<Utc>> = self.hostless.iter().map(|h| h.last).collect();
+        let statement = tx.prepare_cached(q::RUNS_EXTEND_HOSTLESS).await?;
+        let extended: std::collections::HashSet<i64> = tx
+            .query(&statement, &[&ids, &counts, &lasts])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for h in std::mem::take(&mut self.hostless) {
+            if extended.contains(&h.job.id) {
+                continue;
+            }
+            let error = hostless_message(&h);
+            self.push(
+                &h.job,
+                h.first.scheduled_for,
+                None,
+                h.first.due_at,
+                h.first.deadline,
+                "expired",
+                Some(error),
+                h.count,
+            );
+        }
+        Ok(())
+    }
+
+    async fn insert(&mut self, tx: &deadpool_postgres::Transaction<'_>) -> Result<usize> {
+        self.record_hostless(tx).await?;
         if self.job_id.is_empty() {
             return Ok(0);
         }
@@ -440,6 +459,22 @@ impl RunBatch {
     }
 }
 
+/// Starts as runs_extend_hostless.sql matches and words its extensions.
+fn hostless_message(h: &Hostless) -> String {
+    let pool = &h.job.pool;
+    if h.count == 1 {
+        format!(
+            "no live, undrained host of pool '{pool}' when due: missed the occurrence of {}",
+            h.first.scheduled_for
+        )
+    } else {
+        format!(
+            "no live, undrained host of pool '{pool}' when due: missed {} occurrences from {} to {}",
+            h.count, h.first.scheduled_for, h.last
+        )
+    }
+}
+
 fn missed_message(job: &DueJob, m: &Missed) -> String {
     let ttl = humantime::format_duration(job.ttl.to_std().unwrap_or_default());
     let count = if m.capped {
@@ -457,110 +492,5 @@ fn missed_message(job: &DueJob, m: &Missed) -> String {
             "missed {count} occurrences from {} to {}: no guardian of pool '{}' started them within their ttl ({ttl})",
             m.first, m.last, job.pool
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn job(schedule: &str, next_due: DateTime<Utc>, now: DateTime<Utc>, ttl_secs: i64) -> DueJob {
-        DueJob {
-            id: 1,
-            name: "j".into(),
-            pool: "default".into(),
-            target_all: false,
-            schedule: schedule.into(),
-            timezone: "UTC".into(),
-            ttl: ChronoDuration::seconds(ttl_secs),
-            jitter: ChronoDuration::zero(),
-            next_due,
-            now,
-        }
-    }
-
-    fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap()
-    }
-
-    #[test]
-    fn a_due_occurrence_becomes_one_pending_run() {
-        let j = job(
-            "* * * * *",
-            at(7, 0, 0),
-            at(7, 0, 0) + ChronoDuration::milliseconds(3),
-            300,
-        );
-        let p = plan(
-            &j,
-            &Schedule::parse("* * * * *", "UTC").unwrap(),
-            &mut rand::rng(),
-        );
-        assert_eq!(p.runs.len(), 1);
-        assert_eq!(p.runs[0].deadline, at(7, 5, 0));
-        assert_eq!(p.missed, None);
-        assert_eq!(p.next_due, Some(at(7, 1, 0)));
-    }
-
-    #[test]
-    fn a_week_of_minutes_down_is_one_missed_record_and_the_current_one_still_runs() {
-        let now = at(7, 0, 30);
-        let j = job("* * * * *", now - ChronoDuration::days(7), now, 60);
-        let p = plan(
-            &j,
-            &Schedule::parse("* * * * *", "UTC").unwrap(),
-            &mut rand::rng(),
-        );
-        let m = p.missed.expect("missed occurrences");
-        // Every minute of the week except 07:00, whose deadline (07:01) has not passed.
-        assert_eq!(m.count, 7 * 24 * 60);
-        assert!(!m.capped);
-        assert_eq!(m.first, j.next_due);
-        assert_eq!(m.last, at(6, 59, 0));
-        assert_eq!(p.runs.len(), 1);
-        assert_eq!(p.runs[0].scheduled_for, at(7, 0, 0));
-        assert_eq!(p.next_due, Some(at(7, 1, 0)));
-    }
-
-    #[test]
-    fn a_year_of_seconds_down_is_counted_up_to_the_cap_and_skipped_over() {
-        let now = at(7, 0, 0);
-        let j = job("* * * * * *", now - ChronoDuration::days(365), now, 2);
-        let p = plan(
-            &j,
-            &Schedule::parse("* * * * * *", "UTC").unwrap(),
-            &mut rand::rng(),
-        );
-        let m = p.missed.unwrap();
-        assert!(m.capped);
-        assert!(m.count >= MISSED_COUNT_CAP);
-        // The occurrences within the ttl still run: 06:59:59 and 07:00:00.
-        let runs: Vec<_> = p.runs.iter().map(|r| r.scheduled_for).collect();
-        assert_eq!(runs, vec![at(6, 59, 59), at(7, 0, 0)]);
-    }
-
-    #[test]
-    fn jitter_delays_due_at_within_the_bound() {
-        let mut j = job("* * * * *", at(7, 0, 0), at(7, 0, 0), 300);
-        j.jitter = ChronoDuration::seconds(10);
-        let s = Schedule::parse("* * * * *", "UTC").unwrap();
-        for _ in 0..100 {
-            let p = plan(&j, &s, &mut rand::rng());
-            let delay = p.runs[0].due_at - p.runs[0].scheduled_for;
-            assert!(delay >= ChronoDuration::zero() && delay < ChronoDuration::seconds(10));
-            assert_eq!(
-                p.runs[0].deadline - p.runs[0].due_at,
-                ChronoDuration::seconds(300)
-            );
-        }
-    }
-
-    #[test]
-    fn a_schedule_that_never_fires_again_has_no_next_due() {
-        let j = job("0 0 1 1 *", at(7, 0, 0), at(7, 0, 0), 300);
-        let s = Schedule::parse("0 0 30 2 *", "UTC").unwrap();
-        let p = plan(&j, &s, &mut rand::rng());
-        assert_eq!(p.next_due, None);
     }
 }

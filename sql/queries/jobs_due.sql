@@ -9,7 +9,8 @@
 SELECT j.id, j.name, j.pool, j.target, j.schedule, j.timezone,
        extract(epoch FROM j.ttl)::float8 AS ttl,
        extract(epoch FROM j.jitter)::float8 AS jitter,
-       j.next_due, now() AS db_now
+       -- As text too: a next_due chrono cannot hold ('-infinity') is quoted when flagged.
+       j.next_due, j.next_due::text AS next_due_text, now() AS db_now
   FROM unnest($1::text[]) AS p (pool)
  CROSS JOIN LATERAL (
     SELECT id, name, pool, target, schedule, timezone, ttl, jitter, next_due

@@ -41,5 +41,9 @@ SELECT (SELECT count(*) FROM expired) AS expired,
        (SELECT id FROM sisy.jobs
          WHERE next_due IS NULL AND schedule IS NOT NULL AND schedule_error IS NULL
          ORDER BY id LIMIT 1) IS NOT NULL AS unseen,
-       extract(epoch FROM (SELECT at FROM next_job) - now())::float8 AS job_due_in,
-       extract(epoch FROM (SELECT at FROM next_run) - now())::float8 AS run_due_in
+       -- An infinite next_due (a row's value, not the guardians') cannot be subtracted
+       -- from: it is due at once (and flagged by the scheduler) or never.
+       (SELECT CASE WHEN at IS NULL THEN NULL WHEN isfinite(at) THEN extract(epoch FROM at - now())
+                    WHEN at < now() THEN -1 ELSE 1e9 END FROM next_job)::float8 AS job_due_in,
+       (SELECT CASE WHEN at IS NULL THEN NULL WHEN isfinite(at) THEN extract(epoch FROM at - now())
+                    WHEN at < now() THEN -1 ELSE 1e9 END FROM next_run)::float8 AS run_due_in
