@@ -215,7 +215,7 @@ where
 {
     row.try_get(name).unwrap_or_else(|e| {
         defect.get_or_insert_with(|| {
-            format!("the job's {name} could not be read by the guardian ({e}): keep it plain (a flat JSON object of strings for env)")
+            format!("the guardian could not read the run's {name} ({e}): for env, keep a flat JSON object of strings; for times, real dates")
         });
         T::default()
     })

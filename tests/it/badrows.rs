@@ -400,3 +400,34 @@ async fn a_name_too_long_for_an_event_is_refused_and_an_old_one_does_not_stop_th
     beat_goes_on(&client).await;
     unharmed(&g);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_run_with_infinite_times_fails_alone() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "");
+    add_beat(&client).await;
+    beat_goes_on(&client).await;
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('odd', 'true');
+             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline)
+             SELECT id, name, pool, '-infinity', 'manual', '-infinity', 'infinity'
+               FROM sisy.jobs WHERE name = 'odd';",
+        )
+        .await
+        .unwrap();
+    let error: String = wait_until(
+        &client,
+        "the odd run to fail",
+        LONG,
+        || "SELECT coalesce(max(error), '') FROM sisy.runs WHERE job_name = 'odd' AND state = 'failed'".into(),
+        |e: String| !e.is_empty(),
+    )
+    .await;
+    assert!(
+        error.contains("scheduled_for") || error.contains("due_at"),
+        "{error}"
+    );
+    beat_goes_on(&client).await;
+    unharmed(&g);
+}
