@@ -144,7 +144,7 @@ async fn old_rows_with_huge_intervals_do_not_stop_the_pool() {
          INSERT INTO sisy.jobs (name, command, schedule, jitter)
              VALUES ('long-jitter', 'true', '* * * * * *', '100000000 years');
          INSERT INTO sisy.jobs (name, command, max_retries, retry_delay)
-             VALUES ('long-retry', 'exit 3', 5, '100000000 years')",
+             VALUES ('long-retry', 'exit 3', 2147483647, '100000000 years')",
     )
     .await;
     wait_until(
