@@ -87,22 +87,24 @@ impl Claimer {
         if free == 0 {
             return Ok(Vec::new());
         }
-        let client = self.db.get().await?;
+        let client = db::checkout(&self.db).await?;
         let claim = client.prepare_cached(q::RUNS_CLAIM).await?;
         let rows = client
             .query(&claim, &[&self.host, &pools, &(free as i64)])
             .await?;
+        client.release();
         Ok(rows.iter().map(claimed_from_row).collect())
     }
 
     /// Applies the overlap rules to claimed runs and records the outcome.
     pub async fn admit(&self, runs: &[ClaimedRun]) -> Result<HashMap<i64, Admission>> {
-        let mut client = self.db.get().await?;
+        let mut client = db::checkout(&self.db).await?;
         if runs.iter().all(|r| r.overlap == Overlap::Allow) {
             // Nothing to serialise: no job lock, no transaction, one statement.
             let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
             let admit = client.prepare_cached(q::RUNS_ADMIT).await?;
             let rows = client.query(&admit, &[&ids, &self.host]).await?;
+            client.release();
             return Ok(rows.iter().map(started_from_row).collect());
         }
         let tx = client.transaction().await?;
@@ -170,6 +172,7 @@ impl Claimer {
             }
         }
         tx.commit().await?;
+        client.release();
         Ok(result)
     }
 }

@@ -14,7 +14,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 
 use crate::claimer::{Admission, ClaimedRun, Claimer};
-use crate::db::q;
+use crate::db::{self, q};
 use crate::guardian::{RunHandle, Shared, is_draining};
 use crate::launch;
 use crate::metrics;
@@ -112,13 +112,20 @@ impl Dispatcher {
             self.pools = cfg.pools.clone();
             self.scheduler.set_pools(self.pools.clone());
         }
-        let client = self.shared.db.get().await?;
-        // Prepared once per pooled connection: one round trip, no parse or plan per pass.
-        let statement = client.prepare_cached(q::RUNS_TICK).await?;
-        let tick = client
-            .query_one(&statement, &[&cfg.pools, &self.shared.host])
-            .await?;
-        drop(client);
+        // Every step is bounded: a silent database must not stall the dispatcher for good.
+        let pool = &self.shared.db;
+        let limit = db::answer_limit(cfg.lease);
+        let tick = db::within(pool, limit, "the dispatcher's tick", async {
+            let client = db::checkout(pool).await?;
+            // Prepared once per pooled connection: one round trip, no parse or plan per pass.
+            let statement = client.prepare_cached(q::RUNS_TICK).await?;
+            let tick = client
+                .query_one(&statement, &[&cfg.pools, &self.shared.host])
+                .await?;
+            client.release();
+            Ok(tick)
+        })
+        .await?;
         self.shared.outage.ok();
         let unseen: bool = tick.get("unseen");
         let job_due_in: Option<f64> = tick.get("job_due_in");
@@ -127,15 +134,20 @@ impl Dispatcher {
         let mut progress = false;
         let job_due = job_due_in.is_some_and(|s| s <= 0.0);
         if unseen || job_due {
-            let o = self.scheduler.run_once(unseen).await?;
+            let o = db::within(
+                pool,
+                limit,
+                "the scheduler",
+                self.scheduler.run_once(unseen),
+            )
+            .await?;
             pass.materialised = o.runs;
             progress |= o.more || o.seeded > 0 || o.jobs > 0;
         }
         let free = self.free_capacity(cfg.capacity);
         if free > 0 && !is_draining(&self.shared) && !self.shared.stopping.is_cancelled() {
-            let mut claimed = self
-                .claimer
-                .claim(&cfg.pools, free)
+            let claim = self.claimer.claim(&cfg.pools, free);
+            let mut claimed = db::within(pool, limit, "the claim", claim)
                 .await
                 .inspect_err(|_| metrics::claim_error())?;
             progress |= claimed.len() == free;
@@ -201,7 +213,9 @@ impl Dispatcher {
         for run in &claimed {
             self.shared.hold(run.id, true);
         }
-        let decisions = match self.claimer.admit(&claimed).await {
+        let limit = db::answer_limit(self.shared.config().lease);
+        let admission = self.claimer.admit(&claimed);
+        let decisions = match db::within(&self.shared.db, limit, "admission", admission).await {
             Ok(d) => d,
             Err(e) => {
                 // The claimed runs stay ours: keep them and decide again on the next pass.

@@ -105,7 +105,7 @@ impl Scheduler {
 
     /// Gives jobs without a `next_due` their first one (after the database's now), or flags them.
     async fn seed(&self) -> Result<usize> {
-        let mut client = self.db.get().await?;
+        let mut client = db::checkout(&self.db).await?;
         let tx = client.transaction().await?;
         let rows = tx
             .query(&tx.prepare_cached(q::JOBS_UNSEEN).await?, &[&BATCH])
@@ -142,12 +142,13 @@ impl Scheduler {
             tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
         }
         tx.commit().await?;
+        client.release();
         Ok(ids.len())
     }
 
     /// Materialises the occurrences of due jobs of this guardian's pools.
     async fn materialise(&self) -> Result<(usize, usize)> {
-        let mut client = self.db.get().await?;
+        let mut client = db::checkout(&self.db).await?;
         let tx = client.transaction().await?;
         let rows = tx
             .query(
@@ -157,6 +158,7 @@ impl Scheduler {
             .await?;
         if rows.is_empty() {
             tx.commit().await?;
+            client.release();
             return Ok((0, 0));
         }
         let jobs: Vec<DueJob> = rows.iter().map(DueJob::from_row).collect();
@@ -197,6 +199,7 @@ impl Scheduler {
         let set_next_due = tx.prepare_cached(q::JOBS_SET_NEXT_DUE).await?;
         tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
         tx.commit().await?;
+        client.release();
         Ok((jobs.len(), inserted))
     }
 

@@ -4,6 +4,7 @@
 //! waiting on events); this file holds no tests of its own.
 
 mod badinput;
+mod blackhole;
 mod chaos;
 mod cli;
 mod core;

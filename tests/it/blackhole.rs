@@ -1,0 +1,89 @@
+//! A database that stops answering instead of failing: the guardian reaches it through a
+//! proxy that black-holes every connection (no byte passes, no socket is closed, the
+//! connections open at that moment stay silent for good). The guardian is alive all along,
+//! so it must neither kill its own jobs (watchdog) nor stay stuck on a silent connection
+//! once the database is reachable again.
+
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    Guardian, Proxy, migrated_db, process_gone, shared_dir, trigger, wait_finished, wait_started,
+    wait_until,
+};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_guardian_keeps_its_job_through_a_black_hole_and_works_again_after_it() {
+    let (db, client) = migrated_db().await;
+    let proxy = Proxy::start(crate::pg::server());
+    let dir = shared_dir();
+    let done = dir.path().join("done");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, max_retries) VALUES
+                ('long', $1, 0), ('after', 'true', 0)",
+            &[&format!(
+                "while [ ! -e {} ]; do sleep 0.1; done",
+                done.display()
+            )],
+        )
+        .await
+        .unwrap();
+    // One guardian, so nobody else judges it: heartbeat 1 s, lease 3 s.
+    let g1 = Guardian::start(&proxy.db(&db), "g1", "");
+    let long = trigger(&client, "long").await;
+    let pid = wait_started(&client, long).await;
+
+    proxy.blackhole();
+    // The fault itself lasts a fixed time: well over the lease.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !process_gone(pid),
+        "the guardian's own watchdog killed its job while the guardian was alive:\n{}",
+        g1.log()
+    );
+    let healed = Instant::now();
+    proxy.heal();
+
+    // Every connection the guardian held is silent for good: it must drop them and claim
+    // again through new ones.
+    let after = trigger(&client, "after").await;
+    assert_eq!(wait_finished(&client, after, LONG).await, "succeeded");
+    let resumed = healed.elapsed();
+    eprintln!("black hole healed to the next run done: {resumed:?}");
+    assert!(
+        resumed < Duration::from_secs(20),
+        "claims resumed only {resumed:?} after the database was reachable again"
+    );
+    // Once idle, the dispatcher is woken by notifications: the listener must have left its
+    // silent connection too (otherwise only the 30 s safety poll finds the run).
+    wait_until(
+        &client,
+        "the guardian's heartbeat to be back",
+        LONG,
+        || "SELECT coalesce((SELECT lease_until > now() + interval '2 seconds' FROM sisy.hosts WHERE name = 'g1'), false)".into(),
+        |ok: bool| ok,
+    )
+    .await;
+    let woken = Instant::now();
+    let again = trigger(&client, "after").await;
+    assert_eq!(wait_finished(&client, again, LONG).await, "succeeded");
+    eprintln!(
+        "trigger to run done after the black hole: {:?}",
+        woken.elapsed()
+    );
+    assert!(
+        woken.elapsed() < Duration::from_secs(10),
+        "a trigger took {:?}: notifications are not reaching the guardian",
+        woken.elapsed()
+    );
+
+    std::fs::write(&done, "").unwrap();
+    assert_eq!(
+        wait_finished(&client, long, LONG).await,
+        "succeeded",
+        "{}",
+        g1.log()
+    );
+}
