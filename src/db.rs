@@ -49,6 +49,7 @@ pub mod q {
     pub const RUNS_RUNNING_OF_JOBS: &str = include_str!("../sql/queries/runs_running_of_jobs.sql");
     pub const RUNS_ADMIT: &str = include_str!("../sql/queries/runs_admit.sql");
     pub const RUNS_SKIP: &str = include_str!("../sql/queries/runs_skip.sql");
+    pub const RUNS_KILL_UNSTARTED: &str = include_str!("../sql/queries/runs_kill_unstarted.sql");
     pub const RUNS_REQUEST_REPLACE: &str = include_str!("../sql/queries/runs_request_replace.sql");
     pub const RUNS_FINISH: &str = include_str!("../sql/queries/runs_finish.sql");
     pub const RUNS_NOTE: &str = include_str!("../sql/queries/runs_note.sql");

@@ -11,6 +11,7 @@ mod core;
 mod events;
 mod faults;
 mod housekeeping;
+mod kill;
 mod metrics;
 mod outages;
 mod package;
