@@ -87,3 +87,38 @@ async fn a_live_guardian_keeps_its_job_through_a_black_hole_and_works_again_afte
         g1.log()
     );
 }
+
+/// One statement on a connection of `pool`, bounded by `limit`.
+async fn ask(pool: &deadpool_postgres::Pool, limit: Duration) -> anyhow::Result<()> {
+    sisyphus::db::within(pool, limit, "a test statement", async {
+        let client = sisyphus::db::checkout(pool).await?;
+        client.simple_query("SELECT 1").await?;
+        client.release();
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_abandoned_in_the_middle_of_a_statement_never_serves_again() {
+    let (db, _client) = migrated_db().await;
+    let proxy = Proxy::start(crate::pg::server());
+    // One connection only: a silent one put back would be the one handed out next.
+    let pool = sisyphus::db::pool(&proxy.db(&db).url, 1).unwrap();
+    ask(&pool, LONG).await.unwrap();
+    proxy.blackhole();
+    let error = ask(&pool, Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        sisyphus::outage::is_connection_error(&error),
+        "a timeout must count as the database being out of reach: {error:#}"
+    );
+    proxy.heal();
+    let began = Instant::now();
+    ask(&pool, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("the pool handed out the silent connection again: {e:#}"));
+    eprintln!(
+        "first statement after the black hole: {:?}",
+        began.elapsed()
+    );
+}
