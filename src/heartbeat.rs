@@ -72,6 +72,11 @@
 //! them lost meanwhile it fences them the moment it hears from the database again. A
 //! success brings the deadline back to the tight one.
 //!
+//! The supervisors hand the shims the time left, not an instant, so a shim's deadline is
+//! later than the published one by the pipe's latency (well under a millisecond on an idle
+//! host, a few on a busy one): far less than the time another guardian needs to find the
+//! lapsed lease (up to a heartbeat after it) and start a retry.
+//!
 //! Each beat is bounded by `L − I` (see [`crate::db::within`]): past it the beat counts as
 //! failed, its connection is closed rather than returned to the pool (a silent connection
 //! stays silent), and the next beat, at the next tick, opens a new one.
