@@ -11,7 +11,7 @@
 //! falls silent (black-holed: no error, no notification, ever) looks like a quiet one, so
 //! every `heartbeat_interval` the listener asks it a trivial question; no answer within
 //! `lease − heartbeat_interval` closes it and reconnects. Connecting and subscribing are
-//! bounded too.
+//! bounded by the same limit.
 //! Does not act on anything itself beyond forwarding.
 
 use std::sync::Arc;
@@ -57,10 +57,10 @@ async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
         config.lease.saturating_sub(config.heartbeat_interval),
     );
     let connect = db::connect_for_notifications(&config.database_url);
-    let bound = db::answer_limit(config.lease);
-    let (client, mut connection) = tokio::time::timeout(bound, connect)
+    // Bounded like the heartbeat's, which opens its connection within the same limit.
+    let (client, mut connection) = tokio::time::timeout(limit, connect)
         .await
-        .map_err(|_| db::timed_out("a new notification connection", bound))??;
+        .map_err(|_| db::timed_out("a new notification connection", limit))??;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The client drives requests; the connection stream must be polled for them to complete.
     let subscribe = async {
