@@ -1,8 +1,8 @@
-//! A database that stops answering instead of failing: the guardian reaches it through a
-//! proxy that black-holes every connection (no byte passes, no socket is closed, the
-//! connections open at that moment stay silent for good). The guardian is alive all along,
-//! so it must neither kill its own jobs (watchdog) nor stay stuck on a silent connection
-//! once the database is reachable again.
+//! A database that stops answering instead of failing, or answers slowly: the guardian
+//! reaches it through a proxy that black-holes every connection (no byte passes, no socket
+//! is closed, the connections open at that moment stay silent for good) or holds back every
+//! answer. The guardian is alive all along, so it must neither kill its own jobs (watchdog)
+//! nor stay stuck on a silent connection once the database is reachable again.
 
 use std::time::{Duration, Instant};
 
@@ -120,5 +120,54 @@ async fn a_connection_abandoned_in_the_middle_of_a_statement_never_serves_again(
     eprintln!(
         "first statement after the black hole: {:?}",
         began.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_guardian_keeps_its_job_while_the_database_answers_slowly() {
+    let (db, client) = migrated_db().await;
+    let proxy = Proxy::start(crate::pg::server());
+    let dir = shared_dir();
+    let done = dir.path().join("done");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, max_retries) VALUES ('long', $1, 0)",
+            &[&format!(
+                "while [ ! -e {} ]; do sleep 0.1; done",
+                done.display()
+            )],
+        )
+        .await
+        .unwrap();
+    let g1 = Guardian::start(&proxy.db(&db), "g1", "");
+    let long = trigger(&client, "long").await;
+    let pid = wait_started(&client, long).await;
+    let renewed = "SELECT last_seen FROM sisy.hosts WHERE name = 'g1'";
+    let before: chrono::DateTime<chrono::Utc> =
+        client.query_one(renewed, &[]).await.unwrap().get(0);
+
+    // Every beat now succeeds, but 1.5 s after it was sent (lease 3 s, heartbeat 1 s): the
+    // last success is always about to be 3 s old when the next answer arrives.
+    proxy.lag(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !process_gone(pid),
+        "the guardian's own watchdog killed its job while its beats succeeded slowly:\n{}",
+        g1.log()
+    );
+    let during: chrono::DateTime<chrono::Utc> =
+        client.query_one(renewed, &[]).await.unwrap().get(0);
+    assert!(
+        during > before,
+        "no beat succeeded while the database was slow"
+    );
+    proxy.lag(Duration::ZERO);
+
+    std::fs::write(&done, "").unwrap();
+    assert_eq!(
+        wait_finished(&client, long, LONG).await,
+        "succeeded",
+        "{}",
+        g1.log()
     );
 }

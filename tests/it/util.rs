@@ -357,11 +357,14 @@ impl ProcessSampler {
 
 /// A unix-socket proxy in front of a PostgreSQL server, to cut one guardian off the database
 /// (a network partition) while the others still reach it: either by resetting its
-/// connections ([`Proxy::cut`]) or by black-holing them ([`Proxy::blackhole`]).
+/// connections ([`Proxy::cut`]) or by black-holing them ([`Proxy::blackhole`]); or to make
+/// the database slow ([`Proxy::lag`]).
 pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub port: u16,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// How long every answer is held back, in milliseconds.
+    lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
     links: std::sync::Arc<std::sync::Mutex<Vec<Link>>>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -389,7 +392,8 @@ impl Proxy {
             tokio::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{port}"))).unwrap();
         let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(OPEN));
         let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (m, l) = (mode.clone(), links.clone());
+        let lag = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (m, l, g) = (mode.clone(), links.clone(), lag.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let mode = m.load(std::sync::atomic::Ordering::SeqCst);
@@ -398,7 +402,7 @@ impl Proxy {
                 }
                 let frozen =
                     std::sync::Arc::new(std::sync::atomic::AtomicBool::new(mode == BLACKHOLE));
-                let task = tokio::spawn(forward(client, target.clone(), frozen.clone()));
+                let task = tokio::spawn(forward(client, target.clone(), frozen.clone(), g.clone()));
                 l.lock().unwrap().push(Link {
                     task: task.abort_handle(),
                     frozen,
@@ -409,6 +413,7 @@ impl Proxy {
             dir,
             port,
             mode,
+            lag,
             links,
             accept,
         }
@@ -448,6 +453,13 @@ impl Proxy {
         }
     }
 
+    /// Holds back every answer of the database (on every connection, open or new) for
+    /// `lag`, as a database that is slow but answers; zero ends it.
+    pub fn lag(&self, lag: Duration) {
+        self.lag
+            .store(lag.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Lets new connections through again.
     pub fn heal(&self) {
         self.mode.store(OPEN, std::sync::atomic::Ordering::SeqCst);
@@ -460,15 +472,17 @@ async fn forward(
     client: tokio::net::UnixStream,
     target: PathBuf,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let Ok(upstream) = tokio::net::UnixStream::connect(&target).await else {
         return;
     };
     let (client_r, client_w) = client.into_split();
     let (upstream_r, upstream_w) = upstream.into_split();
+    let no_lag = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     tokio::join!(
-        pump(client_r, upstream_w, frozen.clone()),
-        pump(upstream_r, client_w, frozen),
+        pump(client_r, upstream_w, frozen.clone(), no_lag),
+        pump(upstream_r, client_w, frozen, lag),
     );
 }
 
@@ -476,6 +490,7 @@ async fn pump(
     mut from: tokio::net::unix::OwnedReadHalf,
     mut to: tokio::net::unix::OwnedWriteHalf,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -491,6 +506,10 @@ async fn pump(
         };
         if frozen.load(std::sync::atomic::Ordering::SeqCst) {
             continue; // dropped on the floor; the loop then holds the sockets
+        }
+        let lag = lag.load(std::sync::atomic::Ordering::SeqCst);
+        if lag > 0 {
+            tokio::time::sleep(Duration::from_millis(lag)).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
