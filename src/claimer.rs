@@ -8,11 +8,15 @@
 //!  pending ──claim──▶ running (claimed_at) ──admit──▶ started_at set ─▶ supervisor
 //!                                   └── forbid & another started ──▶ skipped
 //!                                   └── replace & another started ─▶ kill it, admit later
+//!                                   └── kill requested meanwhile ──▶ killed, never started
 //! ```
 //! A run counts as "running" for the overlap rules only once admitted (started_at set):
 //! two runs claimed at the same moment by two guardians are then ordered by the job lock.
 //! Runs of jobs with `overlap = 'allow'` have nothing to order: they are admitted by one
 //! statement, without a lock or a transaction. Statements are prepared once per connection.
+//! A run whose kill was requested while it waited (`sisy.kill`, or replaced by a newer
+//! run) never starts: admission ends it `killed` (see `runs_admit.sql` for why not
+//! `cancelled`), before any overlap rule is applied to it.
 //! Does not own running the process (supervisor) nor materialising runs (scheduler).
 
 use std::collections::{HashMap, HashSet};
@@ -73,6 +77,8 @@ pub enum Admission {
     Skipped,
     /// overlap = replace: kill requested for these runs; try again once they are gone.
     Wait { victims: Vec<i64> },
+    /// Its kill was requested before it started: recorded `killed`, its process never ran.
+    Killed,
 }
 
 pub struct Claimer {
@@ -90,23 +96,25 @@ impl Claimer {
         if free == 0 {
             return Ok(Vec::new());
         }
-        let client = self.db.get().await?;
+        let client = db::checkout(&self.db).await?;
         let claim = client.prepare_cached(q::RUNS_CLAIM).await?;
         let rows = client
             .query(&claim, &[&self.host, &pools, &(free as i64)])
             .await?;
+        client.release();
         Ok(rows.iter().map(claimed_from_row).collect())
     }
 
     /// Applies the overlap rules to claimed runs and records the outcome.
     pub async fn admit(&self, runs: &[ClaimedRun]) -> Result<HashMap<i64, Admission>> {
-        let mut client = self.db.get().await?;
+        let mut client = db::checkout(&self.db).await?;
         if runs.iter().all(|r| r.overlap == Overlap::Allow) {
             // Nothing to serialise: no job lock, no transaction, one statement.
             let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
             let admit = client.prepare_cached(q::RUNS_ADMIT).await?;
             let rows = client.query(&admit, &[&ids, &self.host]).await?;
-            return Ok(rows.iter().map(started_from_row).collect());
+            client.release();
+            return Ok(rows.iter().map(admitted_from_row).collect());
         }
         let tx = client.transaction().await?;
         let guarded: Vec<i64> = {
@@ -132,7 +140,22 @@ impl Claimer {
                 });
             }
         }
-        let decisions = decide(runs, &started);
+        // Killed while waiting: ended before any rule is applied (a killed run must neither
+        // skip nor replace anything).
+        let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+        let end_killed = tx.prepare_cached(q::RUNS_KILL_UNSTARTED).await?;
+        let killed: HashSet<i64> = tx
+            .query(&end_killed, &[&ids, &self.host])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let runs: Vec<ClaimedRun> = runs
+            .iter()
+            .filter(|r| !killed.contains(&r.id))
+            .cloned()
+            .collect();
+        let decisions = decide(&runs, &started);
         let admit: Vec<i64> = decisions
             .iter()
             .filter(|(_, d)| matches!(d, Decision::Start))
@@ -152,7 +175,8 @@ impl Claimer {
             .unzip();
         let statement = tx.prepare_cached(q::RUNS_ADMIT).await?;
         let rows = tx.query(&statement, &[&admit, &self.host]).await?;
-        let mut result: HashMap<i64, Admission> = rows.iter().map(started_from_row).collect();
+        let mut result: HashMap<i64, Admission> = rows.iter().map(admitted_from_row).collect();
+        result.extend(killed.into_iter().map(|id| (id, Admission::Killed)));
         if !skip_ids.is_empty() {
             let skip = tx.prepare_cached(q::RUNS_SKIP).await?;
             tx.execute(&skip, &[&skip_ids, &skip_errors, &self.host])
@@ -173,14 +197,18 @@ impl Claimer {
             }
         }
         tx.commit().await?;
+        client.release();
         Ok(result)
     }
 }
 
-/// A row of `runs_admit.sql`: the run started, and how late.
-fn started_from_row(row: &tokio_postgres::Row) -> (i64, Admission) {
-    let latency = db::secs(row.get(1));
-    (row.get(0), Admission::Start { latency })
+/// A row of `runs_admit.sql`: the run started, and how late, or it was killed meanwhile.
+fn admitted_from_row(row: &tokio_postgres::Row) -> (i64, Admission) {
+    if row.get::<_, bool>("killed") {
+        return (row.get("id"), Admission::Killed);
+    }
+    let latency = db::secs(row.get("latency"));
+    (row.get("id"), Admission::Start { latency })
 }
 
 /// Reads a claimed run. Nothing in it may panic: a value that cannot be read becomes the

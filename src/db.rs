@@ -14,6 +14,7 @@
 //! and then the password file (`pgpass`) supply it. No message here ever contains the
 //! password: errors name the host, port and database, and where the password came from.
 
+mod bounded;
 mod conninfo;
 mod pgpass;
 mod tls;
@@ -27,6 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, Socket};
 
+pub use bounded::{Conn, answer_limit, checkout, timed_out, within};
 use tls::TlsSettings;
 
 /// The named statements, grouped by the table they work on.
@@ -48,6 +50,7 @@ pub mod q {
     pub const RUNS_RUNNING_OF_JOBS: &str = include_str!("../sql/queries/runs_running_of_jobs.sql");
     pub const RUNS_ADMIT: &str = include_str!("../sql/queries/runs_admit.sql");
     pub const RUNS_SKIP: &str = include_str!("../sql/queries/runs_skip.sql");
+    pub const RUNS_KILL_UNSTARTED: &str = include_str!("../sql/queries/runs_kill_unstarted.sql");
     pub const RUNS_REQUEST_REPLACE: &str = include_str!("../sql/queries/runs_request_replace.sql");
     pub const RUNS_FINISH: &str = include_str!("../sql/queries/runs_finish.sql");
     pub const RUNS_NOTE: &str = include_str!("../sql/queries/runs_note.sql");
@@ -230,6 +233,12 @@ impl Endpoint {
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            // Over TCP, a peer that stopped acknowledging closes the connection in a minute
+            // rather than after the kernel's ~15 minutes of retransmissions (the services
+            // also bound their own waits; see `bounded`).
+            config.tcp_user_timeout(Duration::from_secs(60));
         }
         let password = fill_password(&mut config, split.passfile.as_deref(), env, home.as_deref());
         if let PasswordSource::FileIgnored(why) = &password {

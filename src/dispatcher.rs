@@ -112,13 +112,20 @@ impl Dispatcher {
             self.pools = cfg.pools.clone();
             self.scheduler.set_pools(self.pools.clone());
         }
-        let client = self.shared.db.get().await?;
-        // Prepared once per pooled connection: one round trip, no parse or plan per pass.
-        let statement = client.prepare_cached(q::RUNS_TICK).await?;
-        let tick = client
-            .query_one(&statement, &[&cfg.pools, &self.shared.host])
-            .await?;
-        drop(client);
+        // Every step is bounded: a silent database must not stall the dispatcher for good.
+        let pool = &self.shared.db;
+        let limit = db::answer_limit(cfg.lease);
+        let tick = db::within(pool, limit, "the dispatcher's tick", async {
+            let client = db::checkout(pool).await?;
+            // Prepared once per pooled connection: one round trip, no parse or plan per pass.
+            let statement = client.prepare_cached(q::RUNS_TICK).await?;
+            let tick = client
+                .query_one(&statement, &[&cfg.pools, &self.shared.host])
+                .await?;
+            client.release();
+            Ok(tick)
+        })
+        .await?;
         self.shared.outage.ok();
         let unseen: bool = tick.get("unseen");
         let job_due_in: Option<f64> = tick.get("job_due_in");
@@ -127,21 +134,32 @@ impl Dispatcher {
         let mut progress = false;
         let job_due = job_due_in.is_some_and(|s| s <= 0.0);
         if unseen || job_due {
-            let o = self.scheduler.run_once(unseen).await?;
+            let o = db::within(
+                pool,
+                limit,
+                "the scheduler",
+                self.scheduler.run_once(unseen),
+            )
+            .await?;
             pass.materialised = o.runs;
             progress |= o.more || o.seeded > 0 || o.jobs > 0;
         }
         let free = self.free_capacity(cfg.capacity);
-        if free > 0 && !is_draining(&self.shared) && !self.shared.stopping.is_cancelled() {
-            let mut claimed = self
-                .claimer
-                .claim(&cfg.pools, free)
+        if self.shared.stopping.is_cancelled() {
+            return Ok(pass);
+        }
+        let mut claimed = Vec::new();
+        if free > 0 && !is_draining(&self.shared) {
+            let claim = self.claimer.claim(&cfg.pools, free);
+            claimed = db::within(pool, limit, "the claim", claim)
                 .await
                 .inspect_err(|_| metrics::claim_error())?;
             progress |= claimed.len() == free;
-            claimed.append(&mut self.waiting);
-            pass.started = self.admit_and_start(claimed).await?;
         }
+        // Waiting runs already count against capacity: admitted again on every pass, even
+        // when nothing new may be claimed (a kill of one ends it here, see `claimer`).
+        claimed.append(&mut self.waiting);
+        pass.started = self.admit_and_start(claimed).await?;
         pass.next_in = if progress {
             Some(Duration::ZERO)
         } else {
@@ -202,7 +220,9 @@ impl Dispatcher {
         for run in &claimed {
             self.shared.hold(run.id, true);
         }
-        let decisions = match self.claimer.admit(&claimed).await {
+        let limit = db::answer_limit(self.shared.config().lease);
+        let admission = self.claimer.admit(&claimed);
+        let decisions = match db::within(&self.shared.db, limit, "admission", admission).await {
             Ok(d) => d,
             Err(e) => {
                 // The claimed runs stay ours: keep them and decide again on the next pass.
@@ -227,6 +247,10 @@ impl Dispatcher {
                     );
                     self.waiting.push(run);
                 }
+                Some(Admission::Killed) => {
+                    self.shared.hold(run.id, false);
+                    tracing::info!(job = %run.job_name, run_id = run.id, "run killed before it started: its process never ran");
+                }
                 Some(Admission::Skipped) => {
                     self.shared.hold(run.id, false);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run skipped: the previous run is still running (overlap = forbid)");
@@ -241,20 +265,21 @@ impl Dispatcher {
     /// Starts the supervisor task of an admitted run.
     fn start(&self, run: ClaimedRun, latency: Duration) {
         let shared = self.shared.clone();
-        let (stop_tx, stop_rx) = watch::channel(None);
         let (pid_tx, pid_rx) = watch::channel(None);
-        shared
-            .runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                run.id,
-                RunHandle {
-                    job_name: run.job_name.clone(),
-                    stop: stop_tx,
-                    pid: pid_rx,
-                },
-            );
+        let mut runs = shared.runs.lock().unwrap_or_else(|p| p.into_inner());
+        // A stop that arrived while the run was held (a kill during admission) is its first
+        // word: the supervisor then never starts the process. Taken under the run table's
+        // lock, so a later stop finds the handle instead (see `Shared::stop_run`).
+        let (stop_tx, stop_rx) = watch::channel(shared.take_early_stop(run.id));
+        runs.insert(
+            run.id,
+            RunHandle {
+                job_name: run.job_name.clone(),
+                stop: stop_tx,
+                pid: pid_rx,
+            },
+        );
+        drop(runs);
         let tasks = shared.tasks.clone();
         tasks.spawn(async move { supervise(&shared, run, latency, stop_rx, pid_tx).await });
     }
@@ -270,40 +295,54 @@ async fn supervise(
 ) {
     let host = &shared.host;
     let cfg = shared.config();
-    let (outcome, verdict) = match launch::spec(&run, &shared.policy(), cfg.output_limit) {
-        Ok(spec) => {
-            tracing::info!(
-                job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %host,
-                user = %spec.identity.name, latency_ms = latency.as_millis() as u64, "run started"
-            );
-            metrics::run_started(&run.job_name, latency);
-            let supervision = Supervision {
-                stop: stop_rx,
-                pid: pid_tx,
-                lease: shared.lease.subscribe(),
-                registry: Some(shared.registry.clone()),
-            };
-            let outcome = supervisor::run(spec, supervision).await;
-            // The process is gone: from here on only the result remains to be written. It is
-            // held (the heartbeat keeps renewing it) but no longer supervised (a heartbeat
-            // must not mistake the finished run for one taken away).
-            shared.hold(run.id, true);
-            shared
-                .runs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&run.id);
-            let verdict = recorder::verdict(&outcome, run.max_runtime, host);
-            (outcome, verdict)
-        }
-        Err(refusal) => {
-            let verdict = Verdict {
-                state: "failed",
-                error: Some(refusal.error),
-                no_retry: refusal.final_,
-            };
-            shared.hold(run.id, true);
-            (supervisor::Outcome::default(), verdict)
+    let stopped_early = stop_rx.borrow().clone();
+    let (outcome, verdict) = if let Some(reason) = stopped_early {
+        shared.hold(run.id, true);
+        let outcome = supervisor::Outcome {
+            stopped: Some(reason),
+            ..supervisor::Outcome::default()
+        };
+        let mut verdict = recorder::verdict(&outcome, run.max_runtime, host);
+        verdict.error = verdict
+            .error
+            .map(|e| format!("{e} before it started (its process never ran)"));
+        (outcome, verdict)
+    } else {
+        match launch::spec(&run, &shared.policy(), cfg.output_limit) {
+            Ok(spec) => {
+                tracing::info!(
+                    job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %host,
+                    user = %spec.identity.name, latency_ms = latency.as_millis() as u64, "run started"
+                );
+                metrics::run_started(&run.job_name, latency);
+                let supervision = Supervision {
+                    stop: stop_rx,
+                    pid: pid_tx,
+                    lease: shared.lease.subscribe(),
+                    registry: Some(shared.registry.clone()),
+                };
+                let outcome = supervisor::run(spec, supervision).await;
+                // The process is gone: from here on only the result remains to be written. It is
+                // held (the heartbeat keeps renewing it) but no longer supervised (a heartbeat
+                // must not mistake the finished run for one taken away).
+                shared.hold(run.id, true);
+                shared
+                    .runs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&run.id);
+                let verdict = recorder::verdict(&outcome, run.max_runtime, host);
+                (outcome, verdict)
+            }
+            Err(refusal) => {
+                let verdict = Verdict {
+                    state: "failed",
+                    error: Some(refusal.error),
+                    no_retry: refusal.final_,
+                };
+                shared.hold(run.id, true);
+                (supervisor::Outcome::default(), verdict)
+            }
         }
     };
     let entry = recorder::entry(host, run.id, &run.job_name, &verdict, &outcome);

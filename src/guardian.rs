@@ -73,6 +73,9 @@ pub struct Shared {
     /// replace to end, or ended with their result not yet in the database. The heartbeat
     /// renews them too, so the database does not take them for runs this host forgot.
     pub held: Mutex<HashSet<i64>>,
+    /// Stop requests for held runs (no process yet): the dispatcher applies them instead of
+    /// starting the process, so a kill that arrives before the start is never dropped.
+    pub early_stops: Mutex<HashMap<i64, StopReason>>,
     /// Wakes the dispatcher: a notification arrived, a run finished, the host changed.
     pub wake: Notify,
     /// Set by the heartbeat from the host row: a draining host claims nothing new.
@@ -117,17 +120,41 @@ impl Shared {
         self.runs.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Sends a stop request to run `id` if it runs here; returns whether it did.
+    /// Sends a stop request to run `id` if it runs here, or keeps it for the dispatcher if
+    /// the run is held without a process; returns whether the run is this guardian's.
     pub fn stop_run(&self, id: i64, reason: StopReason) -> bool {
+        // Locks in the order runs, held, early_stops; the run table stays locked throughout,
+        // so a run being started either has its handle here or finds its early stop.
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        match runs.get(&id) {
-            Some(h) => {
-                tracing::info!(run_id = id, job = %h.job_name, ?reason, "stopping run");
-                h.stop.send_replace(Some(reason));
-                true
-            }
-            None => false,
+        if let Some(h) = runs.get(&id) {
+            tracing::info!(run_id = id, job = %h.job_name, ?reason, "stopping run");
+            h.stop.send_replace(Some(reason));
+            return true;
         }
+        if !self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            return false;
+        }
+        let mut early = self.early_stops.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(
+            run_id = id,
+            ?reason,
+            "stopping run before its process starts"
+        );
+        early.insert(id, reason);
+        // Waiting runs are admitted again at once: admission ends them (see `claimer`).
+        self.wake.notify_one();
+        true
+    }
+
+    /// The stop request that arrived for held run `id` before its process started, if any.
+    pub fn take_early_stop(&self, id: i64) -> Option<StopReason> {
+        let mut early = self.early_stops.lock().unwrap_or_else(|p| p.into_inner());
+        early.remove(&id)
     }
 
     /// Marks run `id` held (or not) without a process.
@@ -137,6 +164,8 @@ impl Shared {
             set.insert(id);
         } else {
             set.remove(&id);
+            drop(set);
+            self.take_early_stop(id);
         }
     }
 }
@@ -194,6 +223,7 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
         db: pool,
         runs: Mutex::new(HashMap::new()),
         held: Mutex::new(HashSet::new()),
+        early_stops: Mutex::new(HashMap::new()),
         wake: Notify::new(),
         draining: AtomicBool::new(false),
         stopping: CancellationToken::new(),

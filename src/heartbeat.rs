@@ -29,32 +29,69 @@
 //!
 //! # The watchdog deadline
 //!
-//! After every beat the heartbeat publishes, in [`Shared::lease`], until when this
-//! guardian's jobs may run without another renewal; the supervisors forward it to the run
-//! shims, which SIGKILL their job when it passes:
+//! The heartbeat publishes, in [`Shared::lease`], until when this guardian's jobs may run;
+//! the supervisors forward it to the run shims, which SIGKILL their job when it passes. Two
+//! promises, which pull in opposite directions:
+//! - a guardian that is alive never has its jobs killed by its own watchdog, however slow or
+//!   silent the database (a beat that takes long but succeeds, a connection that
+//!   black-holes);
+//! - a guardian that is paused (SIGSTOP, a frozen VM) has its jobs dead before its lease
+//!   lapses in the database, so no other guardian starts a retry while they still run.
+//!
+//! Hence two sources, combined by [`Deadline`] (`L` = lease, `I` = heartbeat_interval,
+//! `M` = [`margin`] = I/2):
 //!
 //! ```text
-//!  beat succeeded  ->  (instant before the statement was sent) + lease
-//!                      never later than the database's lease_until: a paused guardian's
-//!                      jobs are dead before another host may declare them lost
-//!  beat failed     ->  now + lease
-//!                      the database is away (or this host is cut off): the guardian is
-//!                      alive, its jobs keep running; if the database was reachable for
-//!                      others, it fences on its return
+//!  confirmed  = s + L     s: the instant before the last beat that *succeeded* was sent;
+//!                         the database set lease_until = (its now() ≥ s) + L, so this is
+//!                         never later than what the database has
+//!  published  = confirmed               while confirmed > now + M  (the tight deadline)
+//!             = now + L, kept until it  otherwise: the guardian is alive (it runs this very
+//!               comes within M, then    code) but has no confirmation, because a beat is
+//!               taken again             outstanding or failing
 //! ```
-//! A beat that takes longer than `lease − heartbeat_interval` counts as failed, so a slow
-//! database never lets the watchdog kill jobs of a guardian that is alive.
+//! The stretch is a local timer of the heartbeat task (it wakes at `published − M`), not a
+//! beat: it needs nothing from the database and nothing from the ticker, so neither a beat
+//! that hangs nor a tick that `MissedTickBehavior::Delay` postponed lets the deadline pass.
+//! A guardian that is paused runs no code and so stretches nothing.
+//!
+//! Timeline of a healthy guardian paused at `p`, beats every `I` taking `d`:
+//!
+//! ```text
+//!  s (last success sent)   s+I (next beat sent)      p       s+L-M        s+L ≤ lease_until
+//!  ────┼───────────────────────┼──────────────────────┼─────────┼────────────┼──────▶
+//!      └─ confirmed = s+L; published = confirmed as long as now ≤ s+L−M, which holds at p
+//!         whenever p ≤ s+I+d (paused before or in the middle of the next beat; d ≤ M):
+//!         the shim kills at s+L, no later than the database lets the lease lapse
+//! ```
+//! A beat the guardian was paused in the middle of may have renewed the lease in the
+//! database; the shims still hold the older, earlier deadline: safe. Only once confirmation
+//! has been overdue for `L − M` does the live guardian stretch the deadline; from then on
+//! it is in the documented partition case: it cannot tell a database that is away for
+//! everyone from one away for itself alone, its jobs run on, and if the others declared
+//! them lost meanwhile it fences them the moment it hears from the database again. A
+//! success brings the deadline back to the tight one.
+//!
+//! The supervisors hand the shims the time left, not an instant, so a shim's deadline is
+//! later than the published one by the pipe's latency (well under a millisecond on an idle
+//! host, a few on a busy one): far less than the time another guardian needs to find the
+//! lapsed lease (up to a heartbeat after it) and start a retry.
+//!
+//! Each beat is bounded by `L − I` (see [`crate::db::within`]): past it the beat counts as
+//! failed, its connection is closed rather than returned to the pool (a silent connection
+//! stays silent), and the next beat, at the next tick, opens a new one.
 //! Does not own the lease length or interval (config) nor killing (supervisor, shim).
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use tokio::time::Instant;
 
-use crate::db::q;
+use crate::db::{self, q};
 use crate::guardian::Shared;
 use crate::outage;
 use crate::supervisor::StopReason;
@@ -76,40 +113,36 @@ pub async fn run(shared: Arc<Shared>) {
         shared: shared.clone(),
         connected_since: None,
     };
+    // Start-up published the deadline of the registration: a confirmed one.
+    let mut deadline = Deadline::new(*shared.lease.borrow());
     let mut every = shared.config().heartbeat_interval;
     let mut ticker = ticker(every);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            never = keep_alive(&shared, &mut deadline) => match never {},
             _ = shared.abandon.cancelled() => return,
         }
         let config = shared.config();
         let sent = std::time::Instant::now();
         let limit = config.lease.saturating_sub(config.heartbeat_interval);
-        let failure = match tokio::time::timeout(limit, heart.run_once()).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => {
-                let outage = outage::is_connection_error(&e);
-                Some((e, outage))
-            }
-            Err(_) => Some((
-                anyhow!("no answer to the heartbeat within lease - heartbeat_interval ({limit:?})"),
-                true,
-            )),
+        let beat = db::within(&shared.beat_db, limit, "the heartbeat", heart.run_once());
+        let result = tokio::select! {
+            r = beat => r,
+            never = keep_alive(&shared, &mut deadline) => match never {},
+            _ = shared.abandon.cancelled() => return,
         };
-        match failure {
-            None => {
+        match result {
+            Ok(_) => {
                 shared.outage.ok();
-                shared.lease.send_replace(sent + config.lease);
+                deadline.confirm(sent, config.lease);
+                publish(&shared, &mut deadline);
                 crate::metrics::load(shared.running_count(), config.capacity);
             }
-            Some((e, is_outage)) => {
+            Err(e) => {
                 crate::metrics::db_error("heartbeat");
                 heart.connected_since = None;
-                shared
-                    .lease
-                    .send_replace(std::time::Instant::now() + config.lease);
-                if is_outage {
+                if outage::is_connection_error(&e) {
                     shared.outage.failed("heartbeat", &e);
                 } else {
                     tracing::warn!(error = %format!("{e:#}"), "heartbeat failed; retrying each interval");
@@ -124,6 +157,87 @@ pub async fn run(shared: Arc<Shared>) {
         if shared.stopping.is_cancelled() && shared.tasks.is_closed() && shared.tasks.is_empty() {
             return;
         }
+    }
+}
+
+/// The watchdog deadline's two sources (see the module doc); pure, times passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Lease end by the last successful beat: never later than the database's lease_until.
+    confirmed: std::time::Instant,
+    /// What the shims were last told.
+    published: std::time::Instant,
+}
+
+impl Deadline {
+    pub fn new(confirmed: std::time::Instant) -> Deadline {
+        Deadline {
+            confirmed,
+            published: confirmed,
+        }
+    }
+
+    /// A beat sent at `sent` succeeded.
+    pub fn confirm(&mut self, sent: std::time::Instant, lease: Duration) {
+        self.confirmed = self.confirmed.max(sent + lease);
+    }
+
+    /// The deadline to publish at `now`: the confirmed one while it is at least `margin`
+    /// away, else a stretch to `now + lease`, kept until it comes within `margin` itself.
+    pub fn renew(
+        &mut self,
+        now: std::time::Instant,
+        lease: Duration,
+        margin: Duration,
+    ) -> std::time::Instant {
+        // Strictly: at `check_at` the deadline is exactly `margin` away and must move, or
+        // the keeper would wake again at once.
+        self.published = if self.confirmed > now + margin {
+            self.confirmed
+        } else if self.published > now + margin {
+            self.published
+        } else {
+            now + lease
+        };
+        self.published
+    }
+
+    /// When to look again: when the published deadline comes within `margin`.
+    pub fn check_at(&self, margin: Duration) -> std::time::Instant {
+        self.published.checked_sub(margin).unwrap_or(self.published)
+    }
+}
+
+/// How close the published deadline may come before the live guardian stretches it: room
+/// for a busy machine to run the heartbeat task, the supervisor and the shim. Half an
+/// interval, so that a guardian paused during a beat (shorter than that) is still under the
+/// tight deadline (see the module doc).
+pub fn margin(heartbeat_interval: Duration) -> Duration {
+    heartbeat_interval / 2
+}
+
+/// Publishes the deadline for now (and wakes the supervisors only when it changed).
+fn publish(shared: &Shared, deadline: &mut Deadline) {
+    let config = shared.config();
+    let at = deadline.renew(
+        std::time::Instant::now(),
+        config.lease,
+        margin(config.heartbeat_interval),
+    );
+    shared.lease.send_if_modified(|current| {
+        let changed = *current != at;
+        *current = at;
+        changed
+    });
+}
+
+/// The live guardian's own timer: whenever the published deadline comes within the margin,
+/// publishes it again (stretched if no beat confirmed a later one). Never returns.
+async fn keep_alive(shared: &Shared, deadline: &mut Deadline) -> Infallible {
+    loop {
+        let margin = margin(shared.config().heartbeat_interval);
+        tokio::time::sleep_until(Instant::from_std(deadline.check_at(margin))).await;
+        publish(shared, deadline);
     }
 }
 
@@ -167,7 +281,7 @@ impl Heartbeat {
         }
         let since = *self.connected_since.get_or_insert_with(Instant::now);
         let rescue = since.elapsed() >= cfg.lease;
-        let client = shared.beat_db.get().await?;
+        let client = db::checkout(&shared.beat_db).await?;
         let statement = client.prepare_cached(q::HEARTBEAT).await?;
         let row = client
             .query_one(
@@ -203,6 +317,8 @@ impl Heartbeat {
                 )
                 .await?;
         }
+        // Every answer is read: the connection may serve the next beat.
+        client.release();
         let draining = draining.unwrap_or(false);
         if shared.draining.swap(draining, Ordering::Relaxed) != draining {
             tracing::info!(draining, "host drain state changed");
@@ -248,4 +364,50 @@ impl Heartbeat {
 /// up for a whole lease.
 pub fn detection_bound(lease: Duration, heartbeat_interval: Duration) -> Duration {
     lease + heartbeat_interval
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Duration = Duration::from_secs(3);
+    const M: Duration = Duration::from_millis(500);
+
+    fn at(base: std::time::Instant, ms: u64) -> std::time::Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn successful_beats_give_the_tight_deadline() {
+        let t = std::time::Instant::now();
+        let mut d = Deadline::new(at(t, 3000));
+        d.confirm(at(t, 1000), L);
+        assert_eq!(d.renew(at(t, 1010), L, M), at(t, 4000));
+        assert_eq!(d.check_at(M), at(t, 3500));
+    }
+
+    #[test]
+    fn an_overdue_confirmation_is_stretched_by_the_live_guardian_and_kept() {
+        let t = std::time::Instant::now();
+        let mut d = Deadline::new(at(t, 3000));
+        // The beats hang: at 2.5 s the confirmed deadline is within the margin.
+        assert_eq!(d.renew(at(t, 2500), L, M), at(t, 5500));
+        // Woken early (a success that confirms nothing later): the stretch stays.
+        assert_eq!(d.renew(at(t, 2600), L, M), at(t, 5500));
+        // At the stretch's own margin, it is taken again.
+        assert_eq!(d.renew(at(t, 5000), L, M), at(t, 8000));
+        // A beat succeeds again: back to the tight deadline, even though it is earlier.
+        d.confirm(at(t, 5100), L);
+        assert_eq!(d.renew(at(t, 5150), L, M), at(t, 8100));
+    }
+
+    #[test]
+    fn a_slow_success_never_leaves_less_than_the_margin() {
+        let t = std::time::Instant::now();
+        let mut d = Deadline::new(at(t, 3000));
+        // Sent at 0.1 s, answered at 2.9 s: its confirmation is only 0.2 s away.
+        d.confirm(at(t, 100), L);
+        let published = d.renew(at(t, 2900), L, M);
+        assert!(published >= at(t, 2900) + M, "{published:?}");
+    }
 }

@@ -7,7 +7,11 @@
 //! On a broken connection it reconnects with backoff (capped at the heartbeat interval, so it
 //! is back within a heartbeat of the database) and wakes the dispatcher, since
 //! notifications sent meanwhile are lost (the safety poll and heartbeat cover the rest). An
-//! outage is logged once, by [`crate::outage`], not once per attempt.
+//! outage is logged once, by [`crate::outage`], not once per attempt. A connection that
+//! falls silent (black-holed: no error, no notification, ever) looks like a quiet one, so
+//! every `heartbeat_interval` the listener asks it a trivial question; no answer within
+//! `lease − heartbeat_interval` closes it and reconnects. Connecting and subscribing are
+//! bounded by the same limit.
 //! Does not act on anything itself beyond forwarding.
 
 use std::sync::Arc;
@@ -47,25 +51,40 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Listens until the connection breaks; resets `pause` once subscribed (it was healthy).
 async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
-    let (client, mut connection) =
-        db::connect_for_notifications(&shared.config().database_url).await?;
+    let config = shared.config();
+    let (every, limit) = (
+        config.heartbeat_interval,
+        config.lease.saturating_sub(config.heartbeat_interval),
+    );
+    let connect = db::connect_for_notifications(&config.database_url);
+    // Bounded like the heartbeat's, which opens its connection within the same limit.
+    let (client, mut connection) = tokio::time::timeout(limit, connect)
+        .await
+        .map_err(|_| db::timed_out("a new notification connection", limit))??;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The client drives requests; the connection stream must be polled for them to complete.
     let subscribe = async {
-        client
-            .batch_execute("LISTEN sisy_wakeup; LISTEN sisy_kill; LISTEN sisy_hosts")
-            .await?;
+        let listen =
+            client.batch_execute("LISTEN sisy_wakeup; LISTEN sisy_kill; LISTEN sisy_hosts");
+        tokio::time::timeout(limit, listen)
+            .await
+            .map_err(|_| db::timed_out("LISTEN", limit))??;
         tracing::debug!("listening for notifications");
         *pause = Duration::from_millis(200);
         shared.outage.ok();
         // Whatever happened before LISTEN took effect: look once.
         shared.wake.notify_one();
-        std::future::pending::<Result<(), tokio_postgres::Error>>().await
+        loop {
+            tokio::time::sleep(every).await;
+            tokio::time::timeout(limit, client.simple_query("SELECT 1"))
+                .await
+                .map_err(|_| db::timed_out("the notification connection's check", limit))??;
+        }
     };
     tokio::pin!(subscribe);
     loop {
         tokio::select! {
-            r = &mut subscribe => r?,
+            r = &mut subscribe => return r,
             msg = messages.next() => match msg {
                 Some(Ok(AsyncMessage::Notification(n))) => handle(shared, n.channel(), n.payload()),
                 Some(Ok(_)) => {}

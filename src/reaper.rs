@@ -4,7 +4,8 @@
 //! [`BATCH`] rows (each its own short statement, so no long lock and no huge transaction),
 //! and forgetting hosts dead for longer than the retention. Every guardian runs it every
 //! [`INTERVAL`]; SKIP LOCKED keeps several from contending. Does not touch pending or
-//! running runs.
+//! running runs. Each statement is bounded ([`STATEMENT_LIMIT`]): a silent database must not
+//! hold the reaper, or the shutdown that waits for it, for good.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,14 @@ use std::time::Duration;
 use anyhow::Result;
 use deadpool_postgres::Pool;
 
-use crate::db::q;
+use crate::db::{self, q};
 use crate::guardian::Shared;
 
 pub const BATCH: i64 = 1000;
 pub const INTERVAL: Duration = Duration::from_secs(600);
+/// The longest one batch may take: deleting a thousand rows takes milliseconds; a minute
+/// means the database is not answering.
+const STATEMENT_LIMIT: Duration = Duration::from_secs(60);
 
 /// What one pass deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +53,11 @@ pub async fn run(shared: Arc<Shared>) {
 /// Deletes everything older than `retention`, batch by batch.
 pub async fn run_once(db: &Pool, retention: Duration) -> Result<Outcome> {
     let secs = retention.as_secs_f64();
-    let client = db.get().await?;
+    let client = db::within(db, STATEMENT_LIMIT, "a connection", db::checkout(db)).await?;
     let mut outcome = Outcome::default();
     loop {
-        let n = client.execute(q::RUNS_PRUNE, &[&secs, &BATCH]).await?;
+        let batch = async { Ok(client.execute(q::RUNS_PRUNE, &[&secs, &BATCH]).await?) };
+        let n = db::within(db, STATEMENT_LIMIT, "history pruning", batch).await?;
         outcome.runs += n;
         if n < BATCH as u64 {
             break;
@@ -60,6 +65,8 @@ pub async fn run_once(db: &Pool, retention: Duration) -> Result<Outcome> {
         // Let other work in between batches.
         tokio::task::yield_now().await;
     }
-    outcome.hosts = client.execute(q::HOSTS_PRUNE, &[&secs]).await?;
+    let hosts = async { Ok(client.execute(q::HOSTS_PRUNE, &[&secs]).await?) };
+    outcome.hosts = db::within(db, STATEMENT_LIMIT, "host pruning", hosts).await?;
+    client.release();
     Ok(outcome)
 }

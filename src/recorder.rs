@@ -17,7 +17,7 @@ use anyhow::Result;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::q;
+use crate::db::{self, q};
 use crate::outage::{self, Outage};
 use crate::spool::{Entry, Spool};
 use crate::supervisor::{Outcome, StopReason};
@@ -208,7 +208,8 @@ impl Recorder {
 }
 
 async fn write(db: &Pool, e: &Entry) -> Result<Written> {
-    let client = db.get().await?;
+    // A write that times out drops its connection rather than return it hung (see `db`).
+    let client = db::checkout(db).await?;
     let bytes = e.output_bytes as i64;
     let pid = e.pid.map(|p| p as i32);
     let statement = client.prepare_cached(q::RUNS_FINISH).await?;
@@ -230,6 +231,7 @@ async fn write(db: &Pool, e: &Entry) -> Result<Written> {
         )
         .await?;
     if !rows.is_empty() {
+        client.release();
         return Ok(Written::Recorded);
     }
     // No longer running here: declared lost (or changed by hand) meanwhile.
@@ -255,6 +257,7 @@ async fn write(db: &Pool, e: &Entry) -> Result<Written> {
     client
         .execute(q::RUNS_NOTE, &[&e.run_id, &note, &e.output, &bytes])
         .await?;
+    client.release();
     Ok(written)
 }
 

@@ -108,7 +108,7 @@ impl Scheduler {
 
     /// Gives jobs without a `next_due` their first one (after the database's now), or flags them.
     async fn seed(&self) -> Result<usize> {
-        let mut client = self.db.get().await?;
+        let mut client = db::checkout(&self.db).await?;
         let tx = client.transaction().await?;
         let rows = tx
             .query(&tx.prepare_cached(q::JOBS_UNSEEN).await?, &[&BATCH])
@@ -145,12 +145,13 @@ impl Scheduler {
             tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
         }
         tx.commit().await?;
+        client.release();
         Ok(ids.len())
     }
 
     /// Materialises the occurrences of due jobs of this guardian's pools.
     async fn materialise(&self) -> Result<(usize, usize)> {
-        let mut client = self.db.get().await?;
+        let mut client = db::checkout(&self.db).await?;
         let tx = client.transaction().await?;
         let rows = tx
             .query(
@@ -160,6 +161,7 @@ impl Scheduler {
             .await?;
         if rows.is_empty() {
             tx.commit().await?;
+            client.release();
             return Ok((0, 0));
         }
         // A row whose values the guardian cannot use is flagged alone, never the batch.
@@ -216,6 +218,7 @@ impl Scheduler {
         let set_next_due = tx.prepare_cached(q::JOBS_SET_NEXT_DUE).await?;
         tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
         tx.commit().await?;
+        client.release();
         Ok((rows.len(), inserted))
     }
 

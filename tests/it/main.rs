@@ -5,6 +5,7 @@
 
 mod badinput;
 mod badrows;
+mod blackhole;
 mod chaos;
 mod cli;
 mod core;
@@ -12,6 +13,7 @@ mod events;
 mod faults;
 mod housekeeping;
 mod import;
+mod kill;
 mod metrics;
 mod outages;
 mod package;

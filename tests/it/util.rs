@@ -356,14 +356,28 @@ impl ProcessSampler {
 }
 
 /// A unix-socket proxy in front of a PostgreSQL server, to cut one guardian off the database
-/// (a network partition) while the others still reach it.
+/// (a network partition) while the others still reach it: either by resetting its
+/// connections ([`Proxy::cut`]) or by black-holing them ([`Proxy::blackhole`]); or to make
+/// the database slow ([`Proxy::lag`]).
 pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// How long every answer is held back, in milliseconds.
+    lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<Link>>>,
     accept: tokio::task::JoinHandle<()>,
 }
+
+/// One proxied connection: its task, and whether it was frozen by a black hole.
+struct Link {
+    task: tokio::task::AbortHandle,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const OPEN: u8 = 0;
+const CUT: u8 = 1;
+const BLACKHOLE: u8 = 2;
 
 impl Proxy {
     /// Forwards `dir/.s.PGSQL.<port>` to the server's socket.
@@ -376,27 +390,30 @@ impl Proxy {
         let target = server.socket_dir.join(format!(".s.PGSQL.{port}"));
         let listener =
             tokio::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{port}"))).unwrap();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(OPEN));
         let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (c, l) = (cut.clone(), links.clone());
+        let lag = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (m, l, g) = (mode.clone(), links.clone(), lag.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if c.load(std::sync::atomic::Ordering::SeqCst) {
+            while let Ok((client, _)) = listener.accept().await {
+                let mode = m.load(std::sync::atomic::Ordering::SeqCst);
+                if mode == CUT {
                     continue; // dropped: the connection is refused
                 }
-                let target = target.clone();
-                let link = tokio::spawn(async move {
-                    if let Ok(mut upstream) = tokio::net::UnixStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
+                let frozen =
+                    std::sync::Arc::new(std::sync::atomic::AtomicBool::new(mode == BLACKHOLE));
+                let task = tokio::spawn(forward(client, target.clone(), frozen.clone(), g.clone()));
+                l.lock().unwrap().push(Link {
+                    task: task.abort_handle(),
+                    frozen,
                 });
-                l.lock().unwrap().push(link.abort_handle());
             }
         });
         Proxy {
             dir,
             port,
-            cut,
+            mode,
+            lag,
             links,
             accept,
         }
@@ -417,15 +434,86 @@ impl Proxy {
 
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.mode.store(CUT, std::sync::atomic::Ordering::SeqCst);
         for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
+            link.task.abort();
         }
     }
 
-    /// Lets connections through again.
+    /// Black-holes the database, as a network that drops packets does: no byte passes in
+    /// either direction any more, yet no socket is closed, so the guardian sees no error, only
+    /// silence; new connections are accepted and then hear nothing either. The connections
+    /// open now stay silent for good, even after [`Proxy::heal`] (as after a failover to
+    /// another address, or a firewall that lost the flow's state): only new ones work again.
+    pub fn blackhole(&self) {
+        self.mode
+            .store(BLACKHOLE, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().iter() {
+            link.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Holds back every answer of the database (on every connection, open or new) for
+    /// `lag`, as a database that is slow but answers; zero ends it.
+    pub fn lag(&self, lag: Duration) {
+        self.lag
+            .store(lag.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lets new connections through again.
     pub fn heal(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.mode.store(OPEN, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Forwards one connection both ways until either side closes; once `frozen`, whatever
+/// arrives is held back forever and the sockets stay open.
+async fn forward(
+    client: tokio::net::UnixStream,
+    target: PathBuf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let Ok(upstream) = tokio::net::UnixStream::connect(&target).await else {
+        return;
+    };
+    let (client_r, client_w) = client.into_split();
+    let (upstream_r, upstream_w) = upstream.into_split();
+    let no_lag = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::join!(
+        pump(client_r, upstream_w, frozen.clone(), no_lag),
+        pump(upstream_r, client_w, frozen, lag),
+    );
+}
+
+async fn pump(
+    mut from: tokio::net::unix::OwnedReadHalf,
+    mut to: tokio::net::unix::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            // Keep both halves (the sockets stay open) and pass nothing on, ever.
+            let _hold = (from, to);
+            return std::future::pending().await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            continue; // dropped on the floor; the loop then holds the sockets
+        }
+        let lag = lag.load(std::sync::atomic::Ordering::SeqCst);
+        if lag > 0 {
+            tokio::time::sleep(Duration::from_millis(lag)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
