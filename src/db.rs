@@ -153,6 +153,12 @@ pub fn error_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether `error` is a failed TLS handshake with the server (an untrusted or expired
+/// certificate, a name it is not valid for): a setting to fix, not an outage to wait out.
+pub fn is_tls_failure(error: &anyhow::Error) -> bool {
+    tls::handshake_failed(error)
+}
+
 /// Converts seconds (as PostgreSQL's `extract(epoch …)` returns them) to a Duration,
 /// treating NULL, negatives and non-finite values as zero.
 pub fn secs(value: Option<f64>) -> Duration {
