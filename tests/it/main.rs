@@ -10,6 +10,7 @@ mod core;
 mod events;
 mod faults;
 mod housekeeping;
+mod lifecycle;
 mod metrics;
 mod outages;
 mod package;
