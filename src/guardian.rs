@@ -303,13 +303,15 @@ async fn register(
                 ],
             )
             .await?;
-        let held_until: Option<chrono::DateTime<chrono::Utc>> = row.get(1);
-        let Some(until) = held_until else {
+        // Registered when the upsert wrote the row (it returns the host's `draining`).
+        if row.get::<_, Option<bool>>("draining").is_some() {
             return Ok(Some(sent));
-        };
+        }
         if !logged {
+            // Unknown when the other process registered during this very statement.
+            let until: Option<chrono::DateTime<chrono::Utc>> = row.get("held_until");
             tracing::warn!(
-                host = %config.host_name, %until,
+                host = %config.host_name, until = ?until,
                 "another guardian holds this host's lease (a previous process that did not stop cleanly, or a second guardian with the same host_name); waiting for it to expire"
             );
             logged = true;

@@ -1,5 +1,9 @@
 -- A guardian announces itself. `draining` survives a restart: an operator drained the host,
--- not the process. Returns whether another guardian still holds a lease under this name.
+-- not the process. Returns `draining` when this process now holds the host's lease (NULL
+-- when another process does), and that lease's end when this statement saw it.
+-- Two processes registering one name at once: the second's INSERT waits on the first's
+-- row, then its DO UPDATE re-checks the lease on the committed row (the WHERE below), so
+-- it cannot take over a live lease it did not see in `previous`.
 WITH previous AS (
     SELECT lease_until > now() AS held, lease_until FROM sisy.hosts WHERE name = $1
 ), upsert AS (
@@ -10,6 +14,7 @@ WITH previous AS (
        SET pools = excluded.pools, version = excluded.version, started_at = excluded.started_at,
            last_seen = excluded.last_seen, lease_until = excluded.lease_until,
            capacity = excluded.capacity, running = 0
+     WHERE h.lease_until <= now()
     RETURNING draining
 )
 SELECT (SELECT draining FROM upsert) AS draining,
