@@ -1,7 +1,11 @@
-//! How a guardian and the `sisy` binary begin and end when things go wrong: two processes
-//! started under one host name, and Ctrl-C on a CLI command that waits on a database that
-//! accepts connections and never answers. Real processes and real signals; every wait has a
-//! deadline.
+//! How a guardian ends and begins when things go wrong: a service of its own that dies, a
+//! shutdown during a database outage, two processes started under one host name, a database
+//! that accepts connections and never answers, and Ctrl-C on a CLI command. Real guardian
+//! processes and real signals; every wait has a deadline.
+//!
+//! A service of the guardian dies only through a bug (a panic) — there is no real trigger to
+//! pull — so those tests use the fault hook of debug builds: `SISY_TEST_FAULT=<service>:<panic|end>[:<file>]`
+//! makes the named service panic or return once `<file>` exists (see `guardian::services`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +14,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::util::{Guardian, migrated_db, sisy, wait_for, wait_until};
+use crate::pg::TestDb;
+use crate::util::{
+    Guardian, Proxy, migrated_db, process_gone, processes_with_env, shared_dir, sisy, trigger,
+    wait_finished, wait_for, wait_started, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -57,6 +65,181 @@ impl BlackHole {
 impl Drop for BlackHole {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardian_whose_service_panics_stops_and_records_its_jobs_and_exits_non_zero() {
+    let (db, client) = migrated_db().await;
+    let dir = shared_dir();
+    let trigger_file = dir.path().join("fail-now");
+    let fault = format!("listener:panic:{}", trigger_file.display());
+    // A long grace: the jobs of a broken guardian are stopped at once, not after it.
+    let mut g = Guardian::start_with_env(
+        &db,
+        "g1",
+        "shutdown_grace = \"10m\"",
+        &[("SISY_TEST_FAULT", &fault)],
+    );
+    client
+        .batch_execute("INSERT INTO sisy.jobs (name, command) VALUES ('long', 'sleep 600')")
+        .await
+        .unwrap();
+    let id = trigger(&client, "long").await;
+    let pid = wait_started(&client, id).await;
+
+    std::fs::write(&trigger_file, b"").unwrap();
+    let began = Instant::now();
+    let status = g.exit_within(LONG).await;
+    let log = g.log();
+    let status = status.unwrap_or_else(|| panic!("the guardian did not exit:\n{log}"));
+    assert!(!status.success(), "exit status {status:?}:\n{log}");
+    assert!(
+        log.contains("guardian service failed") && log.contains("listener"),
+        "{log}"
+    );
+    eprintln!("listener panic to guardian exit: {:?}", began.elapsed());
+    assert!(process_gone(pid), "the job outlived its guardian");
+    let row = client
+        .query_one("SELECT state, error FROM sisy.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let (state, error): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(state, "killed", "{error}");
+    assert!(error.contains("listener"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardian_whose_service_returns_exits_non_zero_naming_it() {
+    let (db, _client) = migrated_db().await;
+    for service in ["dispatcher", "heartbeat", "reaper"] {
+        let fault = format!("{service}:end");
+        let mut g = Guardian::start_with_env(&db, service, "", &[("SISY_TEST_FAULT", &fault)]);
+        let status = g.exit_within(LONG).await;
+        let log = g.log();
+        let status = status.unwrap_or_else(|| panic!("{service}: still running:\n{log}"));
+        assert!(!status.success(), "{service}: {status:?}:\n{log}");
+        assert!(
+            log.contains("guardian service failed") && log.contains(service),
+            "{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_supervising_a_run_is_recorded_on_the_run_and_ends_the_guardian() {
+    let (db, client) = migrated_db().await;
+    let mut g = Guardian::start_with_env(&db, "g1", "", &[("SISY_TEST_FAULT", "supervisor:panic")]);
+    client
+        .batch_execute("INSERT INTO sisy.jobs (name, command) VALUES ('once', 'true')")
+        .await
+        .unwrap();
+    let id = trigger(&client, "once").await;
+    let status = g.exit_within(LONG).await;
+    let log = g.log();
+    let status = status.unwrap_or_else(|| panic!("the guardian did not exit:\n{log}"));
+    assert!(!status.success(), "{status:?}:\n{log}");
+    let row = client
+        .query_one("SELECT state, error FROM sisy.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let (state, error): (String, Option<String>) = (row.get(0), row.get(1));
+    assert_eq!(state, "failed", "{error:?}\n{log}");
+    assert!(
+        error
+            .as_deref()
+            .unwrap_or("")
+            .contains("supervising this run"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_an_outage_is_bounded_and_every_result_reaches_the_spool() {
+    let (db, client) = migrated_db().await;
+    let proxy = Proxy::start(crate::pg::server());
+    let tag = format!("outage-shutdown-{}", db.name);
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, overlap, kill_grace, env) VALUES
+                ('rep', 'trap \"\" TERM; while :; do sleep 1; done', 'replace', '10 minutes',
+                 jsonb_build_object('FAULT_TAG', $1::text)),
+                ('work', 'sleep 600', 'forbid', '10 seconds', jsonb_build_object('FAULT_TAG', $1::text))",
+            &[&tag],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE sisy.jobs SET pool = 'p1' WHERE name = 'work'")
+        .await
+        .unwrap();
+    // g2 runs the run to be replaced, which ignores SIGTERM for its 10-minute kill_grace; its
+    // long lease keeps it from judging g1 while g1 is away.
+    let g2 = Guardian::start(&db, "g2", "capacity = 1\nlease = \"60s\"");
+    let victim = trigger(&client, "rep").await;
+    wait_started(&client, victim).await;
+    let mut g1 = Guardian::start(
+        &proxy.db(&db),
+        "g1",
+        "pools = [\"default\", \"p1\"]\nshutdown_grace = \"2s\"",
+    );
+    let work = trigger(&client, "work").await;
+    wait_started(&client, work).await;
+    // g1 claims the replacing run and waits for the victim to end.
+    let waiting = trigger(&client, "rep").await;
+    wait_until(
+        &client,
+        "g1 to claim the replacing run and wait for its victim",
+        LONG,
+        || {
+            format!(
+                "SELECT (SELECT host = 'g1' AND started_at IS NULL FROM sisy.runs WHERE id = {waiting})
+                    AND (SELECT kill_requested_at IS NOT NULL FROM sisy.runs WHERE id = {victim})"
+            )
+        },
+        |ok: bool| ok,
+    )
+    .await;
+
+    proxy.cut();
+    g1.signal(Signal::SIGTERM);
+    let began = Instant::now();
+    let status = g1.exit_within(Duration::from_secs(30)).await;
+    let took = began.elapsed();
+    let log = g1.log();
+    assert!(status.is_some(), "no exit 30 s after SIGTERM:\n{log}");
+    eprintln!("shutdown during an outage took {took:?} (shutdown_grace 2 s)");
+    assert!(took < Duration::from_secs(20), "took {took:?}:\n{log}");
+    let spooled: Vec<String> = std::fs::read_dir(g1.dir.path().join("spool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for id in [waiting, work] {
+        assert!(
+            spooled.contains(&format!("{id}.json")),
+            "run {id} not in the spool {spooled:?}:\n{log}"
+        );
+    }
+
+    // g2 goes; its victim ignores SIGTERM, so it is killed here.
+    drop(g2);
+    for (pid, _, _) in processes_with_env("FAULT_TAG", &tag) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    proxy.heal();
+    g1.restart();
+    for (id, error) in [
+        (waiting, "guardian shutdown before the run started"),
+        (work, "guardian shutdown"),
+    ] {
+        assert_eq!(wait_finished(&client, id, LONG).await, "killed");
+        let got: String = client
+            .query_one("SELECT error FROM sisy.runs WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, error);
     }
 }
 
@@ -134,6 +317,24 @@ async fn two_guardians_started_at_once_with_one_host_name_do_not_both_run() {
         a.log(),
         b.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_against_a_database_that_never_answers_retries_and_stops_on_sigterm() {
+    let hole = BlackHole::start().await;
+    let db = TestDb {
+        name: "nowhere".into(),
+        url: hole.url(),
+    };
+    let mut g = Guardian::start(&db, "g1", "");
+    wait_for("the guardian to try again", LONG, || hole.accepted() >= 2).await;
+    assert!(g.log().contains("database unreachable"), "{}", g.log());
+    g.signal(Signal::SIGTERM);
+    let began = Instant::now();
+    let status = g.exit_within(Duration::from_secs(10)).await;
+    assert!(status.is_some(), "no exit after SIGTERM:\n{}", g.log());
+    eprintln!("SIGTERM to exit during start-up: {:?}", began.elapsed());
+    assert_eq!(status.unwrap().code(), Some(0), "{}", g.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
