@@ -299,7 +299,9 @@ async fn supervise(
         .remove(&id);
     shared.hold(id, false);
     shared.ended.notify_waiters();
-    shared.fail(format!("the supervisor task of run {id} panicked ({why})"));
+    shared.fail(format!(
+        "the supervisor task of run {id} panicked ({why}; a bug: please report it)"
+    ));
 }
 
 /// [`supervise`] without the safety net.

@@ -67,6 +67,9 @@ pub struct Shared {
     config: RwLock<Arc<GuardianConfig>>,
     /// This host's name: fixed for the life of the process (a reload keeps it).
     pub host: String,
+    /// This process's registration of the name (`sisy.hosts.started_at`): the heartbeat
+    /// renews the lease only while the row is still this registration's.
+    pub incarnation: chrono::DateTime<chrono::Utc>,
     pub db: Pool,
     /// A connection of the heartbeat's own, so that renewing the lease never waits behind
     /// the other services (say, sixteen results being written at once).
@@ -186,7 +189,7 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
         outage: outage.clone(),
         retry_cap: config.heartbeat_interval,
     };
-    let Some(registered_at) =
+    let Some((registered_at, incarnation)) =
         startup::until_started(&pool, &config, &recorder, &outage, &shutdown).await?
     else {
         return Ok(());
@@ -194,6 +197,7 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
     let (lease, _) = watch::channel(registered_at + config.lease);
     let shared = Arc::new(Shared {
         host: config.host_name.clone(),
+        incarnation,
         beat_db: db::pool(&config.database_url, 1)?,
         config: RwLock::new(Arc::new(config)),
         db: pool,
@@ -242,7 +246,7 @@ async fn serve(
     if let Some(why) = &failure {
         tracing::error!(
             reason = %why,
-            "guardian service failed: stopping its jobs, recording what it can and exiting non-zero so that it is restarted"
+            "guardian failed: stopping its jobs, recording what it can and exiting non-zero so that it is restarted"
         );
     }
     shutdown::shut_down(&shared, &mut services, failure.as_deref()).await;
@@ -260,8 +264,8 @@ async fn serve(
             Ok(())
         }
         Some(why) => Err(anyhow!(
-            "the guardian stopped because {why}: this is a bug, please report it with the log; \
-             the service manager restarts the guardian (systemd: Restart=on-failure)"
+            "the guardian stopped because {why}; the service manager starts it again \
+             (systemd: Restart=on-failure)"
         )),
     }
 }

@@ -1,6 +1,7 @@
 -- A guardian announces itself. `draining` survives a restart: an operator drained the host,
--- not the process. Returns `draining` when this process now holds the host's lease (NULL
--- when another process does), and that lease's end when this statement saw it.
+-- not the process. Returns `draining` and `incarnation` (the row's new `started_at`, which
+-- names this process in its heartbeats) when this process now holds the host's lease, NULLs
+-- when another process does, and that lease's end when this statement saw it.
 -- Two processes registering one name at once: the second's INSERT waits on the first's
 -- row, then its DO UPDATE re-checks the lease on the committed row (the WHERE below), so
 -- it cannot take over a live lease it did not see in `previous`.
@@ -15,7 +16,8 @@ WITH previous AS (
            last_seen = excluded.last_seen, lease_until = excluded.lease_until,
            capacity = excluded.capacity, running = 0
      WHERE h.lease_until <= now()
-    RETURNING draining
+    RETURNING draining, started_at
 )
 SELECT (SELECT draining FROM upsert) AS draining,
+       (SELECT started_at FROM upsert) AS incarnation,
        (SELECT lease_until FROM previous WHERE held) AS held_until

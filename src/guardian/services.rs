@@ -95,8 +95,8 @@ impl Services {
 /// Why a service's end is a failure, in words for the log and the runs' `error`.
 pub(super) fn describe((name, result): &Ended) -> String {
     match result {
-        Ok(()) => format!("its {name} service ended on its own"),
-        Err(why) => format!("its {name} service panicked ({why})"),
+        Ok(()) => format!("its {name} service ended on its own (a bug: please report it)"),
+        Err(why) => format!("its {name} service panicked ({why}; a bug: please report it)"),
     }
 }
 

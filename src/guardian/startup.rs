@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use nix::fcntl::{Flock, FlockArg};
 use tokio_util::sync::CancellationToken;
@@ -57,7 +58,7 @@ pub(super) async fn until_started(
     recorder: &Recorder,
     outage: &Outage,
     shutdown: &CancellationToken,
-) -> Result<Option<Instant>> {
+) -> Result<Option<Registration>> {
     let mut pause = Duration::from_millis(100);
     loop {
         let attempt = tokio::select! {
@@ -80,14 +81,17 @@ pub(super) async fn until_started(
     }
 }
 
-/// Steps 2–4 of the start-up; None when shutdown was asked for meanwhile. Returns the
-/// instant just before the registration was sent: the host's lease runs from no earlier.
+/// The instant just before the registration was sent (the host's lease runs from no
+/// earlier) and the registration's `started_at`, which names this process in heartbeats.
+pub(super) type Registration = (Instant, DateTime<Utc>);
+
+/// Steps 2–4 of the start-up; None when shutdown was asked for meanwhile.
 async fn start_up(
     pool: &Pool,
     config: &GuardianConfig,
     recorder: &Recorder,
     shutdown: &CancellationToken,
-) -> Result<Option<Instant>> {
+) -> Result<Option<Registration>> {
     let limit = step_limit(config);
     let client = bounded(limit, "connecting", async {
         pool.get().await.context(
@@ -101,7 +105,7 @@ async fn start_up(
         migrate::ensure_current(&client),
     )
     .await?;
-    let Some(at) = register(&client, config, shutdown).await? else {
+    let Some(registration) = register(&client, config, shutdown).await? else {
         return Ok(None);
     };
     let replayed = recorder.replay().await?;
@@ -123,7 +127,7 @@ async fn start_up(
             "runs left running by this host's previous process marked lost"
         );
     }
-    Ok(Some(at))
+    Ok(Some(registration))
 }
 
 /// Registers this host, waiting while another process holds its lease.
@@ -131,7 +135,7 @@ async fn register(
     client: &tokio_postgres::Client,
     config: &GuardianConfig,
     shutdown: &CancellationToken,
-) -> Result<Option<Instant>> {
+) -> Result<Option<Registration>> {
     let lease = config.lease.as_secs_f64();
     let capacity = config.capacity as i32;
     let mut logged = false;
@@ -152,13 +156,13 @@ async fn register(
                 .await?)
         })
         .await?;
-        // Registered when the upsert wrote the row (it returns the host's `draining`).
-        if row.get::<_, Option<bool>>("draining").is_some() {
-            return Ok(Some(sent));
+        // Registered when the upsert wrote the row (it returns the new `started_at`).
+        if let Some(incarnation) = row.get::<_, Option<DateTime<Utc>>>("incarnation") {
+            return Ok(Some((sent, incarnation)));
         }
         if !logged {
             // Unknown when the other process registered during this very statement.
-            let until: Option<chrono::DateTime<chrono::Utc>> = row.get("held_until");
+            let until: Option<DateTime<Utc>> = row.get("held_until");
             tracing::warn!(
                 host = %config.host_name, until = ?until,
                 "another guardian holds this host's lease (a previous process that did not stop cleanly, or a second guardian with the same host_name); waiting for it to expire"

@@ -95,7 +95,7 @@ async fn a_guardian_whose_service_panics_stops_and_records_its_jobs_and_exits_no
     let status = status.unwrap_or_else(|| panic!("the guardian did not exit:\n{log}"));
     assert!(!status.success(), "exit status {status:?}:\n{log}");
     assert!(
-        log.contains("guardian service failed") && log.contains("listener"),
+        log.contains("guardian failed") && log.contains("listener"),
         "{log}"
     );
     eprintln!("listener panic to guardian exit: {:?}", began.elapsed());
@@ -120,7 +120,7 @@ async fn a_guardian_whose_service_returns_exits_non_zero_naming_it() {
         let status = status.unwrap_or_else(|| panic!("{service}: still running:\n{log}"));
         assert!(!status.success(), "{service}: {status:?}:\n{log}");
         assert!(
-            log.contains("guardian service failed") && log.contains(service),
+            log.contains("guardian failed") && log.contains(service),
             "{log}"
         );
     }
@@ -317,6 +317,79 @@ async fn two_guardians_started_at_once_with_one_host_name_do_not_both_run() {
         a.log(),
         b.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardian_whose_host_name_was_taken_over_while_it_was_paused_stops() {
+    let (db, client) = migrated_db().await;
+    let mut first = Guardian::start(&db, "twin", "");
+    wait_for("the first to start", LONG, || {
+        first.log().contains("guardian started")
+    })
+    .await;
+    first.signal(Signal::SIGSTOP);
+    wait_until(
+        &client,
+        "the paused guardian's lease to lapse",
+        LONG,
+        || "SELECT coalesce((SELECT lease_until < now() FROM sisy.hosts WHERE name = 'twin'), false)".into(),
+        |lapsed: bool| lapsed,
+    )
+    .await;
+    // A second process under the same name (another state_dir) may take the name now...
+    let second = Guardian::start(&db, "twin", "");
+    wait_for("the second to start", LONG, || {
+        second.log().contains("guardian started")
+    })
+    .await;
+    let holder = "SELECT started_at FROM sisy.hosts WHERE name = 'twin'";
+    let taken: chrono::DateTime<chrono::Utc> = client.query_one(holder, &[]).await.unwrap().get(0);
+    // ...and the first, resumed, must not act as that host too: it stops.
+    first.signal(Signal::SIGCONT);
+    let status = first.exit_within(Duration::from_secs(30)).await;
+    let log = first.log();
+    let status = status.unwrap_or_else(|| panic!("the resumed guardian goes on:\n{log}"));
+    assert!(!status.success(), "{status:?}:\n{log}");
+    assert!(log.contains("took over its host name"), "{log}");
+    let now: chrono::DateTime<chrono::Utc> = client.query_one(holder, &[]).await.unwrap().get(0);
+    assert_eq!(now, taken, "the host row changed hands again");
+    assert!(
+        !second.log().contains("guardian failed"),
+        "{}",
+        second.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_row_deleted_by_hand_is_announced_again_by_the_same_process() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "");
+    wait_for("the guardian to start", LONG, || {
+        g.log().contains("guardian started")
+    })
+    .await;
+    client
+        .batch_execute("DELETE FROM sisy.hosts WHERE name = 'g1'")
+        .await
+        .unwrap();
+    let back: chrono::DateTime<chrono::Utc> = wait_until(
+        &client,
+        "the host row to be announced again",
+        LONG,
+        || "SELECT coalesce((SELECT last_seen FROM sisy.hosts WHERE name = 'g1'), 'epoch')".into(),
+        |at: chrono::DateTime<chrono::Utc>| at.timestamp() > 0,
+    )
+    .await;
+    // Announced under this process's registration, so its heartbeats renew it.
+    wait_until(
+        &client,
+        "a heartbeat to renew the announced row",
+        LONG,
+        || "SELECT last_seen FROM sisy.hosts WHERE name = 'g1'".into(),
+        |at: chrono::DateTime<chrono::Utc>| at > back,
+    )
+    .await;
+    assert!(!g.log().contains("guardian failed"), "{}", g.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
