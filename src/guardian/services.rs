@@ -14,6 +14,7 @@
 //! trigger makes a service die; release builds ignore the variable.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -26,12 +27,15 @@ pub(super) type Ended = (&'static str, Result<(), String>);
 /// The running services.
 pub(super) struct Services {
     set: JoinSet<Ended>,
+    /// The services that have ended (so that waiting for one of them returns at once).
+    ended: HashSet<&'static str>,
 }
 
 impl Services {
     pub fn new() -> Services {
         Services {
             set: JoinSet::new(),
+            ended: HashSet::new(),
         }
     }
 
@@ -56,7 +60,10 @@ impl Services {
     /// The next service to end (pending forever when none runs).
     pub async fn next(&mut self) -> Ended {
         match self.set.join_next().await {
-            Some(Ok(ended)) => ended,
+            Some(Ok(ended)) => {
+                self.ended.insert(ended.0);
+                ended
+            }
             Some(Err(e)) => ("a service", Err(e.to_string())),
             None => std::future::pending().await,
         }
@@ -66,9 +73,13 @@ impl Services {
     /// expected (shutdown is under way). False when it did not end in time (it is aborted).
     pub async fn wait_for(&mut self, name: &str, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
+        if self.ended.contains(name) {
+            return true;
+        }
         loop {
             match tokio::time::timeout_at(deadline, self.set.join_next()).await {
                 Ok(Some(Ok((ended, result)))) => {
+                    self.ended.insert(ended);
                     if let Err(why) = &result {
                         tracing::error!(service = ended, reason = %why, "guardian service panicked during shutdown");
                     }

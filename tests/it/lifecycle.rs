@@ -440,3 +440,25 @@ async fn ctrl_c_stops_a_cli_command_at_once() {
         "{status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_command_against_a_database_that_never_answers_gives_up_after_connect_timeout() {
+    let hole = BlackHole::start().await;
+    let url = format!("{} connect_timeout=1", hole.url());
+    let began = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        sisy()
+            .args(["--database-url", &url, "jobs", "list"])
+            .output()
+            .unwrap()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("the command still waits 20 s later")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("gave up after {:?}", began.elapsed());
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no answer within"), "{stderr}");
+    assert!(hole.accepted() >= 1);
+}
