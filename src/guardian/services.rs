@@ -6,7 +6,7 @@
 //! on its own. One that returns early or panics is a bug: the guardian logs which and why,
 //! stops (see `shutdown`) and exits non-zero so that systemd restarts it. What a dead
 //! dispatcher had claimed but not started stays `running` in the database until the next
-//! start declares it lost (retried where the job allows); the heartbeat renews it meanwhile.
+//! start declares it lost (retried where the job allows).
 //!
 //! Debug builds only: the fault hook `SISY_TEST_FAULT=<service>:<panic|end>[:<file>]` makes
 //! the named service (or, for `supervisor`, every run's supervisor task) panic or return,
@@ -70,7 +70,10 @@ impl Services {
     }
 
     /// Waits for the service `name` to end, up to `limit`; the others that end meanwhile are
-    /// expected (shutdown is under way). False when it did not end in time (it is aborted).
+    /// expected (shutdown is under way). False when it did not end in time ([`finish`]
+    /// aborts it).
+    ///
+    /// [`finish`]: Services::finish
     pub async fn wait_for(&mut self, name: &str, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         if self.ended.contains(name) {

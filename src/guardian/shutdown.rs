@@ -6,9 +6,10 @@
 //!                       database that does not answer is abandoned: what it claimed is
 //!                       declared lost at the next start) and hands its claimed-but-waiting
 //!                       runs to the recorder
-//!  running jobs         finish within shutdown_grace (none on a failure: the broken
-//!                       guardian cannot supervise them), then are stopped: SIGTERM, SIGKILL
-//!                       after their kill_grace (waited for at most MAX_KILL_WAIT)
+//!  running jobs         get shutdown_grace to finish (no grace when the guardian failed:
+//!                       it can no longer be trusted to supervise them), then are stopped:
+//!                       SIGTERM, SIGKILL after their kill_grace (waited for at most
+//!                       MAX_KILL_WAIT)
 //!  results              every result is in the database or in the spool once its first
 //!                       write was tried; the database gets one heartbeat interval more, then
 //!                       the rest stays in the spool for the next start (`abandon`)
