@@ -33,10 +33,12 @@ GRANT SELECT ON sisy.migrations TO sisy_admin, sisy_guardian, sisy_reader;
 GRANT SELECT ON sisy.runs, sisy.hosts TO sisy_reader;
 GRANT SELECT (id, name, command, schedule, timezone, pool, target, ttl, max_runtime, kill_grace,
               max_retries, retry_delay, overlap, jitter, run_as, workdir, suspended,
-              created_at, updated_at, next_due, schedule_error) ON sisy.jobs TO sisy_reader;
+              created_at, updated_at, next_due, schedule_error, source) ON sisy.jobs TO sisy_reader;
 GRANT SELECT ON sisy.job_status, sisy.recent_failures, sisy.missed_runs, sisy.overdue_jobs,
                 sisy.host_status, sisy.dead_hosts, sisy.running_runs
    TO sisy_reader, sisy_admin, sisy_guardian;
+-- The names of a job's env variables, never their values (readers too).
+GRANT SELECT ON sisy.job_env_keys TO sisy_reader, sisy_admin, sisy_guardian;
 
 -- Admins: jobs entirely, results read-only, control through the functions.
 GRANT SELECT, INSERT, UPDATE, DELETE ON sisy.jobs TO sisy_admin;

@@ -1,6 +1,7 @@
 //! The guardian's configuration: reading `guardian.toml`, applying `SISY_*` environment
 //! overrides and the libpq `PG*` fallback for the database, validating every value once at
-//! start-up, and showing the effective result with the database password hidden.
+//! start-up, and showing the effective result with the database password hidden. A file
+//! that users other than root (or the guardian's own) could change is refused (`trust`).
 //!
 //! It owns the key names, their defaults and the wording of every configuration error (each
 //! names the file and key, or the variable, and says what is expected). It deliberately does
@@ -17,6 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use toml::Value;
+
+mod trust;
 
 /// Where the guardian looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/sisyphus/guardian.toml";
@@ -348,6 +351,7 @@ impl ConfigFile {
             Some(path) => (path, true),
             None => (Path::new(DEFAULT_PATH), false),
         };
+        trust::check(path)?;
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -82,6 +82,8 @@ pub struct ImportOptions {
     pub run_as: Option<String>,
     /// The pool every job goes to.
     pub pool: String,
+    /// The zone of the entries no `CRON_TZ` applies to (None: UTC). The caller checks it.
+    pub timezone: Option<String>,
 }
 
 /// One job to insert into `sisy.jobs`.
@@ -265,6 +267,7 @@ impl<'o> Reader<'o> {
         let timezone = self
             .timezone
             .as_deref()
+            .or(self.opts.timezone.as_deref())
             .unwrap_or(DEFAULT_TIMEZONE)
             .to_owned();
         Schedule::parse(&raw.schedule, &timezone)
@@ -337,9 +340,9 @@ impl<'o> Reader<'o> {
 
     /// Notes, once per file, where the defaults differ from what cron did.
     fn explain_defaults(&mut self, n: usize, run_as: Option<&str>) {
-        if self.timezone.is_none() {
+        if self.timezone.is_none() && self.opts.timezone.is_none() {
             self.note_once("utc", n, format!(
-                "no CRON_TZ before this entry: its schedule is read in {DEFAULT_TIMEZONE}, where cron used the host's local time zone; put CRON_TZ=Area/City at the top of the file to keep local times"
+                "no CRON_TZ before this entry: its schedule is read in {DEFAULT_TIMEZONE}, where cron used the host's local time zone; put CRON_TZ=Area/City at the top of the file, or pass --tz, to keep local times"
             ));
         }
         match run_as {
@@ -608,6 +611,7 @@ mod tests {
             source: "alice".to_owned(),
             run_as: Some("alice".to_owned()),
             pool: "default".to_owned(),
+            timezone: None,
         }
     }
 
@@ -617,6 +621,7 @@ mod tests {
             source: "crontab".to_owned(),
             run_as: None,
             pool: "web".to_owned(),
+            timezone: None,
         }
     }
 
@@ -715,6 +720,27 @@ mod tests {
         assert_eq!(zones, ["UTC", "Europe/Amsterdam", "UTC"]);
         assert!(import.jobs.iter().all(|j| !j.env.contains_key("CRON_TZ")));
         assert!(has_note(&import, 1, "CRON_TZ"), "{:?}", import.notes);
+    }
+
+    #[test]
+    fn a_default_zone_applies_where_no_cron_tz_does() {
+        let opts = ImportOptions {
+            timezone: Some("America/New_York".to_owned()),
+            ..user_opts()
+        };
+        let text = "0 2 * * * before\nCRON_TZ=Europe/Amsterdam\n0 2 * * * after\nCRON_TZ=\n0 2 * * * reset\n";
+        let import = parse(text, &opts);
+        let zones: Vec<&str> = import.jobs.iter().map(|j| j.timezone.as_str()).collect();
+        assert_eq!(
+            zones,
+            ["America/New_York", "Europe/Amsterdam", "America/New_York"]
+        );
+        assert!(!has_note(&import, 1, "CRON_TZ"), "{:?}", import.notes);
+        // The zone is part of the name: the same entry read in another zone is another job.
+        assert_ne!(
+            import.jobs[0].name,
+            jobs("0 2 * * * before\n", &user_opts())[0].name
+        );
     }
 
     #[test]

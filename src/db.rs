@@ -54,16 +54,25 @@ pub mod q {
     pub const HOSTS_PRUNE: &str = include_str!("../sql/queries/hosts_prune.sql");
     pub const RUNS_ORPHANED_BY_RESTART: &str =
         include_str!("../sql/queries/runs_orphaned_by_restart.sql");
+    pub const MIGRATIONS_APPLIED: &str = include_str!("../sql/queries/migrations_applied.sql");
 }
 
 /// The statements of the `sisy` CLI (a thin client over the SQL surface).
 pub mod cli {
     pub const JOBS_LIST: &str = include_str!("../sql/queries/cli/jobs_list.sql");
     pub const JOBS_SHOW: &str = include_str!("../sql/queries/cli/jobs_show.sql");
+    pub const JOBS_SHOW_ENV: &str = include_str!("../sql/queries/cli/jobs_show_env.sql");
     pub const JOBS_ADD: &str = include_str!("../sql/queries/cli/jobs_add.sql");
     pub const JOBS_EDIT: &str = include_str!("../sql/queries/cli/jobs_edit.sql");
     pub const JOBS_RM: &str = include_str!("../sql/queries/cli/jobs_rm.sql");
-    pub const JOBS_UPSERT: &str = include_str!("../sql/queries/cli/jobs_upsert.sql");
+    pub const JOBS_IMPORT_LOCK: &str = include_str!("../sql/queries/cli/jobs_import_lock.sql");
+    pub const JOBS_IMPORT_EXISTING: &str =
+        include_str!("../sql/queries/cli/jobs_import_existing.sql");
+    pub const JOBS_IMPORT_CREATE: &str = include_str!("../sql/queries/cli/jobs_import_create.sql");
+    pub const JOBS_IMPORT_UPDATE: &str = include_str!("../sql/queries/cli/jobs_import_update.sql");
+    pub const JOBS_IMPORT_REMOVE: &str = include_str!("../sql/queries/cli/jobs_import_remove.sql");
+    pub const JOBS_IMPORT_SUSPEND: &str =
+        include_str!("../sql/queries/cli/jobs_import_suspend.sql");
     pub const RUNS_LIST: &str = include_str!("../sql/queries/cli/runs_list.sql");
     pub const RUNS_SHOW: &str = include_str!("../sql/queries/cli/runs_show.sql");
     pub const RUNS_LOGS: &str = include_str!("../sql/queries/cli/runs_logs.sql");

@@ -3,7 +3,8 @@
 //!
 //! Owns the cron-like environment (`HOME`, `USER`, `LOGNAME`, `SHELL`, `PATH`), the job's
 //! `env` over it and the `SISY_*` variables over both (a job cannot fake its own run id).
-//! Every refusal is a sentence for the run's `error`, with whether a retry could help.
+//! Every refusal is a sentence for the run's `error`, with whether a retry could help; an
+//! environment `execve` would refuse is one, caught here rather than in the shim.
 //! Does not start anything (supervisor) nor decide the user policy (users).
 
 use std::time::Duration;
@@ -44,16 +45,9 @@ pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Sp
             error,
             final_: true,
         })?;
+    // Not looked at here: the guardian may be root, and the workdir is the job's to name.
+    // The shim changes to it after the switch of user and words the failure.
     let workdir = run.workdir.clone().unwrap_or_else(|| identity.home.clone());
-    if !std::path::Path::new(&workdir).is_dir() {
-        return Err(Refusal {
-            error: format!(
-                "workdir '{workdir}' does not exist on host {} (or is not a directory)",
-                policy.host
-            ),
-            final_: false,
-        });
-    }
     let mut env: Vec<(String, String)> = vec![
         ("HOME".into(), identity.home.clone()),
         ("USER".into(), identity.name.clone()),
@@ -75,6 +69,10 @@ pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Sp
         run.scheduled_for.to_rfc3339(),
     );
     set(&mut env, "SISY_ATTEMPT".into(), run.attempt.to_string());
+    check_exec_size(&run.command, &env, arg_max()).map_err(|error| Refusal {
+        error,
+        final_: true,
+    })?;
     Ok(Spec {
         run_id: run.id,
         job_name: run.job_name.clone(),
@@ -82,10 +80,49 @@ pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Sp
         env,
         identity,
         workdir,
+        host: policy.host.clone(),
         max_runtime: run.max_runtime,
         kill_grace: run.kill_grace.max(Duration::from_millis(1)),
         output_limit,
     })
+}
+
+/// What `execve` accepts on this host for arguments and environment together: a quarter of
+/// the stack limit, at least 128 KiB (glibc's `sysconf(_SC_ARG_MAX)` follows the kernel).
+fn arg_max() -> usize {
+    // SAFETY: sysconf with a constant name has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_ARG_MAX) } {
+        n if n > 0 => n as usize,
+        _ => MAX_COMMAND_BYTES,
+    }
+}
+
+/// Refuses, with a sentence, an environment `execve` would refuse (E2BIG) when the shim
+/// starts `/bin/sh -c -- COMMAND` with it: one variable longer than Linux allows for one
+/// string, or everything together beyond `arg_max`. The guardian checks it here, once,
+/// rather than letting the size travel to the shim.
+fn check_exec_size(command: &str, env: &[(String, String)], arg_max: usize) -> Result<(), String> {
+    let pointer = std::mem::size_of::<usize>();
+    let mut total = ["/bin/sh", "-c", "--", command]
+        .iter()
+        .map(|a| a.len() + 1 + pointer)
+        .sum::<usize>();
+    for (key, value) in env {
+        let bytes = key.len() + 1 + value.len();
+        if bytes >= MAX_COMMAND_BYTES {
+            return Err(format!(
+                "the job's env variable {key} is {bytes} bytes, more than the {} bytes Linux allows for one variable: put the value in a file and pass its path",
+                MAX_COMMAND_BYTES - 1
+            ));
+        }
+        total += bytes + 1 + pointer;
+    }
+    if total > arg_max {
+        return Err(format!(
+            "the job's command and env take {total} bytes, more than the {arg_max} bytes this host allows a process to start with: put large values in files"
+        ));
+    }
+    Ok(())
 }
 
 fn set(env: &mut Vec<(String, String)>, key: String, value: String) {
@@ -135,6 +172,23 @@ mod tests {
                 ("D".into(), "true".into())
             ]
         );
+    }
+
+    #[test]
+    fn an_environment_exec_would_refuse_is_refused_with_a_sentence() {
+        let env = |value: usize| vec![("BIG".to_string(), "x".repeat(value))];
+        assert_eq!(check_exec_size("true", &env(1000), 1 << 21), Ok(()));
+        let one = check_exec_size("true", &env(MAX_COMMAND_BYTES), 1 << 30).unwrap_err();
+        assert!(
+            one.contains("env variable BIG") && one.contains("put the value in a file"),
+            "{one}"
+        );
+        let many: Vec<_> = (0..40)
+            .map(|i| (format!("V{i}"), "x".repeat(100_000)))
+            .collect();
+        let all = check_exec_size("true", &many, 1 << 21).unwrap_err();
+        assert!(all.contains("command and env take"), "{all}");
+        assert!(check_exec_size(&"x".repeat(1 << 20), &[], 1 << 20).is_err());
     }
 
     #[test]

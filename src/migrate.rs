@@ -5,6 +5,23 @@
 //! starting at once apply each migration once and the others wait and then find nothing to
 //! do. Each migration runs in its own transaction together with its bookkeeping row.
 //! Does not own what the schema means (see the SQL files themselves).
+//!
+//! # Rolling upgrades
+//!
+//! A migration may declare, in a header line `-- compatible-with: N`, that a sisy built for
+//! schema version N (its last migration is N) or later still works once it is applied. The
+//! declaration is recorded in `sisy.migrations.compatible_with`, so that an *older* binary,
+//! which has never seen the file, reads it from the database. A guardian starts when every
+//! migration it knows is applied and every applied migration it does not know declared
+//! itself compatible with it ([`ensure_current`]). No declaration means "needs a sisy that
+//! knows this migration", which is what the migrations before 0011 mean:
+//!
+//! ```text
+//!   applied:  1 2 3 5 6 11 | 12 (compatible-with: 11) 13 (compatible-with: 12)
+//!   sisy knowing 1..11      -> refuses: 13 needs a sisy built for 12 or later
+//!   sisy knowing 1..12      -> starts (13 declared it compatible)
+//!   sisy knowing 1..14      -> refuses: 14 is pending, run `sisy db migrate`
+//! ```
 
 use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
@@ -14,6 +31,31 @@ pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub sql: &'static str,
+}
+
+/// The header line through which a migration declares the oldest compatible sisy.
+const COMPATIBLE_WITH: &str = "-- compatible-with:";
+
+impl Migration {
+    /// The schema version of the oldest sisy that still works once this migration is
+    /// applied (its `-- compatible-with: N` header line), or None when only a sisy that
+    /// knows this migration does. A malformed declaration is an error (a unit test reads
+    /// every migration, so none ships).
+    pub fn compatible_with(&self) -> Result<Option<i32>> {
+        let mut header = self.sql.lines().take_while(|l| l.starts_with("--"));
+        let Some(line) = header.find(|l| l.starts_with(COMPATIBLE_WITH)) else {
+            return Ok(None);
+        };
+        let value = line[COMPATIBLE_WITH.len()..].trim();
+        match value.parse::<i32>() {
+            Ok(n) if n > 0 && n < self.version => Ok(Some(n)),
+            _ => bail!(
+                "migration {:04}_{}: '{line}' must name an earlier schema version",
+                self.version,
+                self.name
+            ),
+        }
+    }
 }
 
 /// Every migration, in order. Append only: a released file is never edited.
@@ -44,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "privileges",
         sql: include_str!("../sql/migrations/0006_privileges.sql"),
     },
+    Migration {
+        version: 11,
+        name: "job_sources",
+        sql: include_str!("../sql/migrations/0011_job_sources.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).
@@ -64,6 +111,24 @@ pub struct Status {
     pub applied: Vec<i32>,
     /// Versions this binary knows and the database lacks.
     pub pending: Vec<i32>,
+    /// Migrations applied by a newer sisy, which this binary does not know.
+    pub unknown: Vec<Unknown>,
+}
+
+/// A migration applied by a newer sisy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unknown {
+    pub version: i32,
+    pub name: String,
+    /// What it declared (`-- compatible-with: N`); None: needs a sisy that knows it.
+    pub compatible_with: Option<i32>,
+}
+
+impl Unknown {
+    /// Whether this binary still works with it applied.
+    pub fn compatible(&self) -> bool {
+        self.compatible_with.is_some_and(|n| n <= latest_version())
+    }
 }
 
 impl Status {
@@ -93,22 +158,25 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
              CREATE TABLE IF NOT EXISTS sisy.migrations (
                  version    int PRIMARY KEY,
                  name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now());",
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             -- What each migration declares about older binaries (see the module doc).
+             ALTER TABLE sisy.migrations ADD COLUMN IF NOT EXISTS compatible_with int;",
         )
         .await
         .context("cannot create the schema sisy: does this user have CREATE on the database?")?;
-    let applied = applied_versions(client).await?;
+    let applied: Vec<i32> = applied_rows(client).await?.iter().map(|r| r.0).collect();
     let mut done = Vec::new();
     // Migrations are applied in version order; a version may be missing from the list
     // (numbers were reserved for work that landed in another order).
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        let compatible_with = m.compatible_with()?;
         let tx = client.transaction().await?;
         tx.batch_execute(m.sql)
             .await
             .with_context(|| format!("migration {:04}_{} failed", m.version, m.name))?;
         tx.execute(
-            "INSERT INTO sisy.migrations (version, name) VALUES ($1, $2)",
-            &[&m.version, &m.name],
+            "INSERT INTO sisy.migrations (version, name, compatible_with) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &compatible_with],
         )
         .await?;
         tx.commit().await?;
@@ -142,11 +210,13 @@ pub async fn roles(client: &mut Client) -> Result<()> {
     )
 }
 
-async fn applied_versions(client: &Client) -> Result<Vec<i32>> {
-    let rows = client
-        .query("SELECT version FROM sisy.migrations ORDER BY version", &[])
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+/// (version, name, declared compatibility) of every applied migration, in order.
+async fn applied_rows(client: &Client) -> Result<Vec<(i32, String, Option<i32>)>> {
+    let rows = client.query(crate::db::q::MIGRATIONS_APPLIED, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Reads where the database stands without changing anything.
@@ -155,20 +225,36 @@ pub async fn status(client: &Client) -> Result<Status> {
         .query_one("SELECT to_regclass('sisy.migrations') IS NOT NULL", &[])
         .await?
         .get(0);
-    let applied = if exists {
-        applied_versions(client).await?
+    let rows = if exists {
+        applied_rows(client).await?
     } else {
         Vec::new()
     };
+    let known = |v: i32| MIGRATIONS.iter().any(|m| m.version == v);
+    let applied: Vec<i32> = rows.iter().map(|r| r.0).collect();
     let pending = MIGRATIONS
         .iter()
         .map(|m| m.version)
         .filter(|v| !applied.contains(v))
         .collect();
-    Ok(Status { applied, pending })
+    let unknown = rows
+        .into_iter()
+        .filter(|r| !known(r.0))
+        .map(|(version, name, compatible_with)| Unknown {
+            version,
+            name,
+            compatible_with,
+        })
+        .collect();
+    Ok(Status {
+        applied,
+        pending,
+        unknown,
+    })
 }
 
-/// Fails unless the database has exactly the schema this binary needs.
+/// Fails unless this binary works with the database's schema: every migration it knows is
+/// applied, and every applied migration it does not know declared itself compatible.
 pub async fn ensure_current(client: &Client) -> Result<()> {
     let status = status(client).await?;
     let known = latest_version();
@@ -178,11 +264,62 @@ pub async fn ensure_current(client: &Client) -> Result<()> {
             status.current()
         );
     }
-    if status.current() > known {
+    let blocking: Vec<String> = status
+        .unknown
+        .iter()
+        .filter(|u| !u.compatible())
+        .map(|u| format!("{:04}_{}", u.version, u.name))
+        .collect();
+    if !blocking.is_empty() {
         bail!(
-            "the database schema is at version {}, newer than this sisy knows ({known}): upgrade sisy on this host",
-            status.current()
+            "the database schema is at version {}, newer than this sisy knows ({known}), and migration(s) {} do not work with this sisy: upgrade sisy on this host",
+            status.current(),
+            blocking.join(", ")
+        );
+    }
+    if !status.unknown.is_empty() {
+        tracing::warn!(
+            schema = status.current(),
+            known,
+            "the database schema is newer than this sisy, and its newer migrations declared themselves compatible with it: upgrade sisy on this host when convenient"
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_declares_a_valid_compatibility() {
+        for m in MIGRATIONS {
+            m.compatible_with().unwrap_or_else(|e| panic!("{e:#}"));
+        }
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    }
+
+    #[test]
+    fn declarations_are_read_from_the_header_only() {
+        let m = |sql| Migration {
+            version: 12,
+            name: "x",
+            sql,
+        };
+        assert_eq!(
+            m("-- 0012: x\n-- compatible-with: 11\nCREATE TABLE t ();")
+                .compatible_with()
+                .unwrap(),
+            Some(11)
+        );
+        assert_eq!(
+            m("-- 0012\nSELECT 1;\n-- compatible-with: 11")
+                .compatible_with()
+                .unwrap(),
+            None
+        );
+        assert!(m("-- compatible-with: 12\n").compatible_with().is_err());
+        assert!(m("-- compatible-with: six\n").compatible_with().is_err());
+    }
 }

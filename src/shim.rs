@@ -3,13 +3,25 @@
 //! guardian.
 //!
 //! ```text
-//!  guardian ──fork from the spawner thread──▶ sisy __run-shim  (own session, child subreaper)
-//!     │  control, its stdin:  lease <ms> | term | kill | EOF          │
-//!     │  reports, its fd 3:   started <pid> | exited <code> |         └──▶ /bin/sh -c COMMAND
-//!     │                       signaled <sig> | unresponsive |              (own session: the
-//!     │                       error <why> | survivors                       job's process group)
+//!  guardian ──fork from the spawner thread──▶ sisy __run-shim ARGS  (own session, subreaper,
+//!     │                                         empty environment, still root)
+//!     │  the job, its fd 4:   command, workdir, env (JSON, read once) │
+//!     │  control, its stdin:  lease <ms> | term | kill | EOF          │ setuid, chdir, then
+//!     │  reports, its fd 3:   started <pid> | exited <code> |         └──▶ /bin/sh -c -- COMMAND
+//!     │                       signaled <sig> | unresponsive |              with the job's env
+//!     │                       error <why> | survivors                      (own session: the
+//!     │                                                                     job's process group)
 //!     └─ output pipe: the shim's stdout/stderr, handed to the shell, never written by the shim
 //! ```
+//!
+//! **Nothing of the job row reaches a process that runs as root.** The shim starts with an
+//! empty environment, so `LD_PRELOAD`, `LD_LIBRARY_PATH`, `LD_AUDIT` and the like in a job's
+//! `env` never reach its dynamic loader; its command line (`ARGS`, visible in `ps`) holds
+//! only what the guardian decided (its pid, the uid and groups, kill_grace, the lease). The
+//! job's command, workdir and environment travel on fd 4 (a memfd, so no value shows in
+//! `ps` or in the shim's own environment), and are applied only to the shell: the switch of
+//! user, then `chdir`, then `execve` with the job's environment, so the loader reads it
+//! in a process that already runs as the job's user.
 //!
 //! The shim owns the job's process tree:
 //! - It is a *child subreaper*: a job process whose parent dies is re-parented to the shim,
@@ -34,7 +46,7 @@
 //! the run's verdict or its output (the guardian reads the output pipe itself).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::LazyLock;
@@ -48,6 +60,7 @@ use tokio::net::unix::pipe;
 use crate::supervisor::Spec;
 
 mod process;
+mod shell;
 
 pub use process::main;
 
@@ -55,27 +68,41 @@ pub use process::main;
 pub const SUBCOMMAND: &str = "__run-shim";
 /// The file descriptor the shim writes its reports to.
 const REPORT_FD: i32 = 3;
+/// The file descriptor the shim reads the job from ([`Job`], JSON).
+const JOB_FD: i32 = 4;
+/// The most the shim reads from [`JOB_FD`]: more than any command and environment exec
+/// accepts (see `launch::spec`), so reaching it means something else is wrong.
+const MAX_JOB_BYTES: u64 = 64 << 20;
 /// How often the shim looks for new descendants while it is stopping the tree.
 const SCAN: Duration = Duration::from_millis(25);
 /// How long the shim waits after SIGKILL for processes that do not die (uninterruptible
 /// sleep) before it reports them and exits.
 const GIVE_UP: Duration = Duration::from_secs(5);
 
-/// What the guardian tells the shim on its command line, as JSON, followed by the command
-/// as an argument of its own (so a command may be as long as `sh -c` allows). The job's
-/// environment is the shim's own, so that no value of it shows in `ps`.
+/// What the guardian tells the shim on its command line, as JSON: only what the guardian
+/// decided, nothing a job row says verbatim (the command line shows in `ps`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Args {
     /// The guardian's pid: when the shim's parent is no longer this, the guardian is gone.
     guardian: i32,
-    #[serde(skip)]
-    command: String,
-    workdir: String,
     /// (uid, gid, supplementary groups) to switch to; None: stay who the guardian is.
     user: Option<(u32, u32, Vec<u32>)>,
     kill_grace_ms: u64,
     /// The watchdog's first deadline, from now.
     lease_ms: u64,
+}
+
+/// What the job row says, handed to the shim on [`JOB_FD`] and applied to the shell only,
+/// after the switch of user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Job {
+    command: String,
+    workdir: String,
+    /// The user's name and the host's, for messages.
+    user_name: String,
+    host: String,
+    /// The shell's whole environment.
+    env: Vec<(String, String)>,
 }
 
 /// What the shim reports about the job.
@@ -134,10 +161,15 @@ pub async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io::Result
     let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
     let (report_r, report_w) = nix::unistd::pipe2(cloexec)?;
     let (control_r, control_w) = nix::unistd::pipe2(cloexec)?;
-    let args = Args {
-        guardian: std::process::id() as i32,
+    let job = job_fd(&Job {
         command: spec.command.clone(),
         workdir: spec.workdir.clone(),
+        user_name: spec.identity.name.clone(),
+        host: spec.host.clone(),
+        env: spec.env.clone(),
+    })?;
+    let args = Args {
+        guardian: std::process::id() as i32,
         user: spec
             .identity
             .switch
@@ -156,24 +188,28 @@ pub async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io::Result
     cmd.arg0("sisy")
         .arg(SUBCOMMAND)
         .arg(serde_json::to_string(&args).map_err(io::Error::other)?)
-        .arg(&args.command)
+        // The shim runs as root: nothing of the job may reach its loader (see above).
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         // The shim holds no directory busy; the shell changes to the workdir itself.
         .current_dir("/")
         .stdin(Stdio::from(control_r))
         .stdout(Stdio::from(output.try_clone()?))
         .stderr(Stdio::from(output));
     let report_fd = report_w.as_raw_fd();
+    let job_fd = job.as_raw_fd();
     let guardian = args.guardian;
     // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl, getppid) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if report_fd == REPORT_FD {
-                if libc::fcntl(REPORT_FD, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(report_fd, REPORT_FD) < 0 {
+            // Out of the way first, so that placing one cannot overwrite the other; dup2
+            // clears close-on-exec on the copies at 3 and 4, the others close at exec.
+            let report = libc::fcntl(report_fd, libc::F_DUPFD_CLOEXEC, 10);
+            let job = libc::fcntl(job_fd, libc::F_DUPFD_CLOEXEC, 10);
+            if report < 0
+                || job < 0
+                || libc::dup2(report, REPORT_FD) < 0
+                || libc::dup2(job, JOB_FD) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The spawner thread lives as long as the guardian process, so this fires when
@@ -189,6 +225,7 @@ pub async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io::Result
     }
     let child = spawn_from_spawner_thread(cmd).await?;
     drop(report_w);
+    drop(job);
     Ok(Handle {
         child,
         reports: Reports {
@@ -198,6 +235,23 @@ pub async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io::Result
             pipe: pipe::Sender::from_owned_fd(control_w)?,
         },
     })
+}
+
+/// The job written to an anonymous memory file, rewound for the shim to read: unlike a pipe
+/// it holds any size without a writer waiting on the reader, and shows in no `ps`.
+fn job_fd(job: &Job) -> io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    // SAFETY: memfd_create with a valid C string; the descriptor is owned from here on.
+    let fd = unsafe { libc::memfd_create(c"sisy-job".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nothing else.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    serde_json::to_writer(&mut file, job).map_err(io::Error::other)?;
+    file.flush()?;
+    file.rewind()?;
+    Ok(file.into())
 }
 
 /// The shim's reports, read line by line.

@@ -35,6 +35,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     pub identity: Identity,
     pub workdir: String,
+    /// This host's name, for the shim's sentences.
+    pub host: String,
     pub max_runtime: Option<Duration>,
     pub kill_grace: Duration,
     pub output_limit: usize,

@@ -22,12 +22,14 @@ fuzz_target!(|data: &[u8]| {
         source: "fuzz".to_owned(),
         run_as: None,
         pool: "default".to_owned(),
+        timezone: None,
     };
     let system = ImportOptions {
         system: true,
         source: "crontab".to_owned(),
         run_as: Some("alice".to_owned()),
         pool: "web".to_owned(),
+        timezone: Some("Europe/Amsterdam".to_owned()),
     };
     for opts in [user, system] {
         let import = crontab::parse(&text, &opts);

@@ -70,7 +70,10 @@ pub struct JobFields {
 pub async fn run(client: &mut Client, cmd: JobsCommand, json: bool) -> Result<()> {
     match cmd {
         JobsCommand::List => list(client, json).await,
-        JobsCommand::Show { name } => show(client, &name, json).await,
+        JobsCommand::Show {
+            name,
+            show_env_values,
+        } => show(client, &name, show_env_values, json).await,
         JobsCommand::Add { name, fields } => add(client, &name, &fields, json).await,
         JobsCommand::Edit {
             name,
@@ -138,7 +141,21 @@ async fn list(client: &Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn show(client: &Client, name: &str, json: bool) -> Result<()> {
+/// The job, its env variables by name only unless `with_values` (asked for explicitly:
+/// values are where secrets live, and a role without the right is refused, not shown less).
+async fn show(client: &Client, name: &str, with_values: bool, json: bool) -> Result<()> {
+    let env = if with_values {
+        let rows = client.query(q::JOBS_SHOW_ENV, &[&name]).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                anyhow::anyhow!("this database role cannot read job env values (only sisy_admin may): run without --show-env-values to see the variable names")
+            } else {
+                sql_error(e, "")
+            }
+        })?;
+        rows.first().map(|r| r.get::<_, Value>(0))
+    } else {
+        None
+    };
     let rows = client
         .query(q::JOBS_SHOW, &[&name])
         .await
@@ -146,7 +163,21 @@ async fn show(client: &Client, name: &str, json: bool) -> Result<()> {
     let Some(row) = rows.first() else {
         bail!("no job named '{name}': see `sisy jobs list`");
     };
-    output::record(&row.get(0), json);
+    let mut job: Value = row.get(0);
+    if let Some(env) = env {
+        job["env"] = env;
+    }
+    if !json {
+        // One line a person reads: `MODE, TOKEN` rather than a JSON array.
+        let keys = job["env_keys"].as_array().map(|keys| {
+            let names: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
+            names.join(", ")
+        });
+        job["env_keys"] = keys
+            .filter(|k| !k.is_empty())
+            .map_or(Value::Null, Value::String);
+    }
+    output::record(&job, json);
     Ok(())
 }
 

@@ -67,7 +67,7 @@ pub enum Command {
     /// Cron expressions.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
-    /// Turn a crontab file into jobs (re-importing does not duplicate).
+    /// Sync jobs with a crontab file: a re-import updates, creates and removes jobs.
     ImportCrontab(import::ImportArgs),
     /// The fleet on one screen: hosts, running, failing jobs, missed runs.
     Status,
@@ -103,8 +103,13 @@ pub enum DbCommand {
 pub enum JobsCommand {
     /// All jobs with their status.
     List,
-    /// One job: definition and status.
-    Show { name: String },
+    /// One job: definition (the names of its env variables, not their values) and status.
+    Show {
+        name: String,
+        /// Print the env values too (they may be secrets; sisy_reader may not read them).
+        #[arg(long)]
+        show_env_values: bool,
+    },
     /// Create a job.
     Add {
         name: String,
@@ -196,10 +201,14 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
             count,
         }) => Ok(schedule::check(&expr, &tz, after, count, json)?),
         Command::Generate { out } => Ok(generate::run(&out)?),
-        Command::ImportCrontab(args) if args.dry_run => Ok(import::run(None, &args, json).await?),
         command => {
             let mut client = client(cli.database_url.as_deref()).await?;
             let c = &mut client;
+            // The schema is judged as a guardian judges it: a database to migrate, or one
+            // too new for this binary, is said so instead of failing on a missing column.
+            if !matches!(command, Command::Db(_)) {
+                migrate::ensure_current(c).await?;
+            }
             let done = match command {
                 Command::Db(DbCommand::Migrate) => db_migrate(c, json).await,
                 Command::Db(DbCommand::Status) => db_status(c, json).await,
@@ -207,7 +216,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 Command::Jobs(cmd) => jobs::run(c, *cmd, json).await,
                 Command::Runs(cmd) => runs::run(c, cmd, json).await,
                 Command::Hosts(cmd) => hosts::run(c, cmd, json).await,
-                Command::ImportCrontab(args) => import::run(Some(c), &args, json).await,
+                Command::ImportCrontab(args) => import::run(c, &args, json).await,
                 Command::Status => status::run(c, json).await,
                 Command::Guardian(_) | Command::Schedule(_) | Command::Generate { .. } => {
                     unreachable!("handled above")
@@ -220,12 +229,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
 
 async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let default = std::path::Path::new(crate::config::DEFAULT_PATH);
-    match args.config.as_deref() {
-        Some(path) => refuse_writable_by_others(path)?,
-        None if default.exists() => refuse_writable_by_others(default)?,
-        None => {}
-    }
+    // Refuses a file other users could change (config::trust).
     let config = GuardianConfig::load(args.config.as_deref(), &env)?;
     if args.check_config {
         print!("{}", config.to_redacted_toml());
@@ -233,28 +237,6 @@ async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result
     }
     crate::logging::init(matches!(config.log_format, crate::config::LogFormat::Json));
     guardian::run(config, shutdown).await
-}
-
-/// The config decides what this host runs and as whom: a file that users other than its
-/// owner (and its group, when that is root's) can change is refused.
-fn refuse_writable_by_others(path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(()); // a missing file is reported by the config loader
-    };
-    let shown = path.display();
-    if meta.mode() & 0o002 != 0 {
-        anyhow::bail!(
-            "{shown} is writable by every user, who could then make this host run anything: run `chmod o-w {shown}`"
-        );
-    }
-    if meta.mode() & 0o020 != 0 && meta.gid() != 0 {
-        anyhow::bail!(
-            "{shown} is writable by its group (gid {}), whose members could then make this host run anything: run `chmod g-w {shown}`",
-            meta.gid()
-        );
-    }
-    Ok(())
 }
 
 /// A client for the one-shot subcommands; failure to connect is exit code 3.
@@ -329,6 +311,12 @@ async fn db_status(client: &Client, json: bool) -> Result<()> {
                 "latest": migrate::latest_version(),
                 "applied": status.applied,
                 "pending": status.pending,
+                "newer": status.unknown.iter().map(|u| serde_json::json!({
+                    "version": u.version,
+                    "name": u.name,
+                    "compatible_with": u.compatible_with,
+                    "compatible": u.compatible(),
+                })).collect::<Vec<_>>(),
             })
         );
         return Ok(());
@@ -345,6 +333,14 @@ async fn db_status(client: &Client, json: bool) -> Result<()> {
             "pending"
         };
         println!("  {:04}_{:<12} {state}", m.version, m.name);
+    }
+    for u in &status.unknown {
+        let verdict = if u.compatible() {
+            "applied by a newer sisy, compatible with this one"
+        } else {
+            "applied by a newer sisy, NOT compatible with this one: upgrade sisy on this host"
+        };
+        println!("  {:04}_{:<12} {verdict}", u.version, u.name);
     }
     if !status.pending.is_empty() {
         println!("run `sisy db migrate` to apply the pending migrations");

@@ -1,5 +1,5 @@
-//! The shim process itself: `sisy __run-shim ARGS COMMAND`, started by the guardian (see
-//! the parent module for the protocol and the guarantees).
+//! The shim process itself: `sisy __run-shim ARGS`, started by the guardian with the job on
+//! fd 4 (see the parent module for the protocol and the guarantees).
 //!
 //! A single-threaded `poll` loop over the control pipe (stdin) and a signalfd, with the
 //! watchdog deadline and the stop timers as its timeout:
@@ -15,12 +15,10 @@
 //! Does not start a runtime, take a lock or know about the database.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
@@ -28,19 +26,15 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::{Args, GIVE_UP, REPORT_FD, Report, SCAN, SUBCOMMAND};
+use super::shell::spawn_shell;
+use super::{Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND};
 
 /// The shim's entry point: `sisy __run-shim ARGS`; never returns.
 pub fn main(args: &[OsString]) -> ! {
     let parsed = match args {
-        [json, command] => json
+        [json] => json
             .to_str()
-            .and_then(|a| serde_json::from_str::<Args>(a).ok())
-            .zip(command.to_str())
-            .map(|(args, command)| Args {
-                command: command.to_string(),
-                ..args
-            }),
+            .and_then(|a| serde_json::from_str::<Args>(a).ok()),
         _ => None,
     };
     let code = match parsed {
@@ -60,7 +54,8 @@ fn run(args: Args) -> i32 {
         return 2;
     }
     let mut reports = unsafe { File::from_raw_fd(REPORT_FD) };
-    match Shim::start(args, &mut reports) {
+    let started = read_job().and_then(|job| Shim::start(args, &job, &mut reports));
+    match started {
         Ok(mut shim) => shim.supervise(&mut reports),
         Err(e) => {
             let _ = reports.write_all(Report::Error(e).line().as_bytes());
@@ -97,8 +92,27 @@ struct Stopping {
     termed: HashSet<i32>,
 }
 
+/// The job the guardian wrote on [`JOB_FD`]; the descriptor is closed before the shell
+/// starts, so the job never sees it.
+fn read_job() -> Result<Job, String> {
+    // SAFETY: fcntl with integer arguments; F_GETFD only tells whether fd 4 is open.
+    if unsafe { libc::fcntl(JOB_FD, libc::F_GETFD) } < 0 {
+        return Err(format!(
+            "{SUBCOMMAND} was started without the job on fd {JOB_FD}"
+        ));
+    }
+    // SAFETY: fd 4 is open (checked above) and was handed to this process to own.
+    let file = unsafe { File::from_raw_fd(JOB_FD) };
+    let mut text = Vec::new();
+    file.take(MAX_JOB_BYTES)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("cannot read the job from the guardian: {e}"))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| format!("the guardian's job description is unreadable: {e}"))
+}
+
 impl Shim {
-    fn start(args: Args, reports: &mut File) -> Result<Shim, String> {
+    fn start(args: Args, job: &Job, reports: &mut File) -> Result<Shim, String> {
         let os = |what: &str, e: nix::Error| format!("{what}: {e}");
         // Own session: signals aimed at the guardian's group or terminal do not reach us.
         let _ = nix::unistd::setsid();
@@ -128,7 +142,7 @@ impl Shim {
         // SAFETY: fd 0 is the control pipe the guardian gave us as stdin.
         let control = unsafe { File::from_raw_fd(0) };
         set_nonblocking(0).map_err(|e| format!("control pipe: {e}"))?;
-        let shell = spawn_shell(&args)?;
+        let shell = spawn_shell(&args, job)?;
         let _ = reports.write_all(Report::Started(shell.as_raw() as u32).line().as_bytes());
         // The output pipe is the job's alone: EOF comes when the job's processes are gone.
         detach_stdio();
@@ -311,59 +325,6 @@ impl Shim {
             }
         }
     }
-}
-
-/// Starts `/bin/sh -c COMMAND` in its own session, as the job's user, in its workdir.
-fn spawn_shell(args: &Args) -> Result<Pid, String> {
-    let workdir = CString::new(args.workdir.as_bytes())
-        .map_err(|_| "the workdir contains a NUL byte".to_string())?;
-    let user = args.user.clone();
-    let me = nix::unistd::getpid().as_raw();
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&args.command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    // SAFETY: only async-signal-safe calls on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some((uid, gid, groups)) = &user
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0)
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::chdir(workdir.as_ptr()) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Set after setuid, which clears it. The shim is single-threaded, so its one
-            // thread is the process.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != me {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-    let user_name = std::env::var("USER").unwrap_or_default();
-    let child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start /bin/sh as user '{user_name}' in '{}': {e}",
-            args.workdir
-        )
-    })?;
-    let pid = Pid::from_raw(child.id() as i32);
-    // The shim reaps its children itself (waitpid(-1)); the std handle is not needed.
-    std::mem::forget(child);
-    Ok(pid)
 }
 
 /// Sends the tree its signal: SIGTERM once per target while `killed` is false, SIGKILL to

@@ -259,3 +259,27 @@ async fn a_job_escaping_its_group_with_setsid_is_still_cleaned_up() {
         "the setsid escapee {pid} outlived its run"
     );
 }
+
+/// A command that starts with `-` is a command for the shell, not options to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_starting_with_a_dash_is_not_taken_for_options() {
+    let (db, client) = migrated_db().await;
+    let _g = Guardian::start(&db, "g1", "");
+    let (state, error) = run_job(
+        &client,
+        "dashed",
+        "command",
+        "'--version 2>/dev/null; echo ran'",
+    )
+    .await;
+    assert_eq!(state, "succeeded", "{error:?}");
+    let out: String = client
+        .query_one(
+            "SELECT output FROM sisy.runs WHERE job_name = 'dashed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(out, "ran\n");
+}

@@ -9,13 +9,13 @@ use serde_json::Value;
 use crate::pg::TestDb;
 use crate::util::{Guardian, fleet, migrated_db, sisy, wait_finished};
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn sisy_on(db: &TestDb, args: &[&str]) -> Ran {
+pub(crate) fn sisy_on(db: &TestDb, args: &[&str]) -> Ran {
     let out: Output = sisy()
         .args(["--database-url", &db.url])
         .args(args)
@@ -28,20 +28,20 @@ fn sisy_on(db: &TestDb, args: &[&str]) -> Ran {
     }
 }
 
-fn ok(db: &TestDb, args: &[&str]) -> String {
+pub(crate) fn ok(db: &TestDb, args: &[&str]) -> String {
     let r = sisy_on(db, args);
     assert_eq!(r.code, 0, "sisy {args:?} failed: {}", r.stderr);
     r.stdout
 }
 
-fn json(db: &TestDb, args: &[&str]) -> Value {
+pub(crate) fn json(db: &TestDb, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     serde_json::from_str(&ok(db, &all)).unwrap()
 }
 
 /// Fails with exit code `code` and one line on stderr containing every word of `words`.
-fn fails(db: &TestDb, args: &[&str], code: i32, words: &[&str]) -> String {
+pub(crate) fn fails(db: &TestDb, args: &[&str], code: i32, words: &[&str]) -> String {
     let r = sisy_on(db, args);
     assert_eq!(
         r.code, code,
@@ -83,7 +83,7 @@ async fn jobs_commands_manage_jobs_and_refuse_bad_input() {
         ],
     );
     assert!(out.contains("created job 'backup'"), "{out}");
-    let job = json(&db, &["jobs", "show", "backup"]);
+    let job = json(&db, &["jobs", "show", "backup", "--show-env-values"]);
     assert_eq!(job["schedule"], "30 2 * * *");
     assert_eq!(job["timezone"], "Europe/Amsterdam");
     assert_eq!(job["max_retries"], 2);
@@ -104,7 +104,7 @@ async fn jobs_commands_manage_jobs_and_refuse_bad_input() {
             "1h",
         ],
     );
-    let job = json(&db, &["jobs", "show", "backup"]);
+    let job = json(&db, &["jobs", "show", "backup", "--show-env-values"]);
     assert_eq!(job["schedule"], "0 3 * * *");
     assert_eq!(job["env"], serde_json::json!({"B": "two words"}));
     assert_eq!(job["max_runtime"], "01:00:00");
@@ -405,55 +405,6 @@ fn an_unreachable_database_is_exit_code_3() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_crontab_dry_runs_imports_once_and_refuses_reboot() {
-    let (db, client) = migrated_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("crontab");
-    std::fs::write(
-        &file,
-        "# a user crontab\nMAILTO=ops@example.net\nCRON_TZ=Europe/Amsterdam\n*/5 * * * * /usr/bin/check\n0 3 * * 1 backup --full % now\n",
-    )
-    .unwrap();
-    let f = file.to_str().unwrap();
-    let dry = ok(&db, &["import-crontab", f, "--dry-run"]);
-    assert!(dry.contains("would import 2 job(s)"), "{dry}");
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM sisy.jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0, "a dry run wrote");
-    let first = ok(&db, &["import-crontab", f]);
-    assert!(first.contains("2 created"), "{first}");
-    let again = ok(&db, &["import-crontab", f]);
-    assert!(
-        again.contains("0 created, 0 updated, 2 unchanged"),
-        "{again}"
-    );
-    let tz: String = client
-        .query_one("SELECT DISTINCT timezone FROM sisy.jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(tz, "Europe/Amsterdam");
-
-    std::fs::write(&file, "@reboot /usr/bin/startup\n* * * * * true\n").unwrap();
-    let r = sisy_on(&db, &["import-crontab", f]);
-    assert_eq!(r.code, 1);
-    assert!(
-        r.stderr.contains("@reboot") && r.stderr.contains("nothing was imported"),
-        "{}",
-        r.stderr
-    );
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM sisy.jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_monitoring_queries_run() {
     let (_db, client) = migrated_db().await;
     let readme =
@@ -481,4 +432,71 @@ async fn the_readme_monitoring_queries_run() {
             .await
             .unwrap_or_else(|e| panic!("README query failed: {sql}: {e}"));
     }
+}
+
+/// `sisy jobs show` as each role, through the real binary: a reader sees the job and the
+/// names of its env variables; nobody sees their values unless asking with
+/// `--show-env-values`, which a reader is refused with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_show_hides_env_values_and_works_for_every_role() {
+    let (db, owner) = migrated_db().await;
+    ok(&db, &["db", "roles"]);
+    owner
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, env) VALUES ('secretive', 'echo ok', '{\"TOKEN\": \"s3cret\", \"MODE\": \"fast\"}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (reader_url, _reader) = crate::security::login_as(&db, &owner, "sisy_reader").await;
+    let (admin_url, _admin) = crate::security::login_as(&db, &owner, "sisy_admin").await;
+    let as_role = |url: &str| TestDb {
+        name: db.name.clone(),
+        url: url.to_string(),
+    };
+    for role in [as_role(&reader_url), as_role(&admin_url)] {
+        // The other reading commands work for both roles too.
+        for args in [
+            &["jobs", "list"][..],
+            &["status"],
+            &["runs", "list"],
+            &["hosts", "list"],
+        ] {
+            ok(&role, args);
+        }
+        let text = ok(&role, &["jobs", "show", "secretive"]);
+        assert!(
+            text.contains("echo ok") && text.contains("MODE, TOKEN") && !text.contains("s3cret"),
+            "{text}"
+        );
+        let v = json(&role, &["jobs", "show", "secretive"]);
+        assert_eq!(v["command"], "echo ok", "{v}");
+        assert_eq!(v["env_keys"], serde_json::json!(["MODE", "TOKEN"]), "{v}");
+        assert!(
+            v.get("env").is_none() && !v.to_string().contains("s3cret"),
+            "{v}"
+        );
+    }
+    fails(
+        &as_role(&reader_url),
+        &["jobs", "show", "secretive", "--show-env-values"],
+        1,
+        &["cannot read", "env", "without --show-env-values"],
+    );
+    let text = ok(
+        &as_role(&admin_url),
+        &["jobs", "show", "secretive", "--show-env-values"],
+    );
+    assert!(text.contains("s3cret"), "{text}");
+    let v = json(
+        &as_role(&admin_url),
+        &["jobs", "show", "secretive", "--show-env-values"],
+    );
+    assert_eq!(v["env"]["TOKEN"], "s3cret", "{v}");
+    fails(
+        &as_role(&reader_url),
+        &["jobs", "show", "nothing"],
+        1,
+        &["no job named 'nothing'"],
+    );
 }

@@ -8,8 +8,8 @@ use tokio_postgres::NoTls;
 use crate::pg::TestDb;
 use crate::util::{Guardian, migrated_db, sisy, wait_finished, wait_until};
 
-/// Creates a log-in role that is a member of `group`, and connects as it.
-async fn login_as(
+/// Creates a log-in role that is a member of `group`, and connects as it; returns its URL.
+pub(crate) async fn login_as(
     db: &TestDb,
     admin: &tokio_postgres::Client,
     group: &str,
@@ -159,6 +159,72 @@ fn a_guardian_refuses_a_config_file_others_can_write() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("writable by every user") && err.contains("chmod o-w"),
+        "{err}"
+    );
+}
+
+/// A root guardian refuses a config file another user owns (that user could edit it), and
+/// one in a directory others may write to (they could swap the file).
+#[test]
+fn a_root_guardian_refuses_a_config_file_another_user_could_change() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root"
+    );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let check = |config: &std::path::Path| {
+        let out = sisy()
+            .args(["guardian", "--check-config", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let text = "database_url = \"host=/nonexistent dbname=x\"\n";
+
+    let dir = tempfile::tempdir().unwrap();
+    let owned = dir.path().join("owned.toml");
+    std::fs::write(&owned, text).unwrap();
+    nix::unistd::chown(&owned, Some(nobody.uid), None).unwrap();
+    let (code, err) = check(&owned);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is owned by nobody") && err.contains("chown root"),
+        "{err}"
+    );
+    nix::unistd::chown(&owned, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    let (code, err) = check(&owned);
+    assert_eq!(code, Some(0), "a root-owned config is fine: {err}");
+
+    let open_dir = dir.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let swappable = open_dir.join("guardian.toml");
+    std::fs::write(&swappable, text).unwrap();
+    let (code, err) = check(&swappable);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&open_dir.display().to_string())
+            && err.contains("writable by every user")
+            && err.contains("chmod o-w"),
+        "{err}"
+    );
+    // The sticky bit lets others add files but not replace root's: that is fine (/tmp).
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (code, err) = check(&swappable);
+    assert_eq!(code, Some(0), "{err}");
+
+    let their_dir = dir.path().join("theirs");
+    std::fs::create_dir(&their_dir).unwrap();
+    nix::unistd::chown(&their_dir, Some(nobody.uid), None).unwrap();
+    let in_theirs = their_dir.join("guardian.toml");
+    std::fs::write(&in_theirs, text).unwrap();
+    let (code, err) = check(&in_theirs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&their_dir.display().to_string()) && err.contains("owned by nobody"),
         "{err}"
     );
 }

@@ -1,7 +1,13 @@
--- The job's definition and status in one object.
-SELECT to_jsonb(j) || jsonb_build_object(
+-- The job's definition and status in one object, readable by every role: `env` itself is
+-- not read (sisy_reader may not), only the names of its variables (sisy.job_env_keys).
+SELECT to_jsonb(d) || jsonb_build_object(
+           'env_keys', k.env_keys,
            'last_run_id', s.last_run_id, 'last_state', s.last_state,
            'last_finished_at', s.last_finished_at, 'last_success_at', s.last_success_at,
            'consecutive_failures', s.consecutive_failures, 'running', s.running)
-  FROM sisy.jobs j JOIN sisy.job_status s ON s.id = j.id
- WHERE j.name = $1
+  FROM (SELECT id, name, command, schedule, timezone, pool, target, ttl, max_runtime,
+               kill_grace, max_retries, retry_delay, overlap, jitter, run_as, workdir,
+               suspended, source, created_at, updated_at, next_due, schedule_error
+          FROM sisy.jobs WHERE name = $1) d
+  JOIN sisy.job_env_keys k ON k.id = d.id
+  JOIN sisy.job_status s ON s.id = d.id
