@@ -144,6 +144,7 @@ pub async fn connect_for_notifications(url: &str) -> Result<(Client, Connection)
 /// A pool of connections for the guardian's services.
 pub fn pool(url: &str, size: usize) -> Result<Pool> {
     let endpoint = Endpoint::resolve(url, &process_env())?;
+    let limit = endpoint.connect_limit();
     let manager = Manager::from_config(
         endpoint.config,
         endpoint.connector,
@@ -151,8 +152,12 @@ pub fn pool(url: &str, size: usize) -> Result<Pool> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // A new connection gets the same bound as `connect`'s: a server that accepts and never
+    // answers is a failed attempt, not a pool that waits forever.
     Pool::builder(manager)
         .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .create_timeout(Some(limit))
         .build()
         .context("cannot build the database connection pool")
 }
@@ -171,6 +176,12 @@ pub fn error_message(e: &tokio_postgres::Error) -> String {
 /// clamped to it when read, so that no sum of a due time and a row's intervals can leave the
 /// range of a timestamp or of the monotonic clock.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3_155_760_000);
+
+/// Whether `error` is a failed TLS handshake with the server (an untrusted or expired
+/// certificate, a name it is not valid for): a setting to fix, not an outage to wait out.
+pub fn is_tls_failure(error: &anyhow::Error) -> bool {
+    tls::handshake_failed(error)
+}
 
 /// Converts seconds (as PostgreSQL's `extract(epoch …)` returns them) to a Duration,
 /// treating NULL, negatives and NaN as zero and clamping at [`MAX_INTERVAL`] (an infinite
@@ -252,10 +263,37 @@ impl Endpoint {
     }
 
     async fn connect(&self) -> Result<(Client, Connection)> {
-        self.config
-            .connect(self.connector.clone())
-            .await
-            .map_err(|e| self.connect_error(e))
+        let limit = self.connect_limit();
+        match tokio::time::timeout(limit, self.config.connect(self.connector.clone())).await {
+            Ok(connected) => connected.map_err(|e| self.connect_error(e)),
+            Err(_) => Err(anyhow::Error::new(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            ))
+            .context(format!(
+                "cannot connect to the database at {}: no answer within {limit:?} \
+                 (connect_timeout per host): check the URL, the network and that PostgreSQL is running",
+                describe(&self.config)
+            ))),
+        }
+    }
+
+    /// The longest a whole connection attempt may take, handshake and authentication
+    /// included, as libpq reads `connect_timeout` (tokio-postgres bounds the socket's
+    /// connect only, so a server that accepts and never answers would hang it): the timeout
+    /// for each host the string names, one after the other.
+    fn connect_limit(&self) -> Duration {
+        let per_host = self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let hosts = self
+            .config
+            .get_hosts()
+            .len()
+            .max(self.config.get_hostaddrs().len())
+            .max(1);
+        per_host * hosts as u32
     }
 
     /// The error of a failed connection attempt, as a sentence saying what to do.
@@ -518,6 +556,16 @@ mod tests {
         let (none, source) = password(url, &[passfile]);
         assert_eq!(none, None);
         assert!(matches!(source, PasswordSource::FileIgnored(why) if why.contains("chmod 0600")));
+    }
+
+    #[test]
+    fn a_connection_attempt_is_bounded_by_connect_timeout_per_host() {
+        let limit = |url: &str| resolve(url, &[]).unwrap().connect_limit();
+        assert_eq!(limit("host=db.example"), Duration::from_secs(10));
+        assert_eq!(
+            limit("host=a.example,b.example connect_timeout=3"),
+            Duration::from_secs(6)
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! a wake-up (LISTEN/NOTIFY, a finished run) or the safety poll, whichever comes first.
 //! Does not own SQL semantics (scheduler, claimer) nor processes (supervisor).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use crate::claimer::{Admission, ClaimedRun, Claimer};
@@ -184,7 +186,9 @@ impl Dispatcher {
     }
 
     /// At shutdown: runs claimed but never started (waiting to replace another) end as
-    /// killed by the shutdown, which retries them where the job allows.
+    /// killed by the shutdown, which retries them where the job allows. Their results are
+    /// written by tasks of the task tracker, like those of finished runs, so that the
+    /// shutdown sequence bounds them the same way (database or spool).
     async fn release_waiting(&mut self) {
         let verdict = Verdict {
             state: "killed",
@@ -195,15 +199,13 @@ impl Dispatcher {
             let outcome = supervisor::Outcome::default();
             let entry =
                 recorder::entry(&self.shared.host, run.id, &run.job_name, &verdict, &outcome);
-            if let Err(e) = self
-                .shared
-                .recorder
-                .record(&entry, &self.shared.abandon)
-                .await
-            {
-                tracing::warn!(run_id = run.id, error = %e, "could not release a claimed run at shutdown");
-            }
-            self.shared.hold(run.id, false);
+            let shared = self.shared.clone();
+            self.shared.tasks.spawn(async move {
+                if let Err(e) = shared.recorder.record(&entry, &shared.abandon).await {
+                    tracing::warn!(run_id = run.id, error = %e, "could not release a claimed run at shutdown; its result stays in the spool");
+                }
+                shared.hold(run.id, false);
+            });
         }
     }
 
@@ -285,7 +287,9 @@ impl Dispatcher {
     }
 }
 
-/// Runs one admitted run to its recorded end.
+/// Runs one admitted run to its recorded end. A panic while supervising it (a bug) is
+/// caught: the run is recorded `failed` with the reason (its shim, whose control pipe
+/// closed, stops the job) and the guardian is told to stop (see `guardian`).
 async fn supervise(
     shared: &Arc<Shared>,
     run: ClaimedRun,
@@ -293,6 +297,48 @@ async fn supervise(
     stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
     pid_tx: watch::Sender<Option<u32>>,
 ) {
+    let (id, job) = (run.id, run.job_name.clone());
+    let supervised = AssertUnwindSafe(supervise_run(shared, run, latency, stop_rx, pid_tx))
+        .catch_unwind()
+        .await;
+    let Err(panic) = supervised else {
+        return;
+    };
+    let why = crate::guardian::panic_message(panic.as_ref());
+    tracing::error!(run_id = id, job = %job, reason = %why, "the supervisor task of a run panicked");
+    let verdict = Verdict {
+        state: "failed",
+        error: Some(format!(
+            "the guardian on {} failed while supervising this run (a bug: {why}); its run shim stops the job",
+            shared.host
+        )),
+        no_retry: false,
+    };
+    let entry = recorder::entry(&shared.host, id, &job, &verdict, &Default::default());
+    if let Err(e) = shared.recorder.record(&entry, &shared.abandon).await {
+        tracing::error!(run_id = id, error = %e, "result not recorded; it stays in the spool for the next start");
+    }
+    shared
+        .runs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    shared.hold(id, false);
+    shared.ended.notify_waiters();
+    shared.fail(format!(
+        "the supervisor task of run {id} panicked ({why}; a bug: please report it)"
+    ));
+}
+
+/// [`supervise`] without the safety net.
+async fn supervise_run(
+    shared: &Arc<Shared>,
+    run: ClaimedRun,
+    latency: Duration,
+    stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
+    pid_tx: watch::Sender<Option<u32>>,
+) {
+    crate::guardian::fault_point("supervisor");
     let host = &shared.host;
     let cfg = shared.config();
     let stopped_early = stop_rx.borrow().clone();
@@ -331,6 +377,7 @@ async fn supervise(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&run.id);
+                shared.ended.notify_waiters();
                 let verdict = recorder::verdict(&outcome, run.max_runtime, host);
                 (outcome, verdict)
             }
@@ -374,6 +421,7 @@ async fn supervise(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&run.id);
     shared.hold(run.id, false);
+    shared.ended.notify_waiters();
     // Capacity freed: the dispatcher may claim again.
     shared.wake.notify_one();
 }

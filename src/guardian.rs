@@ -11,27 +11,30 @@
 //! 4. write the results the previous process left in the spool, then declare the runs it
 //!    left running `lost`;
 //! 5. run the services — dispatcher (scheduler + claimer + supervisors), heartbeat, listener,
-//!    reaper — until the shutdown token fires.
+//!    reaper — until the shutdown token fires or one of them fails.
 //!
-//! Steps 2–4 are safe to repeat: if the database goes away midway, the sequence starts again.
-//! SIGHUP ([`request_reload`]) reads the config file again and applies what a running
-//! guardian can (see [`GuardianConfig::reload`]) without touching running jobs. Shutdown:
-//! stop claiming, let running jobs finish for up to `shutdown_grace`, stop the rest (state
+//! Steps 2–4 are safe to repeat: if the database goes away midway, or does not answer within
+//! a lease, the sequence starts again (`startup`). SIGHUP ([`request_reload`]) reads the
+//! config file again and applies what a running guardian can (see
+//! [`GuardianConfig::reload`]) without touching running jobs. Shutdown (`shutdown`): stop
+//! claiming, let running jobs finish for up to `shutdown_grace`, stop the rest (state
 //! `killed`, error 'guardian shutdown'), record every result (or leave it in the spool), and
-//! give up the lease. Shared state between the services lives in [`Shared`], with the
-//! reasoning on its fields.
+//! give up the lease; every wait in it is bounded, database or not. The services are
+//! watched (`services`): one that ends or panics before shutdown, or a run's supervisor task
+//! that panics, stops the guardian the same way, its jobs at once, and [`run`] returns an
+//! error so that the process exits non-zero and systemd restarts it. Shared state between
+//! the services lives in [`Shared`], with the reasoning on its fields.
+
+mod services;
+mod shutdown;
+mod startup;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use deadpool_postgres::Pool;
-use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,12 +42,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::GuardianConfig;
 use crate::db::{self, q};
 use crate::orphans::Registry;
-use crate::outage::{self, Outage};
+use crate::outage::Outage;
 use crate::recorder::Recorder;
-use crate::spool::Spool;
 use crate::supervisor::StopReason;
 use crate::users::Policy;
-use crate::{dispatcher, heartbeat, listener, migrate, reaper};
+use crate::{dispatcher, heartbeat, listener, reaper};
+use services::Services;
+pub(crate) use services::{fault_point, panic_message};
+use startup::StateDir;
 
 /// A run this guardian is supervising.
 pub struct RunHandle {
@@ -62,6 +67,9 @@ pub struct Shared {
     config: RwLock<Arc<GuardianConfig>>,
     /// This host's name: fixed for the life of the process (a reload keeps it).
     pub host: String,
+    /// This process's registration of the name (`sisy.hosts.started_at`): the heartbeat
+    /// renews the lease only while the row is still this registration's.
+    pub incarnation: chrono::DateTime<chrono::Utc>,
     pub db: Pool,
     /// A connection of the heartbeat's own, so that renewing the lease never waits behind
     /// the other services (say, sixteen results being written at once).
@@ -78,12 +86,19 @@ pub struct Shared {
     pub early_stops: Mutex<HashMap<i64, StopReason>>,
     /// Wakes the dispatcher: a notification arrived, a run finished, the host changed.
     pub wake: Notify,
+    /// Notified each time a run's process has ended (removed from `runs`): shutdown waits
+    /// on it for the jobs to finish.
+    pub ended: Notify,
     /// Set by the heartbeat from the host row: a draining host claims nothing new.
     pub draining: AtomicBool,
     /// Fires when the guardian starts to shut down: services stop taking new work.
     pub stopping: CancellationToken,
     /// Fires when waiting for results is pointless (the process is about to exit).
     pub abandon: CancellationToken,
+    /// Fires when a task of the guardian failed (a supervisor task panicked): the guardian
+    /// stops and exits non-zero. `failure` says why; set once, by [`Shared::fail`].
+    pub failed: CancellationToken,
+    failure: Mutex<Option<String>>,
     /// Supervisor tasks; shutdown waits on it.
     pub tasks: TaskTracker,
     /// Until when this guardian's jobs may run without a renewal: the run shims' watchdog
@@ -157,6 +172,15 @@ impl Shared {
         early.remove(&id)
     }
 
+    /// Reports a failure that must stop the guardian (the first one is kept as the reason).
+    pub fn fail(&self, why: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            *failure = Some(why);
+        }
+        self.failed.cancel();
+    }
+
     /// Marks run `id` held (or not) without a process.
     pub fn hold(&self, id: i64, held: bool) {
         let mut set = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,16 +203,10 @@ pub fn request_reload() {
 
 static RELOAD: Notify = Notify::const_new();
 
-/// Runs a guardian until `shutdown` fires.
+/// Runs a guardian until `shutdown` fires; an error when it stopped because one of its own
+/// services failed (see `services`), so that the process exits non-zero and is restarted.
 pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<()> {
-    let state = StateDir::open(&config.state_dir)?;
-    let swept = state.registry.sweep();
-    if swept > 0 {
-        tracing::warn!(
-            groups = swept,
-            "killed job processes a previous guardian process left behind"
-        );
-    }
+    let state = StateDir::open_and_sweep(&config.state_dir).await?;
     if let Some(listen) = config.metrics_listen {
         crate::metrics::install(listen)?;
     }
@@ -200,24 +218,15 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
         outage: outage.clone(),
         retry_cap: config.heartbeat_interval,
     };
-    let mut pause = Duration::from_millis(100);
-    let registered_at = loop {
-        match start_up(&pool, &config, &recorder, &shutdown).await {
-            Ok(Some(at)) => break at,
-            Ok(None) => return Ok(()),
-            Err(e) if outage::is_connection_error(&e) => outage.failed("start-up", &e),
-            Err(e) => return Err(e),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-        pause = (pause * 2).min(config.heartbeat_interval);
+    let Some((registered_at, incarnation)) =
+        startup::until_started(&pool, &config, &recorder, &outage, &shutdown).await?
+    else {
+        return Ok(());
     };
-    outage.ok();
     let (lease, _) = watch::channel(registered_at + config.lease);
     let shared = Arc::new(Shared {
         host: config.host_name.clone(),
+        incarnation,
         beat_db: db::pool(&config.database_url, 1)?,
         config: RwLock::new(Arc::new(config)),
         db: pool,
@@ -225,9 +234,12 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
         held: Mutex::new(HashSet::new()),
         early_stops: Mutex::new(HashMap::new()),
         wake: Notify::new(),
+        ended: Notify::new(),
         draining: AtomicBool::new(false),
         stopping: CancellationToken::new(),
         abandon: CancellationToken::new(),
+        failed: CancellationToken::new(),
+        failure: Mutex::new(None),
         tasks: TaskTracker::new(),
         lease,
         outage,
@@ -239,154 +251,52 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
         host = %shared.host, pools = ?config.pools, capacity = config.capacity,
         version = env!("CARGO_PKG_VERSION"), "guardian started"
     );
-    let services = TaskTracker::new();
-    services.spawn(listener::run(shared.clone()));
-    services.spawn(heartbeat::run(shared.clone()));
-    let dispatcher = tokio::spawn(dispatcher::run(shared.clone()));
-    services.spawn(reaper::run(shared.clone()));
-    services.close();
+    let mut services = Services::new();
+    services.spawn("listener", listener::run(shared.clone()));
+    services.spawn("heartbeat", heartbeat::run(shared.clone()));
+    services.spawn("dispatcher", dispatcher::run(shared.clone()));
+    services.spawn("reaper", reaper::run(shared.clone()));
+
+    serve(shared, services, shutdown).await
+}
+
+/// Watches the services until shutdown or a failure, then runs the shutdown sequence.
+async fn serve(
+    shared: Arc<Shared>,
+    mut services: Services,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let reloader = tokio::spawn(reload_on_request(shared.clone()));
-
-    shutdown.cancelled().await;
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        ended = services.next() => Some(services::describe(&ended)),
+        _ = shared.failed.cancelled() => shared.failure.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    };
     reloader.abort();
-    shared.stopping.cancel();
-    shared.wake.notify_waiters();
-    // The dispatcher finishes its pass first: a run it claimed must get its supervisor task
-    // before the task tracker is closed and waited on.
-    if let Err(e) = dispatcher.await {
-        tracing::error!(error = %e, "dispatcher task failed");
-    }
-    drain_and_stop(&shared).await;
-    // Every result is written (or in the spool): the remaining services may end.
-    shared.abandon.cancel();
-    services.wait().await;
-    let released = async {
-        let client = shared.db.get().await?;
-        client.execute(q::HOSTS_RELEASE, &[&shared.host]).await?;
-        anyhow::Ok(())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), released).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %format!("{e:#}"), "could not release the lease; it expires by itself")
-        }
-        Err(_) => tracing::warn!("could not release the lease in time; it expires by itself"),
-    }
-    tracing::info!(host = %shared.host, "guardian stopped");
-    Ok(())
-}
-
-/// Steps 2–4 of the start-up; None when shutdown was asked for meanwhile. Returns the
-/// instant just before the registration was sent: the host's lease runs from no earlier.
-async fn start_up(
-    pool: &Pool,
-    config: &GuardianConfig,
-    recorder: &Recorder,
-    shutdown: &CancellationToken,
-) -> Result<Option<std::time::Instant>> {
-    let client = pool.get().await.context(
-        "cannot connect to the database: check database_url and that PostgreSQL is running",
-    )?;
-    migrate::ensure_current(&client).await?;
-    let Some(at) = register(&client, config, shutdown).await? else {
-        return Ok(None);
-    };
-    let replayed = recorder.replay().await?;
-    if replayed > 0 {
-        tracing::info!(
-            count = replayed,
-            "results spooled by the previous guardian process written"
+    if let Some(why) = &failure {
+        tracing::error!(
+            reason = %why,
+            "guardian failed: stopping its jobs, recording what it can and exiting non-zero so that it is restarted"
         );
     }
-    let lost = client
-        .execute(q::RUNS_ORPHANED_BY_RESTART, &[&config.host_name])
-        .await?;
-    if lost > 0 {
-        tracing::warn!(
-            count = lost,
-            "runs left running by this host's previous process marked lost"
-        );
-    }
-    Ok(Some(at))
-}
-
-/// Registers this host, waiting while another process holds its lease.
-async fn register(
-    client: &tokio_postgres::Client,
-    config: &GuardianConfig,
-    shutdown: &CancellationToken,
-) -> Result<Option<std::time::Instant>> {
-    let lease = config.lease.as_secs_f64();
-    let capacity = config.capacity as i32;
-    let mut logged = false;
-    loop {
-        let sent = std::time::Instant::now();
-        let row = client
-            .query_one(
-                q::HOSTS_REGISTER,
-                &[
-                    &config.host_name,
-                    &config.pools,
-                    &env!("CARGO_PKG_VERSION"),
-                    &lease,
-                    &capacity,
-                ],
-            )
-            .await?;
-        let held_until: Option<chrono::DateTime<chrono::Utc>> = row.get(1);
-        let Some(until) = held_until else {
-            return Ok(Some(sent));
-        };
-        if !logged {
-            tracing::warn!(
-                host = %config.host_name, %until,
-                "another guardian holds this host's lease (a previous process that did not stop cleanly, or a second guardian with the same host_name); waiting for it to expire"
-            );
-            logged = true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.cancelled() => return Ok(None),
-        }
-    }
-}
-
-/// The shutdown sequence of SPEC §4.
-async fn drain_and_stop(shared: &Arc<Shared>) {
-    let running = shared.running_count();
-    let grace = shared.config().shutdown_grace;
-    if running > 0 {
-        tracing::info!(running, ?grace, "waiting for running jobs to finish");
-    }
-    shared.tasks.close();
-    if tokio::time::timeout(grace, shared.tasks.wait())
-        .await
-        .is_err()
-    {
-        let ids: Vec<i64> = shared
-            .runs
+    shutdown::shut_down(&shared, &mut services, failure.as_deref()).await;
+    // A supervisor task that panicked during the shutdown fails the process too.
+    let failure = failure.or_else(|| {
+        shared
+            .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        tracing::warn!(
-            count = ids.len(),
-            "shutdown grace over: stopping the remaining jobs"
-        );
-        for id in ids {
-            shared.stop_run(id, StopReason::Shutdown);
+            .clone()
+    });
+    match failure {
+        None => {
+            tracing::info!(host = %shared.host, "guardian stopped");
+            Ok(())
         }
-        // Each stopped job gets its kill_grace; results are then recorded. Past that, give up
-        // waiting for the database (the results stay in the spool) so that the process exits.
-        let max_grace = Duration::from_secs(60);
-        if tokio::time::timeout(max_grace, shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            shared.abandon.cancel();
-            shared.tasks.wait().await;
-        }
+        Some(why) => Err(anyhow!(
+            "the guardian stopped because {why}; the service manager starts it again \
+             (systemd: Restart=on-failure)"
+        )),
     }
 }
 
@@ -418,48 +328,6 @@ fn reload(shared: &Shared) {
     tracing::info!(applied = ?reload.applied, "SIGHUP: configuration reloaded; running jobs are untouched");
     // More capacity or new pools: look for work now.
     shared.wake.notify_one();
-}
-
-/// The guardian's local state directory, held exclusively while the process runs.
-struct StateDir {
-    /// An exclusive lock on `state_dir/lock`: two guardian processes sharing a directory
-    /// would replay each other's spool and kill each other's jobs at start-up.
-    _lock: Flock<File>,
-    spool: Spool,
-    registry: Registry,
-}
-
-impl StateDir {
-    fn open(dir: &Path) -> Result<StateDir> {
-        let context = || {
-            format!(
-                "state_dir: cannot create or use {}: create it and make it writable for the guardian's user, or set state_dir",
-                dir.display()
-            )
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(context)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))
-            .with_context(context)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            anyhow!(
-                "state_dir {} is in use by another guardian process on this host ({e}): stop that one, or give each guardian its own state_dir",
-                dir.display()
-            )
-        })?;
-        Ok(StateDir {
-            _lock: lock,
-            spool: Spool::open(dir).with_context(context)?,
-            registry: Registry::open(dir).with_context(context)?,
-        })
-    }
 }
 
 pub(crate) fn is_draining(shared: &Shared) -> bool {

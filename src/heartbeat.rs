@@ -294,10 +294,23 @@ impl Heartbeat {
                     &pids,
                     &cfg.pools,
                     &rescue,
+                    &shared.incarnation,
                 ],
             )
             .await?;
         let draining: Option<bool> = row.get("draining");
+        let holder: Option<chrono::DateTime<chrono::Utc>> = row.get("holder");
+        if draining.is_none() && holder.is_some() {
+            // The row is another process's: this one's lease lapsed (a pause) and a guardian
+            // with the same host_name registered meanwhile. Two processes must never act as
+            // one host: this one stops (see `Shared::fail`).
+            shared.fail(format!(
+                "another guardian process took over its host name {:?} after its lease lapsed \
+                 (was this process paused, or do two hosts share one host_name?)",
+                shared.host
+            ));
+            return Ok(Beat::default());
+        }
         let alive: HashSet<i64> = row.get::<_, Vec<i64>>("alive").into_iter().collect();
         let kill_requested: Vec<i64> = row.get("kill_requested");
         let declared_lost: i64 = row.get("lost");
@@ -313,6 +326,7 @@ impl Heartbeat {
                         &env!("CARGO_PKG_VERSION"),
                         &cfg.lease.as_secs_f64(),
                         &(cfg.capacity as i32),
+                        &shared.incarnation,
                     ],
                 )
                 .await?;

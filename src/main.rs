@@ -1,4 +1,6 @@
 //! The `sisy` binary: parses arguments, sets up logging and signals, and calls the library.
+//! Only `sisy guardian` handles signals (SIGTERM/SIGINT: graceful shutdown, SIGHUP: reload);
+//! the other commands die of them as any command-line tool does.
 //! The hidden `__run-shim` subcommand (the per-run process the guardian starts, see
 //! `sisyphus::shim`) is dispatched before anything else: it must stay single-threaded and
 //! start no runtime.
@@ -25,9 +27,15 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Only the guardian turns signals into a graceful shutdown. Every other command keeps
+    // the default disposition: Ctrl-C or SIGTERM ends it at once, whatever it waits for,
+    // and the shell sees it die of the signal (status 130 for SIGINT), like any other tool.
+    let guardian = matches!(cli.command, Command::Guardian(_));
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone());
+        if guardian {
+            spawn_signal_handler(shutdown.clone());
+        }
         match cli::run(cli, shutdown).await {
             Ok(()) => 0,
             Err(exit) => {
@@ -41,7 +49,7 @@ fn main() {
 
 /// SIGTERM and SIGINT start a graceful shutdown; a second one is not needed (the guardian
 /// bounds its own shutdown by `shutdown_grace` and each job's `kill_grace`). SIGHUP asks the
-/// guardian to reload its configuration (other subcommands ignore it).
+/// guardian to reload its configuration.
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (

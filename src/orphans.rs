@@ -19,6 +19,9 @@
 //! the group with `setsid`, or a group whose leader is gone). A recycled pid is never
 //! mistaken for a job: it has another start time and another mark (run ids repeat across
 //! databases, so the mark includes the job and the occurrence too).
+//! Everything here reads /proc or writes files, so the guardian calls it on the blocking pool
+//! (`record_off_runtime`, the sweep at start-up), never on an async worker; only dropping a
+//! [`Record`] (one unlink) happens in place.
 //! Does not own killing during normal operation (the shim does) nor the runs' states.
 
 use std::io;
@@ -93,6 +96,26 @@ impl Registry {
                 None
             }
         }
+    }
+
+    /// [`Registry::record`] on the blocking pool: reading /proc and writing the file must
+    /// not hold up an async worker. Only the run's mark of `env` is handed over.
+    pub async fn record_off_runtime(
+        &self,
+        run_id: i64,
+        pid: u32,
+        env: &[(String, String)],
+    ) -> Option<Record> {
+        let registry = self.clone();
+        let mark: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| MARK.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        tokio::task::spawn_blocking(move || registry.record(run_id, pid, &mark))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Kills the job processes a previous guardian process left behind and forgets every

@@ -5,7 +5,10 @@
 //! database stops answering, one line when it is back with how long it was away, whatever
 //! the number of services and retries in between. It also tells a connection problem
 //! (worth waiting out) from an error no retry can fix (a refused password, a missing
-//! schema), which start-up reports and exits on.
+//! schema, a server certificate this host does not trust), which start-up reports and
+//! exits on. After start-up the services log such an error each time they meet it (the
+//! heartbeat: once per interval) and keep retrying: running jobs are not killed because a
+//! certificate was rotated badly, and the guardian works again once it is fixed.
 //! Does not retry anything itself.
 
 use std::sync::Mutex;
@@ -89,6 +92,10 @@ impl Outage {
 /// failing over, a broken connection, a pool timeout), as opposed to an error that waiting
 /// cannot fix.
 pub fn is_connection_error(error: &anyhow::Error) -> bool {
+    // A refused certificate is in an io::Error too, but it will not fix itself.
+    if crate::db::is_tls_failure(error) {
+        return false;
+    }
     for cause in error.chain() {
         if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
             return postgres_error_is_connection(e);

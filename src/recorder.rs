@@ -64,6 +64,14 @@ pub fn verdict(outcome: &Outcome, max_runtime: Option<Duration>, host: &str) -> 
         // The row already says who asked (sisy.kill, or the run that replaced it).
         Some(StopReason::KillRequested) => return v("killed", Some("killed on request".into())),
         Some(StopReason::Shutdown) => return v("killed", Some("guardian shutdown".into())),
+        Some(StopReason::GuardianFailed(why)) => {
+            return v(
+                "killed",
+                Some(format!(
+                    "guardian shutdown: the guardian on {host} stopped because {why}"
+                )),
+            );
+        }
         Some(StopReason::Fenced) => {
             return v(
                 "lost",
@@ -150,16 +158,10 @@ impl Recorder {
         let mut pause = Duration::from_millis(100);
         let mut spooled = false;
         loop {
-            let attempt = tokio::time::timeout(WRITE_TIMEOUT, write(&self.db, entry)).await;
-            match attempt.unwrap_or_else(|_| {
-                Err(
-                    anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                        .context("no answer from the database"),
-                )
-            }) {
+            match write_bounded(&self.db, entry).await {
                 Ok(w) => {
                     if spooled {
-                        self.spool.remove(entry.run_id);
+                        self.spool.remove_off_runtime(entry.run_id).await;
                         tracing::info!(run_id = entry.run_id, "spooled result written");
                     }
                     self.outage.ok();
@@ -173,7 +175,7 @@ impl Recorder {
                     }
                     if !spooled {
                         spooled = true;
-                        match self.spool.save(entry) {
+                        match self.spool.save_off_runtime(entry).await {
                             Ok(()) => tracing::info!(
                                 run_id = entry.run_id, path = %self.spool.describe(entry.run_id),
                                 "result kept in the spool until the database takes it"
@@ -195,15 +197,28 @@ impl Recorder {
     }
 
     /// At start-up: writes what a previous process of this guardian spooled. Stops at the
-    /// first failure (the entries stay; start-up retries).
+    /// first failure, a write without an answer within [`WRITE_TIMEOUT`] included (the
+    /// entries stay; start-up retries).
     pub async fn replay(&self) -> Result<usize> {
-        let entries = self.spool.load();
+        let entries = self.spool.load_off_runtime().await;
         for entry in &entries {
-            let written = write(&self.db, entry).await?;
-            self.spool.remove(entry.run_id);
+            let written = write_bounded(&self.db, entry).await?;
+            self.spool.remove_off_runtime(entry.run_id).await;
             tracing::info!(run_id = entry.run_id, job = %entry.job_name, state = %entry.state, ?written, "spooled result of a previous guardian process written");
         }
         Ok(entries.len())
+    }
+}
+
+/// [`write`], failing with a timed-out I/O error (a connection failure) after
+/// [`WRITE_TIMEOUT`].
+async fn write_bounded(db: &Pool, entry: &Entry) -> Result<Written> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write(db, entry)).await {
+        Ok(written) => written,
+        Err(_) => Err(
+            anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                .context("no answer from the database"),
+        ),
     }
 }
 

@@ -11,7 +11,8 @@
 //!                   ▼
 //!            next start: replayed before this host's unfinished runs are declared lost
 //! ```
-//! The happy path costs nothing: a result is spooled only when its first write fails.
+//! The happy path costs nothing: a result is spooled only when its first write fails. The
+//! guardian calls the `*_off_runtime` forms, which do the file work on the blocking pool.
 //! Does not own writing to the database (the recorder does) nor deciding the verdict.
 
 use std::io::{self, Write};
@@ -72,6 +73,29 @@ impl Spool {
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// [`Spool::save`] on the blocking pool: an fsync can take long on a busy disk, and must
+    /// not hold up an async worker (the heartbeat runs on them).
+    pub async fn save_off_runtime(&self, entry: &Entry) -> io::Result<()> {
+        let (spool, entry) = (self.clone(), entry.clone());
+        tokio::task::spawn_blocking(move || spool.save(&entry))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+    }
+
+    /// [`Spool::remove`] on the blocking pool.
+    pub async fn remove_off_runtime(&self, run_id: i64) {
+        let spool = self.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.remove(run_id)).await;
+    }
+
+    /// [`Spool::load`] on the blocking pool.
+    pub async fn load_off_runtime(&self) -> Vec<Entry> {
+        let spool = self.clone();
+        tokio::task::spawn_blocking(move || spool.load())
+            .await
+            .unwrap_or_default()
     }
 
     /// Forgets `run_id`'s entry (the database has it).

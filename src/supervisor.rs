@@ -49,6 +49,8 @@ pub enum StopReason {
     KillRequested,
     /// The guardian is shutting down.
     Shutdown,
+    /// The guardian stops because one of its own services failed (the reason, in words).
+    GuardianFailed(String),
     /// The run was declared lost while its process still ran here: SIGKILL at once.
     Fenced,
 }
@@ -110,10 +112,10 @@ pub async fn run(spec: Spec, mut sup: Supervision) -> Outcome {
     };
     let _ = sup.pid.send(Some(pid));
     let pgid = Pid::from_raw(pid as i32);
-    let _record = sup
-        .registry
-        .as_ref()
-        .and_then(|r| r.record(spec.run_id, pid, &spec.env));
+    let _record = match &sup.registry {
+        Some(r) => r.record_off_runtime(spec.run_id, pid, &spec.env).await,
+        None => None,
+    };
 
     let mut outcome = Outcome {
         pid: Some(pid),

@@ -3,14 +3,17 @@
 -- (when $7) declares the running runs of hosts whose lease has passed `lost`. See
 -- heartbeat.rs for when a guardian may judge other hosts.
 --   $1 host  $2 lease seconds  $3 capacity  $4 run ids held here  $5 their pids  $6 pools
---   $7 rescue others
+--   $7 rescue others  $8 this process's incarnation (hosts.started_at from its registration)
 -- Returns the runs still running here (an id missing from it was taken away: fencing),
 -- those with a kill request, whether the host is draining, and the counts of runs declared lost.
+-- The lease is renewed only for this process's incarnation: after a pause that let the lease
+-- lapse, another process may have registered the name; `holder` (the row's incarnation, NULL
+-- when the row is gone) then tells the guardian it no longer owns the name.
 WITH me AS (
     UPDATE sisy.hosts
        SET last_seen = now(), lease_until = now() + make_interval(secs => $2),
            capacity = $3, running = cardinality($4::bigint[]), pools = $6
-     WHERE name = $1
+     WHERE name = $1 AND started_at = $8
  RETURNING draining
 ), mine AS (
     UPDATE sisy.runs
@@ -26,6 +29,8 @@ WITH me AS (
            error = format('the guardian on %s no longer knew this run: its end never reached the database', $1::text)
      WHERE runs.host = $1 AND runs.state = 'running' AND runs.id <> ALL ($4::bigint[])
        AND runs.heartbeat_at < now() - make_interval(secs => $2)
+       -- Only the process that holds the name judges the runs of the name.
+       AND EXISTS (SELECT 1 FROM me)
  RETURNING runs.id
 ), lost AS (
     UPDATE sisy.runs
@@ -39,6 +44,7 @@ WITH me AS (
  RETURNING runs.id
 )
 SELECT (SELECT draining FROM me) AS draining,
+       (SELECT started_at FROM sisy.hosts WHERE name = $1) AS holder,
        coalesce((SELECT array_agg(id) FROM mine), '{}') AS alive,
        coalesce((SELECT array_agg(id) FROM mine WHERE kill_requested), '{}') AS kill_requested,
        (SELECT count(*) FROM lost) AS lost,

@@ -282,6 +282,21 @@ pub(super) fn failure(error: &tokio_postgres::Error) -> Option<Failure> {
     None
 }
 
+/// Whether a TLS handshake is why `error` (a connection attempt's, through the pool or not)
+/// happened: the server's certificate was refused, or the handshake itself failed. Waiting
+/// does not fix that (a certificate is replaced by a person), so it is no outage.
+pub(super) fn handshake_failed(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let driver = cause.downcast_ref::<tokio_postgres::Error>().or_else(|| {
+            match cause.downcast_ref::<deadpool_postgres::PoolError>() {
+                Some(deadpool_postgres::PoolError::Backend(e)) => Some(e),
+                _ => None,
+            }
+        });
+        driver.is_some_and(|e| failure(e) == Some(Failure::Handshake))
+    })
+}
+
 fn explain_rustls(e: &rustls::Error, host: &str) -> String {
     use CertificateError as C;
     match e {

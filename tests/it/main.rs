@@ -14,6 +14,7 @@ mod faults;
 mod housekeeping;
 mod import;
 mod kill;
+mod lifecycle;
 mod metrics;
 mod outages;
 mod package;

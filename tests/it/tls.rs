@@ -294,21 +294,31 @@ async fn the_cli_and_guardians_work_over_verified_tls() {
         .unwrap()
         .get(0);
     assert_eq!(host, "g-ca", "{}", checked.log());
-    // ...and with the wrong CA the guardian refuses the server and says why.
+    // ...and with the wrong CA the guardian refuses the server, says why and exits non-zero:
+    // a certificate does not fix itself, so waiting for it as for an outage would hang.
     let wrong_ca = [
         ("PGSSLMODE", "verify-full"),
         ("PGSSLROOTCERT", other.as_str()),
     ];
-    let refused = EnvGuardian::start(&url(""), "g-wrong-ca", &wrong_ca);
+    let mut refused = EnvGuardian::start(&url(""), "g-wrong-ca", &wrong_ca);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !refused.log().contains("certificate is not trusted") {
+    let status = loop {
+        if let Some(status) = refused.child.try_wait().unwrap() {
+            break status;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "no error: {}",
+            "the guardian did not exit: {}",
             refused.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let log = refused.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("error: ") && log.contains("certificate is not trusted"),
+        "{log}"
+    );
     let registered: i64 = admin
         .query_one(
             "SELECT count(*) FROM sisy.hosts WHERE name = 'g-wrong-ca'",

@@ -56,11 +56,22 @@ pub fn shared_dir() -> tempfile::TempDir {
 pub struct Guardian {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
+    /// Extra environment of the process (kept for [`Guardian::restart`]).
+    env: Vec<(String, String)>,
 }
 
 impl Guardian {
     /// Starts a guardian named `name` on `db`, with fast heartbeats and `extra` TOML lines.
     pub fn start(db: &TestDb, name: &str, extra: &str) -> Guardian {
+        Guardian::start_with_env(db, name, extra, &[])
+    }
+
+    /// [`Guardian::start`] with `env` added to the process's environment.
+    pub fn start_with_env(db: &TestDb, name: &str, extra: &str, env: &[(&str, &str)]) -> Guardian {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::Builder::new()
             .prefix("sisy-guardian-")
             .tempdir()
@@ -84,8 +95,9 @@ impl Guardian {
         }
         std::fs::write(&config, toml).unwrap();
         Guardian {
-            child: Some(launch(dir.path())),
+            child: Some(launch(dir.path(), &env)),
             dir,
+            env,
         }
     }
 
@@ -124,7 +136,7 @@ impl Guardian {
     /// Starts the guardian again with the same config, state directory and log (appended).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(launch(self.dir.path()));
+        self.child = Some(launch(self.dir.path(), &self.env));
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -144,10 +156,27 @@ impl Guardian {
         );
         child.wait().ok().and_then(|s| s.code())
     }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, or None if it
+    /// still runs (it is then left running).
+    pub async fn exit_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Starts `sisy guardian` with the config in `dir`, logging (appended) to `dir/guardian.log`.
-fn launch(dir: &std::path::Path) -> Child {
+fn launch(dir: &std::path::Path, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -157,6 +186,7 @@ fn launch(dir: &std::path::Path) -> Child {
         .args(["guardian", "--config"])
         .arg(dir.join("guardian.toml"))
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
