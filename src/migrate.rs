@@ -14,13 +14,13 @@
 //! which has never seen the file, reads it from the database. A guardian starts when every
 //! migration it knows is applied and every applied migration it does not know declared
 //! itself compatible with it ([`ensure_current`]). No declaration means "needs a sisy that
-//! knows this migration", which is what the migrations before 0011 mean:
+//! knows this migration", which is what the migrations before 0007 mean:
 //!
 //! ```text
-//!   applied:  1 2 3 5 6 11 | 12 (compatible-with: 11) 13 (compatible-with: 12)
-//!   sisy knowing 1..11      -> refuses: 13 needs a sisy built for 12 or later
-//!   sisy knowing 1..12      -> starts (13 declared it compatible)
-//!   sisy knowing 1..14      -> refuses: 14 is pending, run `sisy db migrate`
+//!   applied:  1 2 3 5 6 7 8 | 9 (compatible-with: 8) 10 (compatible-with: 9)
+//!   sisy knowing 1..8       -> refuses: 10 needs a sisy built for 9 or later
+//!   sisy knowing 1..9       -> starts (10 declared it compatible)
+//!   sisy knowing 1..11      -> refuses: 11 is pending, run `sisy db migrate`
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -92,9 +92,9 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../sql/migrations/0007_row_limits.sql"),
     },
     Migration {
-        version: 11,
+        version: 8,
         name: "job_sources",
-        sql: include_str!("../sql/migrations/0011_job_sources.sql"),
+        sql: include_str!("../sql/migrations/0008_job_sources.sql"),
     },
 ];
 

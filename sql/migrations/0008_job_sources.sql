@@ -1,4 +1,4 @@
--- 0011: where an imported job came from, and the names of a job's env variables for the
+-- 0008: where an imported job came from, and the names of a job's env variables for the
 -- roles that may not read their values.
 -- compatible-with: 6
 --
