@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use crate::util::{
     Guardian, ProcessSampler, Proxy, fleet, migrated_db, process_gone, processes_with_env,
-    shared_dir, trigger, wait_finished, wait_for, wait_started, wait_until,
+    shared_dir, shims_of, trigger, wait_finished, wait_for, wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -97,18 +97,17 @@ async fn job_processes_whose_guardian_and_shim_were_both_killed_die_at_the_next_
     let pids = pids_in(dir.path());
     // `pkill -9 sisy`: the guardian (frozen first, so it cannot clean up after its shim)
     // and the run's shim die at once.
+    let guardian = g.pid().expect("the guardian runs");
     g.signal(Signal::SIGSTOP);
-    for (pid, _, shim) in processes_with_env("FAULT_TAG", &tag) {
-        if shim {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-        }
+    let shims = shims_of(guardian);
+    assert!(!shims.is_empty(), "the run's shim was not found");
+    for shim in &shims {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*shim), Signal::SIGKILL).unwrap();
     }
     g.kill();
     // The shell died with its shim (PDEATHSIG); what it started lives on, unsupervised.
     wait_for("the shim to be gone", LONG, || {
-        processes_with_env("FAULT_TAG", &tag)
-            .iter()
-            .all(|(_, _, shim)| !shim)
+        shims.iter().all(|p| process_gone(*p))
     })
     .await;
     assert!(
@@ -211,7 +210,7 @@ async fn a_paused_guardian_is_declared_dead_in_time_and_its_run_never_overlaps_t
     wait_for("the first attempt's processes to be gone", LONG, || {
         processes_with_env("FAULT_TAG", &tag)
             .iter()
-            .all(|(_, run, _)| *run != Some(first))
+            .all(|(_, run)| *run != Some(first))
     })
     .await;
     let (overlap, samples) = sampler.longest_overlap();

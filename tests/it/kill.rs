@@ -110,7 +110,7 @@ async fn a_kill_of_a_run_waiting_to_replace_another_ends_it_before_it_starts() {
     );
 
     // The first run is still there (it ignores SIGTERM); once it is gone, nothing starts.
-    for (pid, _, _) in processes_with_env("KILL_TAG", &tag) {
+    for (pid, _) in processes_with_env("KILL_TAG", &tag) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,

@@ -224,7 +224,7 @@ async fn shutdown_during_an_outage_is_bounded_and_every_result_reaches_the_spool
 
     // g2 goes; its victim ignores SIGTERM, so it is killed here.
     drop(g2);
-    for (pid, _, _) in processes_with_env("FAULT_TAG", &tag) {
+    for (pid, _) in processes_with_env("FAULT_TAG", &tag) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     proxy.heal();

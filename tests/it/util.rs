@@ -303,9 +303,9 @@ pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> b
     }
 }
 
-/// Live processes whose environment holds `key=value` (jobs inherit their run's `env`), as
-/// (pid, SISY_RUN_ID, whether it is a run shim). Zombies are not counted: they run nothing.
-pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>, bool)> {
+/// Live processes whose environment holds `key=value` (jobs inherit their run's `env`; run
+/// shims hold none of it), as (pid, SISY_RUN_ID). Zombies are not counted: they run nothing.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>)> {
     let mark = format!("{key}={value}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -325,9 +325,33 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>, bool
                     .parse()
                     .ok()
             });
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let shim = cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim");
-            Some((pid, run_id, shim))
+            Some((pid, run_id))
+        })
+        .collect()
+}
+
+/// The live run shims (`sisy __run-shim`) whose parent is the guardian process `guardian`.
+pub fn shims_of(guardian: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            if !cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim") {
+                return None;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == guardian && !process_gone(pid)).then_some(pid)
         })
         .collect()
 }
@@ -352,8 +376,7 @@ impl ProcessSampler {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut runs: Vec<i64> = processes_with_env(&key, &value)
                     .into_iter()
-                    .filter(|(_, _, shim)| !shim)
-                    .filter_map(|(_, run, _)| run)
+                    .filter_map(|(_, run)| run)
                     .collect();
                 runs.sort_unstable();
                 runs.dedup();
