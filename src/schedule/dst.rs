@@ -9,6 +9,9 @@
 //! the rest of the crate speaks chrono, so the conversion happens here and nowhere else.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeDelta, Utc};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
 use jiff::Timestamp;
 use jiff::civil;
 use jiff::tz::{AmbiguousOffset, TimeZone, TimeZoneDatabase};
@@ -32,15 +35,39 @@ pub(super) enum Local {
     Gap,
 }
 
+/// The tz database zones are looked up in, and how to describe it.
+struct Database {
+    /// The host's, when it has one.
+    host: Option<TimeZoneDatabase>,
+    description: String,
+}
+
+fn db() -> &'static Database {
+    static DB: OnceLock<Database> = OnceLock::new();
+    DB.get_or_init(|| {
+        let dir = std::env::var_os("TZDIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| PathBuf::from("/usr/share/zoneinfo"), PathBuf::from);
+        match TimeZoneDatabase::from_dir(&dir) {
+            Ok(host) if !host.is_definitively_empty() => Database {
+                host: Some(host),
+                description: format!("{} (the host's; the built-in copy only for zones it lacks)", dir.display()),
+            },
+            _ => Database {
+                host: None,
+                description: format!(
+                    "no tz database at {}: using the copy built into sisy; install tzdata (or set TZDIR) to follow rule changes",
+                    dir.display()
+                ),
+            },
+        }
+    })
+}
+
 /// Which tz database zones come from, for the start-up log: the host directory, or the
 /// copy compiled into the binary when the host has none.
-pub fn database() -> String {
-    let host = jiff::tz::db();
-    if host.is_definitively_empty() {
-        "no tz database on this host ($TZDIR or /usr/share/zoneinfo): using the copy built into sisy; install tzdata to follow rule changes".to_owned()
-    } else {
-        format!("{host:?}")
-    }
+pub fn database() -> &'static str {
+    &db().description
 }
 
 impl Zone {
@@ -55,10 +82,13 @@ impl Zone {
         if name.is_empty() || name.starts_with(['/', '.']) || name.contains("..") {
             return Err(unknown());
         }
-        let tz = jiff::tz::db()
-            .get(name)
-            .or_else(|_| TimeZoneDatabase::bundled().get(name))
-            .map_err(|_| unknown())?;
+        let host = db().host.as_ref().and_then(|h| h.get(name).ok());
+        let tz = match host {
+            Some(tz) => tz,
+            None => TimeZoneDatabase::bundled()
+                .get(name)
+                .map_err(|_| unknown())?,
+        };
         Ok(Zone {
             name: name.to_owned(),
             tz,
