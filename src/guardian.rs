@@ -251,6 +251,7 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
         host = %shared.host, pools = ?config.pools, capacity = config.capacity,
         version = env!("CARGO_PKG_VERSION"), "guardian started"
     );
+    tracing::info!(tzdb = %crate::schedule::database(), "time zones from this tz database");
     let mut services = Services::new();
     services.spawn("listener", listener::run(shared.clone()));
     services.spawn("heartbeat", heartbeat::run(shared.clone()));

@@ -25,11 +25,13 @@ pub fn check(
         next.push(n);
         at = n;
     }
+    // Shown on the zone's clock by the same zone data the guardian computes with.
     let zone = schedule.timezone();
+    let local = |n: &DateTime<Utc>| zone.at(*n).unwrap_or_else(|| n.fixed_offset());
     if json {
         let list: Vec<_> = next
             .iter()
-            .map(|n| serde_json::json!({ "local": n.with_timezone(&zone).to_rfc3339(), "utc": n.to_rfc3339() }))
+            .map(|n| serde_json::json!({ "local": local(n).to_rfc3339(), "utc": n.to_rfc3339() }))
             .collect();
         println!(
             "{}",
@@ -42,8 +44,10 @@ pub fn check(
     }
     for n in next {
         println!(
-            "{}  {}",
-            n.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
+            "{} {} ({})  {}",
+            local(&n).format("%Y-%m-%d %H:%M:%S"),
+            zone.abbreviation_at(n),
+            local(&n).format("%:z"),
             n.format("%Y-%m-%d %H:%M:%S UTC")
         );
     }

@@ -22,6 +22,7 @@ mod pg;
 mod privilege;
 mod security;
 mod smoke;
+mod time;
 mod tls;
 mod upgrade;
 mod util;
