@@ -379,6 +379,54 @@ async fn a_guardian_whose_host_name_was_taken_over_while_it_was_paused_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardian_whose_host_name_was_taken_over_during_a_partition_kills_its_jobs_at_once() {
+    let (db, client) = migrated_db().await;
+    let proxy = Proxy::start(crate::pg::server());
+    // Ignores SIGTERM and has a long kill_grace: only a kill ends it soon.
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, kill_grace, max_retries) VALUES
+                ('stubborn', 'trap \"\" TERM; while :; do sleep 0.2; done', '10 minutes', 0)",
+        )
+        .await
+        .unwrap();
+    let mut first = Guardian::start(&proxy.db(&db), "twin", "");
+    let run = trigger(&client, "stubborn").await;
+    let pid = wait_started(&client, run).await;
+    // Cut off (alive, so its watchdog keeps the job), its lease lapses...
+    proxy.blackhole();
+    wait_until(
+        &client,
+        "the cut-off guardian's lease to lapse",
+        LONG,
+        || "SELECT coalesce((SELECT lease_until < now() FROM sisy.hosts WHERE name = 'twin'), false)".into(),
+        |lapsed: bool| lapsed,
+    )
+    .await;
+    // ...a second process takes the name, which declares the run lost (it may be retried)...
+    let second = Guardian::start(&db, "twin", "");
+    wait_for("the second to start", LONG, || {
+        second.log().contains("guardian started")
+    })
+    .await;
+    // ...and once the first hears from the database again, the job is no longer its to run.
+    proxy.heal();
+    wait_for("the first to see the takeover", LONG, || {
+        first.log().contains("took over its host name")
+    })
+    .await;
+    // At once, not after its kill_grace nor the shutdown's wait for stopped jobs (60 s): the
+    // run may already be retried elsewhere. 20 s is room for a loaded machine.
+    wait_for(
+        "the job of the process that lost its host name to be killed",
+        Duration::from_secs(20),
+        || process_gone(pid),
+    )
+    .await;
+    assert!(first.exit_within(LONG).await.is_some(), "{}", first.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_row_deleted_by_hand_is_announced_again_by_the_same_process() {
     let (db, client) = migrated_db().await;
     let g = Guardian::start(&db, "g1", "");
