@@ -427,6 +427,44 @@ async fn a_guardian_whose_host_name_was_taken_over_during_a_partition_kills_its_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_leaves_a_connection_that_fell_silent_and_starts_once_the_database_is_back() {
+    let (db, client) = migrated_db().await;
+    let locker = db.connect().await;
+    let proxy = Proxy::start(crate::pg::server());
+    // The host row is locked by a transaction of the test: the guardian's registration
+    // waits on it, in the middle of a statement on its start-up connection...
+    client
+        .batch_execute(
+            "INSERT INTO sisy.hosts (name, lease_until, started_at)
+             VALUES ('silent', now() - interval '1 hour', now() - interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM sisy.hosts WHERE name = 'silent' FOR UPDATE")
+        .await
+        .unwrap();
+    let g = Guardian::start(&proxy.db(&db), "silent", "");
+    wait_until(
+        &client,
+        "the guardian's registration to wait on the row lock",
+        LONG,
+        || "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO sisy.hosts%'".into(),
+        |waiting: bool| waiting,
+    )
+    .await;
+    // ...when that connection falls silent for good. The database is soon back for new
+    // connections: start-up must give the silent one up and start on a new one.
+    proxy.blackhole();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    proxy.heal();
+    wait_for("the guardian to start on a new connection", LONG, || {
+        g.log().contains("guardian started")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_row_deleted_by_hand_is_announced_again_by_the_same_process() {
     let (db, client) = migrated_db().await;
     let g = Guardian::start(&db, "g1", "");
