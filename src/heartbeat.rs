@@ -303,7 +303,16 @@ impl Heartbeat {
         if draining.is_none() && holder.is_some() {
             // The row is another process's: this one's lease lapsed (a pause) and a guardian
             // with the same host_name registered meanwhile. Two processes must never act as
-            // one host: this one stops (see `Shared::fail`).
+            // one host: this one stops (see `Shared::fail`). Its runs were declared lost
+            // by the new holder's start and may be retried already: fenced, killed at once,
+            // not stopped with the shutdown's grace.
+            let ids: Vec<i64> = {
+                let runs = shared.runs.lock().unwrap_or_else(|p| p.into_inner());
+                runs.keys().copied().collect()
+            };
+            for id in ids {
+                shared.stop_run(id, StopReason::Fenced);
+            }
             shared.fail(format!(
                 "another guardian process took over its host name {:?} after its lease lapsed \
                  (was this process paused, or do two hosts share one host_name?)",

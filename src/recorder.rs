@@ -211,15 +211,10 @@ impl Recorder {
 }
 
 /// [`write`], failing with a timed-out I/O error (a connection failure) after
-/// [`WRITE_TIMEOUT`].
+/// [`WRITE_TIMEOUT`]; through `db::within`, which also closes the pool's idle connections: opened before the
+/// silence, each would cost the next write a timeout of its own.
 async fn write_bounded(db: &Pool, entry: &Entry) -> Result<Written> {
-    match tokio::time::timeout(WRITE_TIMEOUT, write(db, entry)).await {
-        Ok(written) => written,
-        Err(_) => Err(
-            anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                .context("no answer from the database"),
-        ),
-    }
+    db::within(db, WRITE_TIMEOUT, "a run's result", write(db, entry)).await
 }
 
 async fn write(db: &Pool, e: &Entry) -> Result<Written> {

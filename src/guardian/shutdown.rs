@@ -111,7 +111,9 @@ async fn processes_end(shared: &Shared, limit: Duration) -> bool {
 async fn release_lease(shared: &Shared) {
     let released = async {
         let client = shared.db.get().await?;
-        client.execute(q::HOSTS_RELEASE, &[&shared.host]).await?;
+        client
+            .execute(q::HOSTS_RELEASE, &[&shared.host, &shared.incarnation])
+            .await?;
         anyhow::Ok(())
     };
     match tokio::time::timeout(Duration::from_secs(5), released).await {

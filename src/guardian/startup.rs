@@ -19,7 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GuardianConfig;
-use crate::db::q;
+use crate::db::{self, q};
 use crate::migrate;
 use crate::orphans::Registry;
 use crate::outage::{self, Outage};
@@ -93,8 +93,11 @@ async fn start_up(
     shutdown: &CancellationToken,
 ) -> Result<Option<Registration>> {
     let limit = step_limit(config);
+    // A step that times out returns early and drops this connection, which closes it (see
+    // `db::Conn`): it may have fallen silent, and back in the pool it would hang every later
+    // attempt on it, even once the database is back.
     let client = bounded(limit, "connecting", async {
-        pool.get().await.context(
+        db::checkout(pool).await.context(
             "cannot connect to the database: check database_url and that PostgreSQL is running",
         )
     })
@@ -127,6 +130,7 @@ async fn start_up(
             "runs left running by this host's previous process marked lost"
         );
     }
+    client.release();
     Ok(Some(registration))
 }
 

@@ -2,13 +2,14 @@
 //! reaches it through a proxy that black-holes every connection (no byte passes, no socket
 //! is closed, the connections open at that moment stay silent for good) or holds back every
 //! answer. The guardian is alive all along, so it must neither kill its own jobs (watchdog)
-//! nor stay stuck on a silent connection once the database is reachable again.
+//! nor stay stuck on a silent connection once the database is reachable again, neither at
+//! start-up nor when its host name was taken over while it was cut off.
 
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    Guardian, Proxy, migrated_db, process_gone, shared_dir, trigger, wait_finished, wait_started,
-    wait_until,
+    Guardian, Proxy, migrated_db, process_gone, shared_dir, trigger, wait_finished, wait_for,
+    wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -170,4 +171,90 @@ async fn a_live_guardian_keeps_its_job_while_the_database_answers_slowly() {
         "{}",
         g1.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardian_whose_host_name_was_taken_over_during_a_partition_kills_its_jobs_at_once() {
+    let (db, client) = migrated_db().await;
+    let proxy = Proxy::start(crate::pg::server());
+    // Ignores SIGTERM and has a long kill_grace: only a kill ends it soon.
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, kill_grace, max_retries) VALUES
+                ('stubborn', 'trap \"\" TERM; while :; do sleep 0.2; done', '10 minutes', 0)",
+        )
+        .await
+        .unwrap();
+    let mut first = Guardian::start(&proxy.db(&db), "twin", "");
+    let run = trigger(&client, "stubborn").await;
+    let pid = wait_started(&client, run).await;
+    // Cut off (alive, so its watchdog keeps the job), its lease lapses...
+    proxy.blackhole();
+    wait_until(
+        &client,
+        "the cut-off guardian's lease to lapse",
+        LONG,
+        || "SELECT coalesce((SELECT lease_until < now() FROM sisy.hosts WHERE name = 'twin'), false)".into(),
+        |lapsed: bool| lapsed,
+    )
+    .await;
+    // ...a second process takes the name, which declares the run lost (it may be retried)...
+    let second = Guardian::start(&db, "twin", "");
+    wait_for("the second to start", LONG, || {
+        second.log().contains("guardian started")
+    })
+    .await;
+    // ...and once the first hears from the database again, the job is no longer its to run.
+    proxy.heal();
+    wait_for("the first to see the takeover", LONG, || {
+        first.log().contains("took over its host name")
+    })
+    .await;
+    // At once, not after its kill_grace nor the shutdown's wait for stopped jobs (60 s): the
+    // run may already be retried elsewhere. 20 s is room for a loaded machine.
+    wait_for(
+        "the job of the process that lost its host name to be killed",
+        Duration::from_secs(20),
+        || process_gone(pid),
+    )
+    .await;
+    assert!(first.exit_within(LONG).await.is_some(), "{}", first.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_leaves_a_connection_that_fell_silent_and_starts_once_the_database_is_back() {
+    let (db, client) = migrated_db().await;
+    let locker = db.connect().await;
+    let proxy = Proxy::start(crate::pg::server());
+    // The host row is locked by a transaction of the test: the guardian's registration
+    // waits on it, in the middle of a statement on its start-up connection...
+    client
+        .batch_execute(
+            "INSERT INTO sisy.hosts (name, lease_until, started_at)
+             VALUES ('silent', now() - interval '1 hour', now() - interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM sisy.hosts WHERE name = 'silent' FOR UPDATE")
+        .await
+        .unwrap();
+    let g = Guardian::start(&proxy.db(&db), "silent", "");
+    wait_until(
+        &client,
+        "the guardian's registration to wait on the row lock",
+        LONG,
+        || "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO sisy.hosts%'".into(),
+        |waiting: bool| waiting,
+    )
+    .await;
+    // ...when that connection falls silent for good. The database is soon back for new
+    // connections: start-up must give the silent one up and start on a new one.
+    proxy.blackhole();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    proxy.heal();
+    wait_for("the guardian to start on a new connection", LONG, || {
+        g.log().contains("guardian started")
+    })
+    .await;
 }

@@ -336,21 +336,39 @@ async fn a_guardian_whose_host_name_was_taken_over_while_it_was_paused_stops() {
         |lapsed: bool| lapsed,
     )
     .await;
-    // A second process under the same name (another state_dir) may take the name now...
-    let second = Guardian::start(&db, "twin", "");
+    // A second process under the same name (another state_dir) may take the name now (a
+    // long lease: it is paused below and must keep the name meanwhile)...
+    let second = Guardian::start(&db, "twin", "lease = \"60s\"");
     wait_for("the second to start", LONG, || {
         second.log().contains("guardian started")
     })
     .await;
     let holder = "SELECT started_at FROM sisy.hosts WHERE name = 'twin'";
     let taken: chrono::DateTime<chrono::Utc> = client.query_one(holder, &[]).await.unwrap().get(0);
-    // ...and the first, resumed, must not act as that host too: it stops.
+    // ...and the first, resumed, must not act as that host too: it stops. The second is
+    // paused meanwhile, so that no beat of its own can hide what the first's exit did to
+    // the host row.
+    second.signal(Signal::SIGSTOP);
     first.signal(Signal::SIGCONT);
     let status = first.exit_within(Duration::from_secs(30)).await;
     let log = first.log();
     let status = status.unwrap_or_else(|| panic!("the resumed guardian goes on:\n{log}"));
     assert!(!status.success(), "{status:?}:\n{log}");
     assert!(log.contains("took over its host name"), "{log}");
+    // Stopping, the first gave up no lease: the one on the row is the second's.
+    let held: bool = client
+        .query_one(
+            "SELECT lease_until > now() FROM sisy.hosts WHERE name = 'twin'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    second.signal(Signal::SIGCONT);
+    assert!(
+        held,
+        "the exiting guardian released the lease of the process that holds the name:\n{log}"
+    );
     let now: chrono::DateTime<chrono::Utc> = client.query_one(holder, &[]).await.unwrap().get(0);
     assert_eq!(now, taken, "the host row changed hands again");
     assert!(
