@@ -143,6 +143,20 @@ pub async fn connect_for_notifications(url: &str) -> Result<(Client, Connection)
 
 /// A pool of connections for the guardian's services.
 pub fn pool(url: &str, size: usize) -> Result<Pool> {
+    pool_with_lock_limit(url, size, DEFAULT_IDLE_IN_TRANSACTION)
+}
+
+/// How long a pooled connection may sit idle inside a transaction before the server ends its
+/// session, when the caller does not say ([`pool_with_lock_limit`]).
+pub const DEFAULT_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
+
+/// A pool whose sessions the server ends when they sit idle inside a transaction for longer
+/// than `idle_in_transaction`. A guardian paused (SIGSTOP, a frozen VM) between two
+/// statements of a transaction would otherwise hold its row locks for as long as it is
+/// paused: every other guardian would skip the jobs it locked (SKIP LOCKED) and wait on them
+/// at admission. The setting is sent with `SET` on each new connection rather than as a
+/// startup option, which connection poolers such as PgBouncer refuse by default.
+pub fn pool_with_lock_limit(url: &str, size: usize, idle_in_transaction: Duration) -> Result<Pool> {
     let endpoint = Endpoint::resolve(url, &process_env())?;
     let limit = endpoint.connect_limit();
     let manager = Manager::from_config(
@@ -152,12 +166,29 @@ pub fn pool(url: &str, size: usize) -> Result<Pool> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    let set = format!(
+        "SET idle_in_transaction_session_timeout = {}",
+        idle_in_transaction.as_millis().max(1)
+    );
+    let hook = deadpool_postgres::Hook::async_fn(move |client, _| {
+        let set = set.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(limit, client.batch_execute(&set)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(deadpool_postgres::HookError::Backend(e)),
+                Err(_) => Err(deadpool_postgres::HookError::message(
+                    "the database did not answer the connection's first statement in time",
+                )),
+            }
+        })
+    });
     // A new connection gets the same bound as `connect`'s: a server that accepts and never
     // answers is a failed attempt, not a pool that waits forever.
     Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .create_timeout(Some(limit))
+        .post_create(hook)
         .build()
         .context("cannot build the database connection pool")
 }

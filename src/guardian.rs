@@ -211,7 +211,10 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
         crate::metrics::install(listen)?;
     }
     let outage = Arc::new(Outage::default());
-    let pool = db::pool(&config.database_url, 6)?;
+    // A guardian paused inside a transaction gives its row locks up within this: other
+    // guardians skip (SKIP LOCKED) or wait on (admission) the jobs it locked meanwhile.
+    let locks_held_at_most = config.lease.max(std::time::Duration::from_secs(10));
+    let pool = db::pool_with_lock_limit(&config.database_url, 6, locks_held_at_most)?;
     let recorder = Recorder {
         db: pool.clone(),
         spool: state.spool.clone(),
@@ -227,7 +230,7 @@ pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<
     let shared = Arc::new(Shared {
         host: config.host_name.clone(),
         incarnation,
-        beat_db: db::pool(&config.database_url, 1)?,
+        beat_db: db::pool_with_lock_limit(&config.database_url, 1, locks_held_at_most)?,
         config: RwLock::new(Arc::new(config)),
         db: pool,
         runs: Mutex::new(HashMap::new()),

@@ -258,3 +258,46 @@ async fn start_up_leaves_a_connection_that_fell_silent_and_starts_once_the_datab
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_session_paused_inside_a_transaction_gives_its_row_locks_up() {
+    let (db, client) = migrated_db().await;
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('locked', 'true')",
+            &[],
+        )
+        .await
+        .unwrap();
+    // A guardian's pool, its session stopped between two statements of a transaction (as a
+    // guardian paused with SIGSTOP would leave it): the lock must not outlive the limit.
+    let limit = Duration::from_secs(2);
+    let pool = sisyphus::db::pool_with_lock_limit(&db.url, 1, limit).unwrap();
+    let mut paused = sisyphus::db::checkout(&pool).await.unwrap();
+    let tx = paused.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM sisy.jobs WHERE name = 'locked' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let began = Instant::now();
+    wait_until(
+        &client,
+        "the paused session's lock to be given up",
+        LONG,
+        || {
+            "SELECT count(*) FROM (SELECT 1 FROM sisy.jobs WHERE name = 'locked' FOR UPDATE SKIP LOCKED) l"
+                .into()
+        },
+        |n: i64| n == 1,
+    )
+    .await;
+    let held = began.elapsed();
+    eprintln!("lock held by the paused session for {held:?} (limit {limit:?})");
+    assert!(
+        held >= limit - Duration::from_millis(200),
+        "the lock went too early: {held:?}"
+    );
+    drop(tx);
+}
