@@ -242,11 +242,6 @@ impl GuardianConfig {
             .map(|(key, value)| format!("{key} = {value}\n"))
             .collect()
     }
-
-    /// Whether `user` may be used as `run_as`: `default_user` is always allowed.
-    pub fn user_allowed(&self, user: &str) -> bool {
-        user == self.default_user || self.allowed_users.iter().any(|u| u == user)
-    }
 }
 
 /// Hides the password in a connection string, in URL form (`postgres://u:secret@h/db` →
@@ -1511,25 +1506,6 @@ mod tests {
         assert_eq!(format_size(3 << 20), Value::String("3MiB".into()));
         assert_eq!(format_size(1 << 30), Value::String("1GiB".into()));
         assert_eq!(format_size(1000), Value::Integer(1000));
-    }
-
-    #[test]
-    fn user_allowed() {
-        let mut config = load(
-            &with_url("default_user = \"cron\"\nallowed_users = [\"backup\"]"),
-            &[],
-        )
-        .0
-        .unwrap();
-        assert!(
-            config.user_allowed("cron"),
-            "default_user is always allowed"
-        );
-        assert!(config.user_allowed("backup"));
-        assert!(!config.user_allowed("root"), "root only when named");
-        assert!(!config.user_allowed(""));
-        config.allowed_users.push("root".into());
-        assert!(config.user_allowed("root"));
     }
 
     #[test]
