@@ -81,7 +81,10 @@ pub struct GuardianConfig {
 impl std::fmt::Debug for GuardianConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuardianConfig")
-            .field("database_url", &redact_password(&self.database_url))
+            .field(
+                "database_url",
+                &crate::db::redact_password(&self.database_url),
+            )
             .field("host_name", &self.host_name)
             .field("pools", &self.pools)
             .field("capacity", &self.capacity)
@@ -221,7 +224,7 @@ impl GuardianConfig {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let values = [
-            string(&redact_password(&self.database_url)),
+            string(&crate::db::redact_password(&self.database_url)),
             string(&self.host_name),
             list(&self.pools),
             Value::Integer(i64::try_from(self.capacity).unwrap_or(i64::MAX)),
@@ -244,44 +247,6 @@ impl GuardianConfig {
     }
 }
 
-/// Hides the password in a connection string, in URL form (`postgres://u:secret@h/db` →
-/// `postgres://u:***@h/db`, also `?password=`) and key=value form (`password=secret` →
-/// `password=***`). Use it wherever a URL is displayed or logged.
-pub fn redact_password(url: &str) -> String {
-    let trimmed = url.trim_start();
-    for prefix in ["postgres://", "postgresql://"] {
-        if let Some(rest) = trimmed.strip_prefix(prefix) {
-            let lead = &url[..url.len() - trimmed.len()];
-            return format!("{lead}{prefix}{}", redact_url_rest(rest));
-        }
-    }
-    redact_key_value(url)
-}
-
-/// Builds a key=value connection string from the standard libpq environment variables
-/// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, ...) found in `env`, or None
-/// when none of them is set. Empty variables count as unset, as they do for libpq's host.
-pub fn database_url_from_libpq(env: &[(String, String)]) -> Option<String> {
-    let mut parts: Vec<String> = LIBPQ_VARS
-        .iter()
-        .filter_map(|(var, key)| {
-            let value = env_value(env, var).filter(|v| !v.is_empty())?;
-            Some(format!("{key}={}", quote_conninfo(value)))
-        })
-        .collect();
-    if parts.is_empty() {
-        return None;
-    }
-    // tokio-postgres has no default host, while libpq uses its Unix socket directory; this
-    // is the directory Debian's libpq and PostgreSQL use.
-    if env_value(env, "PGHOST").is_none_or(str::is_empty)
-        && env_value(env, "PGHOSTADDR").is_none_or(str::is_empty)
-    {
-        parts.insert(0, "host=/var/run/postgresql".to_string());
-    }
-    Some(parts.join(" "))
-}
-
 /// Every key the file may contain, in the order of the fields (`to_redacted_toml` relies
 /// on it).
 const KEYS: [&str; 14] = [
@@ -299,25 +264,6 @@ const KEYS: [&str; 14] = [
     "history_retention",
     "state_dir",
     "log_format",
-];
-
-/// The libpq variables we translate, with the tokio-postgres option each becomes. Others
-/// (`PGSSLROOTCERT`, `PGPASSFILE`, `PGSERVICE`, ...) have no tokio-postgres equivalent.
-const LIBPQ_VARS: [(&str, &str); 14] = [
-    ("PGHOST", "host"),
-    ("PGHOSTADDR", "hostaddr"),
-    ("PGPORT", "port"),
-    ("PGDATABASE", "dbname"),
-    ("PGUSER", "user"),
-    ("PGPASSWORD", "password"),
-    ("PGOPTIONS", "options"),
-    ("PGAPPNAME", "application_name"),
-    ("PGSSLMODE", "sslmode"),
-    ("PGSSLNEGOTIATION", "sslnegotiation"),
-    ("PGCONNECT_TIMEOUT", "connect_timeout"),
-    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
-    ("PGCHANNELBINDING", "channel_binding"),
-    ("PGLOADBALANCEHOSTS", "load_balance_hosts"),
 ];
 
 /// Durations beyond this are typos, and would overflow timer arithmetic.
@@ -480,17 +426,13 @@ fn database_url(inputs: &Inputs, env: &[(String, String)], file_hint: &str) -> R
     if let Some(url) = inputs.get("database_url", parse_database_url)? {
         return Ok(url);
     }
-    let Some(url) = database_url_from_libpq(env) else {
+    let Some(url) = crate::db::url_from_env(env) else {
         bail!(
             "no database configured: set database_url in {file_hint}, SISY_DATABASE_URL \
              or the PG* environment variables"
         );
     };
-    let set: Vec<&str> = LIBPQ_VARS
-        .iter()
-        .map(|(var, _)| *var)
-        .filter(|var| env_value(env, var).is_some_and(|v| !v.is_empty()))
-        .collect();
+    let set = crate::db::env_vars_set(env);
     validate_database_url(&url)
         .with_context(|| format!("PG* environment variables ({})", set.join(", ")))?;
     Ok(url)
@@ -536,80 +478,6 @@ fn validate_database_url(url: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// libpq's quoting: single quotes, with `\` escaping `'` and `\`.
-fn quote_conninfo(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// The part of a `postgres://` URL after the scheme, with the password hidden.
-/// tokio-postgres ends the credentials at the first `@`, people who forget to escape one
-/// mean the last: hiding up to the last `@` covers both.
-fn redact_url_rest(rest: &str) -> String {
-    let rest = match rest.rsplit_once('@') {
-        Some((creds, tail)) => match creds.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{tail}"),
-            None => rest.to_string(),
-        },
-        None => rest.to_string(),
-    };
-    let Some((base, query)) = rest.split_once('?') else {
-        return rest;
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|p| match p.split_once('=') {
-            Some(("password", _)) => "password=***".to_string(),
-            _ => p.to_string(),
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
-}
-
-/// A key=value connection string with the `password` value replaced, keeping everything
-/// else as written. Never fails: a malformed string is redacted as far as it goes.
-/// Whitespace is Unicode whitespace, as for tokio-postgres, so no value hides a password.
-fn redact_key_value(s: &str) -> String {
-    let ws_len = |s: &str| s.len() - s.trim_start().len();
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while !rest.is_empty() {
-        let key_start = ws_len(rest);
-        let key_end = rest[key_start..]
-            .find(|c: char| c.is_whitespace() || c == '=')
-            .map_or(rest.len(), |n| key_start + n);
-        let mut value_start = key_end + ws_len(&rest[key_end..]);
-        if rest[value_start..].starts_with('=') {
-            value_start += 1 + ws_len(&rest[value_start + 1..]);
-        }
-        let value_end = value_start + conninfo_value_len(&rest[value_start..]);
-        out.push_str(&rest[..value_start]);
-        match &rest[key_start..key_end] {
-            "password" => out.push_str("***"),
-            _ => out.push_str(&rest[value_start..value_end]),
-        }
-        rest = &rest[value_end..];
-    }
-    out
-}
-
-/// The length of the value at the start of `s`: through its closing quote, or up to
-/// whitespace; a backslash escapes the next character either way.
-fn conninfo_value_len(s: &str) -> usize {
-    let quoted = s.starts_with('\'');
-    let mut chars = s.char_indices().skip(usize::from(quoted));
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            '\'' if quoted => return i + 1,
-            c if !quoted && c.is_whitespace() => return i,
-            _ => {}
-        }
-    }
-    s.len()
 }
 
 /// The message for a bad value: what was expected, and the value.
@@ -1369,92 +1237,6 @@ mod tests {
         );
         let (msg, _) = error("", &[("SISY_DATABASE_URL", "")]);
         assert!(msg.starts_with("SISY_DATABASE_URL: expected a connection string, got an empty"));
-    }
-
-    #[test]
-    fn redacts_url_form() {
-        let cases = [
-            ("postgres://u:secret@h/db", "postgres://u:***@h/db"),
-            (
-                "postgresql://u:s%40c:r@h1:5432,h2:5433/db",
-                "postgresql://u:***@h1:5432,h2:5433/db",
-            ),
-            ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h/db", "postgres://h/db"),
-            (
-                "postgres://h/db?user=u&password=secret&target_session_attrs=read-write",
-                "postgres://h/db?user=u&password=***&target_session_attrs=read-write",
-            ),
-            ("  postgres://u:secret@h", "  postgres://u:***@h"),
-            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
-            ("postgres://u:p?w@h/db", "postgres://u:***@h/db"),
-            (
-                "postgres://h/db?application_name=a@b",
-                "postgres://h/db?application_name=a@b",
-            ),
-            (
-                "postgres://h/db?password=s&application_name=a@b",
-                "postgres://h/db?password=***&application_name=a@b",
-            ),
-        ];
-        for (url, expected) in cases {
-            assert_eq!(redact_password(url), expected, "{url}");
-        }
-    }
-
-    #[test]
-    fn redacts_key_value_form() {
-        let cases = [
-            ("password=secret", "password=***"),
-            (
-                "host=h password=secret user=u",
-                "host=h password=*** user=u",
-            ),
-            (
-                "host=h password = 'se cret' user=u",
-                "host=h password = *** user=u",
-            ),
-            (r"password='it\'s' user=u", "password=*** user=u"),
-            (r"password=a\ b user=u", "password=*** user=u"),
-            (
-                "user=u password='unterminated secret",
-                "user=u password=***",
-            ),
-            ("password=", "password=***"),
-            ("host=h", "host=h"),
-            ("application_name=password=x", "application_name=password=x"),
-            ("host=h\u{a0}password=secret", "host=h\u{a0}password=***"),
-            (
-                "host='h é' password=sécret\tuser=u",
-                "host='h é' password=***\tuser=u",
-            ),
-        ];
-        for (url, expected) in cases {
-            assert_eq!(redact_password(url), expected, "{url}");
-        }
-    }
-
-    #[test]
-    fn redaction_hides_every_quoted_password() {
-        let passwords = [
-            "s3cret",
-            "with space",
-            "it's",
-            r"back\slash",
-            "a=b c=d",
-            "ünï\u{a0}code",
-            "'",
-        ];
-        for password in passwords {
-            let url = format!("host=h password = {} user=u", quote_conninfo(password));
-            let parsed = tokio_postgres::Config::from_str(&url).unwrap();
-            assert_eq!(parsed.get_password(), Some(password.as_bytes()), "{url}");
-            assert_eq!(
-                redact_password(&url),
-                "host=h password = *** user=u",
-                "{url}"
-            );
-        }
     }
 
     #[test]

@@ -236,7 +236,7 @@ async fn client(url: Option<&str>) -> Result<Client, Exit> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let url = match url {
         Some(u) => u.to_string(),
-        None => crate::config::database_url_from_libpq(&env).ok_or_else(|| Exit {
+        None => db::url_from_env(&env).ok_or_else(|| Exit {
             code: 3,
             error: anyhow::anyhow!(
                 "no database given: pass --database-url, or set SISY_DATABASE_URL or the PG* variables"
