@@ -4,7 +4,7 @@
 #   packaging/build-deb.sh
 #
 # Needs cargo-deb (`cargo install cargo-deb`). Builds the release binary, generates the man
-# pages and shell completions from the CLI definition (`sisy generate`), then packages
+# pages and shell completions from the CLI definition (`cargo xtask generate`), then packages
 # them with the unit and the example config as described in Cargo.toml's
 # [package.metadata.deb].
 set -euo pipefail
@@ -15,5 +15,5 @@ cargo build --release --locked --bin sisy
 # Generated assets live in ./target/generated whatever CARGO_TARGET_DIR says: Cargo.toml
 # names them by that path.
 rm -rf target/generated
-"${CARGO_TARGET_DIR:-target}/release/sisy" generate --out target/generated
+cargo --locked xtask generate --out target/generated
 cargo deb --no-build --locked "$@"

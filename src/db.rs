@@ -29,6 +29,8 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, Socket};
 
 pub use bounded::{Conn, answer_limit, checkout, timed_out, within};
+use conninfo::var;
+pub(crate) use conninfo::{env_vars_set, redact_password, url_from_env};
 use tls::TlsSettings;
 
 /// The named statements, grouped by the table they work on.
@@ -457,15 +459,6 @@ fn process_env() -> Vec<(String, String)> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
-}
-
-/// A variable of `env`; empty counts as unset, as for the guardian's configuration.
-fn var<'e>(env: &'e [(String, String)], name: &str) -> Option<&'e str> {
-    env.iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .filter(|v| !v.is_empty())
 }
 
 /// `$HOME`, else the home directory in the user database, as libpq looks for it.

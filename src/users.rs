@@ -105,3 +105,43 @@ pub fn current_user_name() -> String {
         _ => Uid::effective().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(default_user: &str, allowed: &[&str]) -> Policy {
+        Policy {
+            host: "h1".into(),
+            default_user: default_user.into(),
+            allowed_users: allowed.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_the_default_user_and_the_allowed_users_may_run() {
+        let me = current_user_name();
+        let only_me = policy(&me, &[]);
+        assert_eq!(only_me.resolve(None).unwrap().name, me, "default_user");
+        assert_eq!(only_me.resolve(Some(&me)).unwrap().name, me);
+        for other in ["root", "backup", ""] {
+            if other == me {
+                continue;
+            }
+            let err = only_me.resolve(Some(other)).unwrap_err();
+            assert_eq!(
+                err,
+                format!(
+                    "user '{other}' is not allowed on host h1: add it to allowed_users in that \
+                     host's guardian config, or change the job's run_as"
+                )
+            );
+        }
+        let err = policy("cron", &[&me])
+            .resolve(Some("no-such-user-x"))
+            .unwrap_err();
+        assert!(err.contains("is not allowed"), "{err}");
+        let named = policy("no-such-user-x", &[&me]);
+        assert_eq!(named.resolve(Some(&me)).unwrap().name, me, "allowed_users");
+    }
+}

@@ -8,7 +8,6 @@
 //! Exit codes: 0 success; 1 the operation failed (unknown job or run, refused value, …);
 //! 2 bad usage (clap); 3 the database could not be reached.
 
-mod generate;
 mod hosts;
 mod import;
 mod jobs;
@@ -71,12 +70,6 @@ pub enum Command {
     ImportCrontab(import::ImportArgs),
     /// The fleet on one screen: hosts, running, failing jobs, missed runs.
     Status,
-    /// Write man pages and shell completions into DIR (used to build the package).
-    #[command(hide = true)]
-    Generate {
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
 }
 
 #[derive(Args, Debug)]
@@ -200,7 +193,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
             after,
             count,
         }) => Ok(schedule::check(&expr, &tz, after, count, json)?),
-        Command::Generate { out } => Ok(generate::run(&out)?),
         command => {
             let mut client = client(cli.database_url.as_deref()).await?;
             let c = &mut client;
@@ -218,7 +210,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 Command::Hosts(cmd) => hosts::run(c, cmd, json).await,
                 Command::ImportCrontab(args) => import::run(c, &args, json).await,
                 Command::Status => status::run(c, json).await,
-                Command::Guardian(_) | Command::Schedule(_) | Command::Generate { .. } => {
+                Command::Guardian(_) | Command::Schedule(_) => {
                     unreachable!("handled above")
                 }
             };
@@ -244,7 +236,7 @@ async fn client(url: Option<&str>) -> Result<Client, Exit> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let url = match url {
         Some(u) => u.to_string(),
-        None => crate::config::database_url_from_libpq(&env).ok_or_else(|| Exit {
+        None => db::url_from_env(&env).ok_or_else(|| Exit {
             code: 3,
             error: anyhow::anyhow!(
                 "no database given: pass --database-url, or set SISY_DATABASE_URL or the PG* variables"

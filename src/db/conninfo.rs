@@ -1,17 +1,42 @@
-//! Taking the libpq keys tokio-postgres does not know out of a connection string.
+//! libpq's connection strings and environment, read in one place: the key=value and URL
+//! forms are tokenised here and nowhere else, and so are the `PG*` variables.
 //!
-//! tokio-postgres 0.7 parses `sslmode` disable/prefer/require only and rejects any key it
-//! does not know, while libpq users write `sslmode=verify-full sslrootcert=ca.pem
-//! passfile=...`. This module finds those keys in either form (`postgres://…?sslmode=…`
-//! and `sslmode=… host=…`), returns their values, and leaves the rest of the string exactly
-//! as written for tokio-postgres to parse. It does not interpret the values (see `tls` and
-//! `pgpass`) and does not validate the rest: a string it cannot tokenise is passed on
-//! untouched, so the driver reports the syntax error as it always has.
+//! - [`split`] takes the libpq keys tokio-postgres does not know out of a string: 0.7
+//!   parses `sslmode` disable/prefer/require only and rejects any key it does not know,
+//!   while libpq users write `sslmode=verify-full sslrootcert=ca.pem passfile=...`. It
+//!   returns their values and leaves the rest exactly as written for tokio-postgres; it
+//!   does not interpret the values (see `tls` and `pgpass`) and does not validate the rest:
+//!   a string it cannot tokenise is passed on untouched, so the driver reports the error.
+//! - [`redact_password`] hides the password of a string for display, however malformed.
+//! - [`url_from_env`] builds a string from `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`…
+//!   (the guardian's and the CLI's fallback); [`var`] reads any variable as libpq does.
+
+use std::ops::Range;
 
 use anyhow::{Result, anyhow};
 
 /// The keys taken out of the string, as libpq spells them.
 pub(super) const OUR_KEYS: [&str; 3] = ["sslmode", "sslrootcert", "passfile"];
+
+/// The libpq variables that become keys of a connection string, with the key each becomes.
+/// Others have no key here: `PGSSLROOTCERT` and `PGPASSFILE` are read when connecting (see
+/// `db`), and `PGSERVICE` and the like have no tokio-postgres equivalent.
+const LIBPQ_VARS: [(&str, &str); 14] = [
+    ("PGHOST", "host"),
+    ("PGHOSTADDR", "hostaddr"),
+    ("PGPORT", "port"),
+    ("PGDATABASE", "dbname"),
+    ("PGUSER", "user"),
+    ("PGPASSWORD", "password"),
+    ("PGOPTIONS", "options"),
+    ("PGAPPNAME", "application_name"),
+    ("PGSSLMODE", "sslmode"),
+    ("PGSSLNEGOTIATION", "sslnegotiation"),
+    ("PGCONNECT_TIMEOUT", "connect_timeout"),
+    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
+    ("PGCHANNELBINDING", "channel_binding"),
+    ("PGLOADBALANCEHOSTS", "load_balance_hosts"),
+];
 
 /// A connection string split in two: what tokio-postgres parses, and our keys.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -36,10 +61,8 @@ impl Split {
 
 /// Splits `url` (URL or key=value form, told apart as tokio-postgres does).
 pub(super) fn split(url: &str) -> Result<Split> {
-    for prefix in ["postgres://", "postgresql://"] {
-        if let Some(rest) = url.strip_prefix(prefix) {
-            return split_url(prefix, rest);
-        }
+    if let Some((scheme, rest)) = url_form(url) {
+        return split_url(scheme, rest);
     }
     Ok(split_key_value(url).unwrap_or_else(|| Split {
         rest: url.to_string(),
@@ -47,20 +70,89 @@ pub(super) fn split(url: &str) -> Result<Split> {
     }))
 }
 
+/// Hides the password in a connection string, in URL form (`postgres://u:secret@h/db` →
+/// `postgres://u:***@h/db`, also `?password=`) and key=value form (`password=secret` →
+/// `password=***`), keeping everything else as written. Never fails: a malformed string is
+/// redacted as far as it goes. Use it wherever a connection string is displayed or logged.
+pub(crate) fn redact_password(url: &str) -> String {
+    let trimmed = url.trim_start();
+    if let Some((scheme, rest)) = url_form(trimmed) {
+        let lead = &url[..url.len() - trimmed.len()];
+        return format!("{lead}{scheme}{}", redact_url_rest(rest));
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut copied = 0;
+    for param in Params::new(url).filter(|p| p.key == "password") {
+        out.push_str(&url[copied..param.value.start]);
+        out.push_str("***");
+        copied = param.value.end;
+    }
+    out.push_str(&url[copied..]);
+    out
+}
+
+/// A key=value connection string built from the libpq variables set in `env`, or None
+/// when none is. Empty variables count as unset, as they do for libpq's host.
+pub(crate) fn url_from_env(env: &[(String, String)]) -> Option<String> {
+    let mut parts: Vec<String> = LIBPQ_VARS
+        .iter()
+        .filter_map(|(name, key)| Some(format!("{key}={}", quote(var(env, name)?))))
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    // tokio-postgres has no default host, while libpq uses its Unix socket directory; this
+    // is the directory Debian's libpq and PostgreSQL use.
+    if var(env, "PGHOST").is_none() && var(env, "PGHOSTADDR").is_none() {
+        parts.insert(0, "host=/var/run/postgresql".to_string());
+    }
+    Some(parts.join(" "))
+}
+
+/// The libpq variables [`url_from_env`] used, by name (for messages).
+pub(crate) fn env_vars_set(env: &[(String, String)]) -> Vec<&'static str> {
+    LIBPQ_VARS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| var(env, name).is_some())
+        .collect()
+}
+
+/// A variable of `env` (the last assignment wins); empty counts as unset, as for libpq.
+pub(crate) fn var<'e>(env: &'e [(String, String)], name: &str) -> Option<&'e str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// libpq's quoting: single quotes, with `\` escaping `'` and `\`.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The scheme and the rest of a string in URL form, as tokio-postgres recognises it.
+fn url_form(url: &str) -> Option<(&'static str, &str)> {
+    ["postgres://", "postgresql://"]
+        .into_iter()
+        .find_map(|scheme| Some((scheme, url.strip_prefix(scheme)?)))
+}
+
 /// The URL form: our keys can only be query parameters.
-fn split_url(prefix: &str, rest: &str) -> Result<Split> {
+fn split_url(scheme: &str, rest: &str) -> Result<Split> {
     // tokio-postgres ends the credentials at the first `@` (a `?` in a password is fine),
     // and the query starts at the first `?` after them.
     let creds_end = rest.find('@').map_or(0, |at| at + 1);
-    let Some(query_at) = rest[creds_end..].find('?').map(|q| creds_end + q) else {
+    let Some((base, query)) = split_query(rest, creds_end) else {
         return Ok(Split {
-            rest: format!("{prefix}{rest}"),
+            rest: format!("{scheme}{rest}"),
             ..Split::default()
         });
     };
     let mut split = Split::default();
     let mut kept = Vec::new();
-    for pair in rest[query_at + 1..].split('&') {
+    for pair in query.split('&') {
         let ours = pair
             .split_once('=')
             .and_then(|(key, value)| Some((decode(key).ok()?, value)))
@@ -74,13 +166,45 @@ fn split_url(prefix: &str, rest: &str) -> Result<Split> {
             None => kept.push(pair),
         }
     }
-    let base = &rest[..query_at];
     split.rest = if kept.is_empty() {
-        format!("{prefix}{base}")
+        format!("{scheme}{base}")
     } else {
-        format!("{prefix}{base}?{}", kept.join("&"))
+        format!("{scheme}{base}?{}", kept.join("&"))
     };
     Ok(split)
+}
+
+/// The part of a URL before its query and the query, the query starting at the first `?`
+/// at or after `from`; None without a query.
+fn split_query(rest: &str, from: usize) -> Option<(&str, &str)> {
+    let at = from + rest[from..].find('?')?;
+    Some((&rest[..at], &rest[at + 1..]))
+}
+
+/// The part of a URL after the scheme, with the password hidden. tokio-postgres ends the
+/// credentials at the first `@`; people who forget to escape one mean the last: hiding up
+/// to the last `@` covers both.
+fn redact_url_rest(rest: &str) -> String {
+    let rest = match rest.rsplit_once('@') {
+        Some((creds, tail)) => match creds.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{tail}"),
+            None => rest.to_string(),
+        },
+        None => rest.to_string(),
+    };
+    // Any `?` left starts the query: the password, which may hold one, is gone, and a
+    // query parameter may hold an `@`.
+    let Some((base, query)) = split_query(&rest, 0) else {
+        return rest;
+    };
+    let params: Vec<&str> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some(("password", _)) => "password=***",
+            _ => p,
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 fn decode(s: &str) -> Result<String, std::str::Utf8Error> {
@@ -93,90 +217,114 @@ fn decode(s: &str) -> Result<String, std::str::Utf8Error> {
 /// tokenise (the driver will then report why).
 fn split_key_value(s: &str) -> Option<Split> {
     let mut split = Split::default();
-    let mut tokens = Tokens { s, at: 0 };
-    let mut copied_up_to = 0;
-    while let Some((start, key, value)) = tokens.next_parameter()? {
-        if OUR_KEYS.contains(&key) {
-            split.rest.push_str(&s[copied_up_to..start]);
-            copied_up_to = tokens.at;
-            split.set(key, value);
+    let mut copied = 0;
+    for param in Params::new(s) {
+        if !param.well_formed {
+            return None;
+        }
+        if OUR_KEYS.contains(&param.key) {
+            split.rest.push_str(&s[copied..param.start]);
+            copied = param.value.end;
+            split.set(param.key, param.unescaped);
         }
     }
-    split.rest.push_str(&s[copied_up_to..]);
+    split.rest.push_str(&s[copied..]);
     Some(split)
 }
 
-/// A cursor over `key = value` parameters: values bare (up to whitespace) or in single
-/// quotes, `\` escaping the next character in either.
-struct Tokens<'a> {
+/// One `key = value` parameter as written. Values are bare (up to whitespace) or in single
+/// quotes, `\` escaping the next character in either; whitespace is Unicode whitespace, as
+/// for tokio-postgres, so no value can hide a password from [`redact_password`].
+struct Param<'a> {
+    /// Where the parameter starts.
+    start: usize,
+    key: &'a str,
+    /// The value as written, quotes included (empty when missing).
+    value: Range<usize>,
+    unescaped: String,
+    /// Whether tokio-postgres accepts it: a key, `=`, and a non-empty bare value or a
+    /// closed quoted one.
+    well_formed: bool,
+}
+
+/// The parameters of a key=value string. Lenient: a malformed parameter is returned as far
+/// as it goes (marked not `well_formed`) and the scan goes on, which redaction needs.
+struct Params<'a> {
     s: &'a str,
     at: usize,
 }
 
-impl<'a> Tokens<'a> {
-    /// The next parameter as (its start, key, unescaped value); Ok(None) at the end, None
-    /// on a syntax error.
-    #[allow(clippy::type_complexity)]
-    fn next_parameter(&mut self) -> Option<Option<(usize, &'a str, String)>> {
-        self.skip_ws();
-        let start = self.at;
-        let key_len = self.rest().find(|c: char| c.is_whitespace() || c == '=');
-        let key_len = key_len.unwrap_or(self.rest().len());
-        if key_len == 0 {
-            return if self.rest().is_empty() {
-                Some(None)
-            } else {
-                None
-            };
-        }
-        let key = &self.s[start..start + key_len];
-        self.at += key_len;
-        self.skip_ws();
-        self.rest().starts_with('=').then_some(())?;
-        self.at += 1;
-        self.skip_ws();
-        let value = self.value()?;
-        Some(Some((start, key, value)))
+impl<'a> Params<'a> {
+    fn new(s: &'a str) -> Self {
+        Params { s, at: 0 }
     }
 
-    fn value(&mut self) -> Option<String> {
-        let quoted = self.rest().starts_with('\'');
+    /// Reads a value at the cursor: (unescaped, whether it ended properly).
+    fn value(&mut self) -> (String, bool) {
+        let rest = &self.s[self.at..];
+        let quoted = rest.starts_with('\'');
         let mut value = String::new();
-        let mut chars = self.rest().char_indices().skip(usize::from(quoted));
+        let mut chars = rest.char_indices().skip(usize::from(quoted));
         while let Some((i, c)) = chars.next() {
             match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(escaped);
-                    }
-                }
+                '\\' => value.extend(chars.next().map(|(_, escaped)| escaped)),
                 '\'' if quoted => {
                     self.at += i + 1;
-                    return Some(value);
+                    return (value, true);
                 }
                 c if !quoted && c.is_whitespace() => {
                     self.at += i;
-                    return (!value.is_empty()).then_some(value);
+                    return (value, true);
                 }
                 c => value.push(c),
             }
         }
         // The end of the string: fine for a bare value, unterminated for a quoted one.
         self.at = self.s.len();
-        (!quoted && !value.is_empty()).then_some(value)
-    }
-
-    fn rest(&self) -> &'a str {
-        &self.s[self.at..]
+        (value, !quoted)
     }
 
     fn skip_ws(&mut self) {
-        self.at = self.s.len() - self.rest().trim_start().len();
+        self.at = self.s.len() - self.s[self.at..].trim_start().len();
+    }
+}
+
+impl<'a> Iterator for Params<'a> {
+    type Item = Param<'a>;
+
+    fn next(&mut self) -> Option<Param<'a>> {
+        self.skip_ws();
+        if self.at == self.s.len() {
+            return None;
+        }
+        let start = self.at;
+        let rest = &self.s[start..];
+        let key_len = rest.find(|c: char| c.is_whitespace() || c == '=');
+        let key = &rest[..key_len.unwrap_or(rest.len())];
+        self.at += key.len();
+        self.skip_ws();
+        let eq = self.s[self.at..].starts_with('=');
+        if eq {
+            self.at += 1;
+            self.skip_ws();
+        }
+        let value_start = self.at;
+        let quoted = self.s[value_start..].starts_with('\'');
+        let (unescaped, ended) = self.value();
+        Some(Param {
+            start,
+            key,
+            value: value_start..self.at,
+            well_formed: !key.is_empty() && eq && ended && (quoted || !unescaped.is_empty()),
+            unescaped,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
     use super::*;
 
     fn ours(url: &str) -> (String, Option<String>, Option<String>, Option<String>) {
@@ -186,6 +334,12 @@ mod tests {
 
     fn some(s: &str) -> Option<String> {
         Some(s.to_string())
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -242,5 +396,127 @@ mod tests {
         let untouched = "postgres://u:secret@h/d?application_name=a&bad";
         assert_eq!(ours(untouched), (untouched.into(), None, None, None));
         assert!(split("postgres://h/d?sslrootcert=%ff").is_err());
+    }
+
+    #[test]
+    fn redacts_url_form() {
+        let cases = [
+            ("postgres://u:secret@h/db", "postgres://u:***@h/db"),
+            (
+                "postgresql://u:s%40c:r@h1:5432,h2:5433/db",
+                "postgresql://u:***@h1:5432,h2:5433/db",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h/db", "postgres://h/db"),
+            (
+                "postgres://h/db?user=u&password=secret&target_session_attrs=read-write",
+                "postgres://h/db?user=u&password=***&target_session_attrs=read-write",
+            ),
+            ("  postgres://u:secret@h", "  postgres://u:***@h"),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p?w@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://h/db?application_name=a@b",
+                "postgres://h/db?application_name=a@b",
+            ),
+            (
+                "postgres://h/db?password=s&application_name=a@b",
+                "postgres://h/db?password=***&application_name=a@b",
+            ),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_password(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn redacts_key_value_form() {
+        let cases = [
+            ("password=secret", "password=***"),
+            (
+                "host=h password=secret user=u",
+                "host=h password=*** user=u",
+            ),
+            (
+                "host=h password = 'se cret' user=u",
+                "host=h password = *** user=u",
+            ),
+            (r"password='it\'s' user=u", "password=*** user=u"),
+            (r"password=a\ b user=u", "password=*** user=u"),
+            (
+                "user=u password='unterminated secret",
+                "user=u password=***",
+            ),
+            ("password=", "password=***"),
+            ("host=h password hunter2", "host=h password ***"),
+            ("host=h", "host=h"),
+            ("application_name=password=x", "application_name=password=x"),
+            ("host=h\u{a0}password=secret", "host=h\u{a0}password=***"),
+            (
+                "host='h é' password=sécret\tuser=u",
+                "host='h é' password=***\tuser=u",
+            ),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_password(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_every_quoted_password() {
+        let passwords = [
+            "s3cret",
+            "with space",
+            "it's",
+            r"back\slash",
+            "a=b c=d",
+            "ünï\u{a0}code",
+            "'",
+        ];
+        for password in passwords {
+            let url = format!("host=h password = {} user=u", quote(password));
+            let parsed = tokio_postgres::Config::from_str(&url).unwrap();
+            assert_eq!(parsed.get_password(), Some(password.as_bytes()), "{url}");
+            assert_eq!(
+                redact_password(&url),
+                "host=h password = *** user=u",
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn libpq_environment() {
+        let vars = env(&[
+            ("PGHOST", "db1,db2"),
+            ("PGPORT", "5432,5433"),
+            ("PGUSER", "sisy"),
+            ("PGPASSWORD", r"it's a \ secret"),
+            ("PGDATABASE", "jobs"),
+            ("PGSSLMODE", ""),
+            ("PGUSER", "last"),
+        ]);
+        let url = url_from_env(&vars).unwrap();
+        assert_eq!(
+            url,
+            r"host='db1,db2' port='5432,5433' dbname='jobs' user='last' password='it\'s a \\ secret'"
+        );
+        let parsed = tokio_postgres::Config::from_str(&url).unwrap();
+        assert_eq!(parsed.get_password(), Some(&br"it's a \ secret"[..]));
+        assert_eq!(
+            env_vars_set(&vars),
+            ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD"]
+        );
+        assert_eq!(url_from_env(&env(&[("PGPASSWORD", "")])), None);
+        assert_eq!(
+            url_from_env(&env(&[("PGHOSTADDR", "10.0.0.1")])).unwrap(),
+            "hostaddr='10.0.0.1'",
+            "no socket directory when an address is given"
+        );
+        assert_eq!(
+            var(&env(&[("A", "1"), ("A", "")]), "A"),
+            None,
+            "empty is unset"
+        );
     }
 }
