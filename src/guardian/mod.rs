@@ -41,12 +41,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::GuardianConfig;
 use crate::db::{self, q};
-use crate::orphans::Registry;
 use crate::outage::Outage;
-use crate::recorder::Recorder;
-use crate::supervisor::StopReason;
-use crate::users::Policy;
-use crate::{dispatcher, heartbeat, listener, reaper};
+use crate::run::orphans::Registry;
+use crate::run::recorder::Recorder;
+use crate::run::supervisor::StopReason;
+use crate::run::users::Policy;
+use crate::service::{dispatcher, heartbeat, listener, reaper};
 use services::Services;
 pub(crate) use services::{fault_point, panic_message};
 use startup::StateDir;

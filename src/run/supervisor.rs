@@ -3,7 +3,7 @@
 //! Owns the guardian's side of a run: the process spec (`/bin/sh -c COMMAND`, stdin
 //! `/dev/null`, its own session and process group, a clean cron-like environment plus the
 //! job's `env` and the `SISY_*` variables, the `run_as` user with its supplementary groups,
-//! the working directory), handed to a run shim ([`crate::shim`]) that starts the shell and
+//! the working directory), handed to a run shim ([`crate::run::shim`]) that starts the shell and
 //! owns the job's process tree; the combined stdout+stderr read to EOF into a bounded tail
 //! (a job printing 10 GB costs the guardian `output_limit` bytes, never more);
 //! `max_runtime`; stop requests (kill, replace, shutdown: SIGTERM to the whole tree and
@@ -11,7 +11,7 @@
 //! the heartbeat renews. Once the shell has exited, the shim gives whatever it left behind
 //! the same SIGTERM-then-SIGKILL treatment, so no job process outlives its run.
 //! Does not own the database: the caller records the [`Outcome`]. Does not decide *who*
-//! may run as whom (that is [`crate::users`]); it only passes on a resolved identity.
+//! may run as whom (that is [`crate::run::users`]); it only passes on a resolved identity.
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -22,9 +22,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::orphans::Registry;
-use crate::shim::{self, Report};
-use crate::users::Identity;
+use crate::run::orphans::Registry;
+use crate::run::shim::{self, Report};
+use crate::run::users::Identity;
 
 /// Everything needed to start one run.
 #[derive(Debug, Clone)]

@@ -15,15 +15,15 @@ use anyhow::Result;
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
-use crate::claimer::{Admission, ClaimedRun, Claimer};
 use crate::db::{self, q};
 use crate::guardian::{RunHandle, Shared, is_draining};
-use crate::launch;
 use crate::metrics;
 use crate::outage;
-use crate::recorder::{self, Verdict, Written};
-use crate::scheduler::Scheduler;
-use crate::supervisor::{self, Supervision};
+use crate::run::launch;
+use crate::run::recorder::{self, Verdict, Written};
+use crate::run::supervisor::{self, Supervision};
+use crate::service::claimer::{Admission, ClaimedRun, Claimer};
+use crate::service::scheduler::Scheduler;
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);

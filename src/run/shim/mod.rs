@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 
-use crate::supervisor::Spec;
+use crate::run::supervisor::Spec;
 
 mod process;
 mod shell;
