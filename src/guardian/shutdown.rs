@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::services::Services;
 use super::{Shared, q};
-use crate::run::supervisor::StopReason;
+use crate::run::StopReason;
 
 /// The longest wait for stopped jobs to end (each has its kill_grace; past this the run
 /// shims still kill them when the guardian exits).

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{self, q};
 use crate::outage::{self, Outage};
 use crate::run::spool::{Entry, Spool};
-use crate::run::supervisor::{Outcome, StopReason};
+use crate::run::{Outcome, StopReason};
 
 /// A final state with its explanation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,10 +19,11 @@ use crate::db::{self, q};
 use crate::guardian::{RunHandle, Shared, is_draining};
 use crate::metrics;
 use crate::outage;
+use crate::run::ClaimedRun;
 use crate::run::launch;
 use crate::run::recorder::{self, Verdict, Written};
 use crate::run::supervisor::{self, Supervision};
-use crate::service::claimer::{Admission, ClaimedRun, Claimer};
+use crate::service::claimer::{Admission, Claimer};
 use crate::service::scheduler::Scheduler;
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
@@ -196,7 +197,7 @@ impl Dispatcher {
             no_retry: false,
         };
         for run in std::mem::take(&mut self.waiting) {
-            let outcome = supervisor::Outcome::default();
+            let outcome = crate::run::Outcome::default();
             let entry =
                 recorder::entry(&self.shared.host, run.id, &run.job_name, &verdict, &outcome);
             let shared = self.shared.clone();
@@ -294,7 +295,7 @@ async fn supervise(
     shared: &Arc<Shared>,
     run: ClaimedRun,
     latency: Duration,
-    stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
+    stop_rx: watch::Receiver<Option<crate::run::StopReason>>,
     pid_tx: watch::Sender<Option<u32>>,
 ) {
     let (id, job) = (run.id, run.job_name.clone());
@@ -335,7 +336,7 @@ async fn supervise_run(
     shared: &Arc<Shared>,
     run: ClaimedRun,
     latency: Duration,
-    stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
+    stop_rx: watch::Receiver<Option<crate::run::StopReason>>,
     pid_tx: watch::Sender<Option<u32>>,
 ) {
     crate::guardian::fault_point("supervisor");
@@ -344,9 +345,9 @@ async fn supervise_run(
     let stopped_early = stop_rx.borrow().clone();
     let (outcome, verdict) = if let Some(reason) = stopped_early {
         shared.hold(run.id, true);
-        let outcome = supervisor::Outcome {
+        let outcome = crate::run::Outcome {
             stopped: Some(reason),
-            ..supervisor::Outcome::default()
+            ..crate::run::Outcome::default()
         };
         let mut verdict = recorder::verdict(&outcome, run.max_runtime, host);
         verdict.error = verdict
@@ -388,7 +389,7 @@ async fn supervise_run(
                     no_retry: refusal.final_,
                 };
                 shared.hold(run.id, true);
-                (supervisor::Outcome::default(), verdict)
+                (crate::run::Outcome::default(), verdict)
             }
         }
     };

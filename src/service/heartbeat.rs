@@ -94,7 +94,7 @@ use tokio::time::Instant;
 use crate::db::{self, q};
 use crate::guardian::Shared;
 use crate::outage;
-use crate::run::supervisor::StopReason;
+use crate::run::StopReason;
 
 /// What one beat found.
 #[derive(Debug, Default, Clone)]

@@ -24,7 +24,7 @@ use tokio_postgres::AsyncMessage;
 use crate::db;
 use crate::guardian::Shared;
 use crate::outage;
-use crate::run::supervisor::StopReason;
+use crate::run::StopReason;
 
 pub async fn run(shared: Arc<Shared>) {
     let mut pause = Duration::from_millis(200);

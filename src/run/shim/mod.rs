@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 
-use crate::run::supervisor::Spec;
+use crate::run::Spec;
 
 mod process;
 mod shell;

@@ -28,6 +28,7 @@ use nix::unistd::Pid;
 
 use super::shell::spawn_shell;
 use super::{Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND};
+use crate::run::proc;
 
 /// The shim's entry point: `sisy __run-shim ARGS`; never returns.
 pub fn main(args: &[OsString]) -> ! {
@@ -338,7 +339,7 @@ fn signal_tree(me: Pid, shell: Pid, s: &mut Stopping) {
         Signal::SIGTERM
     };
     let mut targets = vec![(shell.as_raw(), true)];
-    for (pid, pgrp) in children_of(me) {
+    for (pid, pgrp) in proc::children_of(me.as_raw()) {
         if pid != shell.as_raw() {
             targets.push((pid, false));
         }
@@ -358,27 +359,6 @@ fn signal_tree(me: Pid, shell: Pid, s: &mut Stopping) {
             kill(Pid::from_raw(id), sig)
         };
     }
-}
-
-/// The live direct children of `parent` with their process groups, from /proc.
-fn children_of(parent: Pid) -> Vec<(i32, i32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let pid: i32 = name.to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // After the ")" closing the command name: state, ppid, pgrp, …
-            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-            let state = fields.next()?;
-            let ppid: i32 = fields.next()?.parse().ok()?;
-            let pgrp: i32 = fields.next()?.parse().ok()?;
-            (ppid == parent.as_raw() && state != "Z" && state != "X").then_some((pid, pgrp))
-        })
-        .collect()
 }
 
 fn set_nonblocking(fd: i32) -> io::Result<()> {
