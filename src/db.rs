@@ -59,6 +59,8 @@ pub mod q {
     pub const RUNS_ORPHANED_BY_RESTART: &str =
         include_str!("../sql/queries/runs_orphaned_by_restart.sql");
     pub const MIGRATIONS_APPLIED: &str = include_str!("../sql/queries/migrations_applied.sql");
+    pub const LISTEN: &str = include_str!("../sql/queries/listen.sql");
+    pub const PING: &str = include_str!("../sql/queries/ping.sql");
 }
 
 /// The statements of the `sisy` CLI (a thin client over the SQL surface).

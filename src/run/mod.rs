@@ -19,6 +19,7 @@ pub mod recorder;
 pub mod shim;
 pub mod spool;
 pub mod supervisor;
+pub mod table;
 
 pub mod users;
 

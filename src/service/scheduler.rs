@@ -401,7 +401,7 @@ impl RunBatch {
 
     /// Records occurrences no host could take: the job's latest run is extended when it is
     /// already such a record (a stretch of hostless occurrences is one row), else a new
-    /// `expired` row stands for them. Missed, not silently dropped (SPEC §2).
+    /// `expired` row stands for them. Missed, not silently dropped (README: "Runs").
     async fn record_hostless(&mut self, tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
         if self.hostless.is_empty() {
             return Ok(());
