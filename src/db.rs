@@ -84,6 +84,13 @@ pub mod cli {
     pub const RUNS_LOGS: &str = include_str!("../sql/queries/cli/runs_logs.sql");
     pub const HOSTS_LIST: &str = include_str!("../sql/queries/cli/hosts_list.sql");
     pub const STATUS: &str = include_str!("../sql/queries/cli/status.sql");
+    pub const JOBS_SUSPEND: &str = include_str!("../sql/queries/cli/jobs_suspend.sql");
+    pub const JOBS_RESUME: &str = include_str!("../sql/queries/cli/jobs_resume.sql");
+    pub const JOBS_TRIGGER: &str = include_str!("../sql/queries/cli/jobs_trigger.sql");
+    pub const RUNS_KILL: &str = include_str!("../sql/queries/cli/runs_kill.sql");
+    pub const RUNS_RETRY: &str = include_str!("../sql/queries/cli/runs_retry.sql");
+    pub const HOSTS_DRAIN: &str = include_str!("../sql/queries/cli/hosts_drain.sql");
+    pub const HOSTS_UNDRAIN: &str = include_str!("../sql/queries/cli/hosts_undrain.sql");
 }
 
 /// A connection's driver half, returned by [`connect_for_notifications`] so the caller can

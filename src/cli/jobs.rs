@@ -95,14 +95,12 @@ pub async fn run(client: &mut Client, cmd: JobsCommand, json: bool) -> Result<()
             Ok(())
         }
         JobsCommand::Suspend { name } => {
-            call(client, "SELECT sisy.suspend($1)", &name, json, "suspended").await
+            call(client, q::JOBS_SUSPEND, &name, json, "suspended").await
         }
-        JobsCommand::Resume { name } => {
-            call(client, "SELECT sisy.resume($1)", &name, json, "resumed").await
-        }
+        JobsCommand::Resume { name } => call(client, q::JOBS_RESUME, &name, json, "resumed").await,
         JobsCommand::Trigger { name } => {
             let row = client
-                .query_one("SELECT sisy.trigger($1)", &[&name])
+                .query_one(q::JOBS_TRIGGER, &[&name])
                 .await
                 .map_err(|e| sql_error(e, "see `sisy jobs list`"))?;
             let id: i64 = row.get(0);
