@@ -28,7 +28,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, Socket};
 
-pub use bounded::{Conn, answer_limit, checkout, timed_out, within};
+pub use bounded::{Conn, checkout, within};
+pub(crate) use bounded::{answer_limit, timed_out};
 use tls::TlsSettings;
 
 /// The named statements, grouped by the table they work on.
@@ -95,14 +96,14 @@ pub mod cli {
 
 /// A connection's driver half, returned by [`connect_for_notifications`] so the caller can
 /// poll it for notifications. One concrete type for TCP and Unix sockets, TLS or not.
-pub type Connection = tokio_postgres::Connection<Socket, tls::Stream>;
+pub(crate) type Connection = tokio_postgres::Connection<Socket, tls::Stream>;
 
 /// Parses a libpq URL or key=value string into the driver's settings, checking the keys
 /// tokio-postgres does not know (`sslmode` verify-ca/verify-full, `sslrootcert`,
 /// `passfile`) for syntax only; the environment is not consulted and no file is read, so
 /// connect with [`connect`] and friends, not with this config. The error never repeats the
 /// password.
-pub fn parse_url(url: &str) -> Result<Config> {
+pub(crate) fn parse_url(url: &str) -> Result<Config> {
     let split = conninfo::split(url)?;
     let mut config = parse_driver(&split.rest)?;
     if let Some(mode) = &split.sslmode {
@@ -114,7 +115,7 @@ pub fn parse_url(url: &str) -> Result<Config> {
 }
 
 /// A human description of where a config points, for error messages (no password).
-pub fn describe(config: &Config) -> String {
+pub(crate) fn describe(config: &Config) -> String {
     let hosts: Vec<String> = config.get_hosts().iter().map(host_name).collect();
     let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
     format!(
@@ -184,18 +185,18 @@ pub fn error_message(e: &tokio_postgres::Error) -> String {
 /// as migration 0007 enforces: 100 years of 365.25 days. Rows from before that limit are
 /// clamped to it when read, so that no sum of a due time and a row's intervals can leave the
 /// range of a timestamp or of the monotonic clock.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(3_155_760_000);
+pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(3_155_760_000);
 
 /// Whether `error` is a failed TLS handshake with the server (an untrusted or expired
 /// certificate, a name it is not valid for): a setting to fix, not an outage to wait out.
-pub fn is_tls_failure(error: &anyhow::Error) -> bool {
+pub(crate) fn is_tls_failure(error: &anyhow::Error) -> bool {
     tls::handshake_failed(error)
 }
 
 /// Converts seconds (as PostgreSQL's `extract(epoch …)` returns them) to a Duration,
 /// treating NULL, negatives and NaN as zero and clamping at [`MAX_INTERVAL`] (an infinite
 /// interval included).
-pub fn secs(value: Option<f64>) -> Duration {
+pub(crate) fn secs(value: Option<f64>) -> Duration {
     match value {
         Some(s) if s > 0.0 => Duration::from_secs_f64(s.min(MAX_INTERVAL.as_secs_f64())),
         _ => Duration::ZERO,

@@ -80,7 +80,7 @@ static RELOAD: Notify = Notify::const_new();
 
 /// Runs a guardian until `shutdown` fires; an error when it stopped because one of its own
 /// services failed (see `services`), so that the process exits non-zero and is restarted.
-pub async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<()> {
+pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> Result<()> {
     let state = StateDir::open_and_sweep(&config.state_dir).await?;
     if let Some(listen) = config.metrics_listen {
         crate::metrics::install(listen)?;

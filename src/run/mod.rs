@@ -12,16 +12,16 @@ use chrono::{DateTime, Utc};
 
 use users::Identity;
 
-pub mod launch;
-pub mod orphans;
-pub mod proc;
-pub mod recorder;
+pub(crate) mod launch;
+pub(crate) mod orphans;
+pub(crate) mod proc;
+pub(crate) mod recorder;
 pub mod shim;
-pub mod spool;
-pub mod supervisor;
-pub mod table;
+pub(crate) mod spool;
+pub(crate) mod supervisor;
+pub(crate) mod table;
 
-pub mod users;
+pub(crate) mod users;
 
 /// A claimed run with what is needed to start it.
 #[derive(Debug, Clone)]

@@ -98,11 +98,3 @@ impl Policy {
         })
     }
 }
-
-/// The name of the user this process runs as (for defaults and messages).
-pub fn current_user_name() -> String {
-    match User::from_uid(Uid::effective()) {
-        Ok(Some(u)) => u.name,
-        _ => Uid::effective().to_string(),
-    }
-}

@@ -221,14 +221,14 @@ where
 
 /// A run that has started (admitted), as admission sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Started {
+pub(crate) struct Started {
     pub id: i64,
     pub job_id: i64,
     pub target_host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Start,
     Skip { holder: i64 },
     Replace { victims: Vec<i64> },
@@ -237,7 +237,7 @@ pub enum Decision {
 /// The overlap rules, pure. Runs of an `all` job overlap only with runs for the same host.
 /// Among claimed runs of one job, the earliest (by id) goes first and counts as started for
 /// the rest.
-pub fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> {
+pub(crate) fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> {
     let mut holders: HashMap<(i64, Option<String>), Vec<i64>> = HashMap::new();
     for s in started {
         holders

@@ -25,7 +25,7 @@
 //! judges. Healthy jobs are not killed because the database went away; a guardian that did
 //! not come back within a lease of the database's return is judged like any dead host, and
 //! fences its runs if it returns later. In steady state a dead host's runs are declared lost
-//! within `lease + heartbeat_interval` of its last renewal ([`detection_bound`]).
+//! within `lease + heartbeat_interval` of its last renewal.
 //!
 //! # The watchdog deadline
 //!
@@ -125,18 +125,6 @@ pub struct Heartbeat {
     pub stopping: CancellationToken,
     pub abandon: CancellationToken,
     pub tasks: TaskTracker,
-}
-
-/// What one beat found.
-#[derive(Debug, Default, Clone)]
-pub struct Beat {
-    pub draining: bool,
-    /// Runs taken away from this host: their processes were told to stop.
-    pub fenced: Vec<i64>,
-    /// Runs of dead hosts declared lost by this beat.
-    pub declared_lost: i64,
-    /// Runs of this host that this guardian no longer knew, declared lost by this beat.
-    pub forgotten: i64,
 }
 
 /// The heartbeat's loop; see the module doc.
@@ -294,7 +282,7 @@ struct Beater {
 }
 
 impl Beater {
-    async fn run_once(&mut self) -> Result<Beat> {
+    async fn run_once(&mut self) -> Result<()> {
         let shared = &self.shared;
         let cfg = shared.config.get();
         let renewal = shared.runs.renewal();
@@ -329,7 +317,7 @@ impl Beater {
                  (was this process paused, or do two hosts share one host_name?)",
                 shared.host
             ));
-            return Ok(Beat::default());
+            return Ok(());
         }
         let alive: HashSet<i64> = row.get::<_, Vec<i64>>("alive").into_iter().collect();
         let kill_requested: Vec<i64> = row.get("kill_requested");
@@ -384,20 +372,8 @@ impl Beater {
                 "runs the database said were running here, unknown to this guardian, declared lost"
             );
         }
-        Ok(Beat {
-            draining,
-            fenced,
-            declared_lost,
-            forgotten,
-        })
+        Ok(())
     }
-}
-
-/// The longest a dead host's runs stay `running` before some guardian declares them lost,
-/// counted from the host's last renewal, when the database and the other guardians have been
-/// up for a whole lease.
-pub fn detection_bound(lease: Duration, heartbeat_interval: Duration) -> Duration {
-    lease + heartbeat_interval
 }
 
 #[cfg(test)]

@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GuardianConfig;
 
 pub mod claimer;
-pub mod dispatcher;
-pub mod fault;
-pub mod heartbeat;
-pub mod listener;
+pub(crate) mod dispatcher;
+pub(crate) mod fault;
+pub(crate) mod heartbeat;
+pub(crate) mod listener;
 pub mod reaper;
-pub mod scheduler;
+pub(crate) mod scheduler;
 
 /// The running configuration, replaced as a whole by a reload. Read it once per decision
 /// ([`LiveConfig::get`]), so that one decision sees one configuration.

@@ -18,7 +18,7 @@ use crate::db::{self, q};
 use crate::service::LiveConfig;
 
 pub const BATCH: i64 = 1000;
-pub const INTERVAL: Duration = Duration::from_secs(600);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(600);
 /// The longest one batch may take: deleting a thousand rows takes milliseconds; a minute
 /// means the database is not answering.
 const STATEMENT_LIMIT: Duration = Duration::from_secs(60);
@@ -31,7 +31,7 @@ pub struct Outcome {
 }
 
 /// The reaper's loop over `db`, until `stopping` fires.
-pub async fn run(db: Pool, config: LiveConfig, stopping: CancellationToken) {
+pub(crate) async fn run(db: Pool, config: LiveConfig, stopping: CancellationToken) {
     // The first pass a minute after start: not in the way of start-up, soon enough to matter.
     let mut next = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -107,7 +107,7 @@ struct Job {
 
 /// What the shim reports about the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Report {
+pub(crate) enum Report {
     /// The shell runs with this pid (also its process group and session id).
     Started(u32),
     /// The shell could not be started; the sentence says why.
@@ -149,7 +149,7 @@ impl Report {
 // ───────────────────────────── the guardian's side ─────────────────────────────
 
 /// A started shim, as the supervisor holds it.
-pub struct Handle {
+pub(crate) struct Handle {
     pub child: tokio::process::Child,
     pub reports: Reports,
     pub control: Control,
@@ -157,7 +157,7 @@ pub struct Handle {
 
 /// Starts the shim for `spec`; `output` becomes the job's stdout and stderr; the watchdog
 /// first fires after `lease`.
-pub async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io::Result<Handle> {
+pub(crate) async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io::Result<Handle> {
     let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
     let (report_r, report_w) = nix::unistd::pipe2(cloexec)?;
     let (control_r, control_w) = nix::unistd::pipe2(cloexec)?;
@@ -255,7 +255,7 @@ fn job_fd(job: &Job) -> io::Result<OwnedFd> {
 }
 
 /// The shim's reports, read line by line.
-pub struct Reports {
+pub(crate) struct Reports {
     lines: Lines<BufReader<pipe::Receiver>>,
 }
 
@@ -276,7 +276,7 @@ impl Reports {
 }
 
 /// The guardian's end of the control pipe.
-pub struct Control {
+pub(crate) struct Control {
     pipe: pipe::Sender,
 }
 
