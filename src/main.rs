@@ -21,7 +21,7 @@ fn main() {
     let cli = Cli::parse();
     // The guardian sets up logging once its config (log_format) is read.
     if !matches!(cli.command, Command::Guardian(_)) {
-        sisyphus::logging::init(false);
+        sisyphus::logging::init(sisyphus::logging::Format::Human);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -30,7 +30,7 @@ use crate::run::table::RunTable;
 use crate::run::users::Policy;
 use crate::service::claimer::{Admission, Claimer};
 use crate::service::fault::{fault_point, panic_message};
-use crate::service::scheduler::Scheduler;
+use crate::service::scheduler::{Scheduler, Seed};
 use crate::service::{Draining, Failure, LiveConfig};
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
@@ -182,7 +182,8 @@ impl Dispatcher {
                 pool,
                 limit,
                 "the scheduler",
-                self.scheduler.run_once(unseen),
+                self.scheduler
+                    .run_once(if unseen { Seed::Unseen } else { Seed::Skip }),
             )
             .await?;
             pass.materialised = o.runs;

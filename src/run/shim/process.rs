@@ -85,6 +85,15 @@ struct Shim {
     control_open: bool,
 }
 
+/// How the tree is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM to the tree, SIGKILL after `kill_grace`.
+    Terminate,
+    /// SIGKILL at once (fencing, the watchdog).
+    Kill,
+}
+
 /// Stopping the tree: SIGTERM to each target once, SIGKILL to all of it from `kill_at`.
 struct Stopping {
     kill_at: Instant,
@@ -180,10 +189,10 @@ impl Shim {
                 if !self.shell_ended && !self.guardian_gone {
                     let _ = reports.write_all(Report::Unresponsive.line().as_bytes());
                 }
-                self.stop(true);
+                self.stop(Stop::Kill);
             }
             if self.shell_ended || self.guardian_gone {
-                self.stop(false);
+                self.stop(Stop::Terminate);
             }
             if let Some(s) = &mut self.stopping {
                 if !s.killed && now >= s.kill_at {
@@ -199,8 +208,10 @@ impl Shim {
         }
     }
 
-    /// Starts stopping the tree (`now`: SIGKILL at once), or hastens a stop in progress.
-    fn stop(&mut self, now: bool) {
+    /// Starts stopping the tree, or hastens a stop in progress (a kill outranks a
+    /// termination under way).
+    fn stop(&mut self, how: Stop) {
+        let now = how == Stop::Kill;
         let at = Instant::now();
         let grace = Duration::from_millis(self.args.kill_grace_ms);
         match &mut self.stopping {
@@ -320,8 +331,8 @@ impl Shim {
                         self.deadline = Instant::now() + Duration::from_millis(ms);
                     }
                 }
-                ("term", _) => self.stop(false),
-                ("kill", _) => self.stop(true),
+                ("term", _) => self.stop(Stop::Terminate),
+                ("kill", _) => self.stop(Stop::Kill),
                 _ => {}
             }
         }
