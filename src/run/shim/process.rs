@@ -26,8 +26,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::protocol::{
+    Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND,
+};
 use super::shell::spawn_shell;
-use super::{Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND};
 use crate::run::proc;
 
 /// The shim's entry point: `sisy __run-shim ARGS`; never returns.
