@@ -26,7 +26,7 @@ use crate::run::launch;
 use crate::run::orphans::Registry;
 use crate::run::recorder::{self, Recorder, Verdict, Written};
 use crate::run::supervisor::{self, Supervision};
-use crate::run::table::RunTable;
+use crate::run::table::{RunTable, Started};
 use crate::run::users::Policy;
 use crate::service::claimer::{Admission, Claimer};
 use crate::service::fault::{fault_point, panic_message};
@@ -313,24 +313,16 @@ impl Dispatcher {
         // word: the supervisor then never starts the process (see `RunTable::start`).
         let started = shared.runs.start(run.id, &run.job_name);
         let tasks = shared.tasks.clone();
-        tasks.spawn(
-            async move { supervise(&shared, run, latency, started.stop, started.pid).await },
-        );
+        tasks.spawn(async move { supervise(&shared, run, latency, started).await });
     }
 }
 
 /// Runs one admitted run to its recorded end. A panic while supervising it (a bug) is
 /// caught: the run is recorded `failed` with the reason (its shim, whose control pipe
 /// closed, stops the job) and the guardian is told to stop (see `guardian`).
-async fn supervise(
-    shared: &Arc<Handles>,
-    run: ClaimedRun,
-    latency: Duration,
-    stop_rx: watch::Receiver<Option<crate::run::StopReason>>,
-    pid_tx: watch::Sender<Option<u32>>,
-) {
+async fn supervise(shared: &Arc<Handles>, run: ClaimedRun, latency: Duration, started: Started) {
     let (id, job) = (run.id, run.job_name.clone());
-    let supervised = AssertUnwindSafe(supervise_run(shared, run, latency, stop_rx, pid_tx))
+    let supervised = AssertUnwindSafe(supervise_run(shared, run, latency, started))
         .catch_unwind()
         .await;
     let Err(panic) = supervised else {
@@ -361,13 +353,12 @@ async fn supervise_run(
     shared: &Arc<Handles>,
     run: ClaimedRun,
     latency: Duration,
-    stop_rx: watch::Receiver<Option<crate::run::StopReason>>,
-    pid_tx: watch::Sender<Option<u32>>,
+    started: Started,
 ) {
     fault_point("supervisor");
     let host = &shared.host;
     let cfg = shared.config.get();
-    let stopped_early = stop_rx.borrow().clone();
+    let stopped_early = started.stop.borrow().clone();
     let (outcome, verdict) = if let Some(reason) = stopped_early {
         shared.runs.process_ended(run.id);
         let outcome = crate::run::Outcome {
@@ -388,8 +379,8 @@ async fn supervise_run(
                 );
                 metrics::run_started(&run.job_name, latency);
                 let supervision = Supervision {
-                    stop: stop_rx,
-                    pid: pid_tx,
+                    stop: started.stop,
+                    pid: started.pid,
                     lease: shared.lease.subscribe(),
                     registry: Some(shared.registry.clone()),
                 };
