@@ -44,6 +44,7 @@ pub mod cli {
     pub const JOBS_SHOW: &str = include_str!("../../sql/queries/cli/jobs_show.sql");
     pub const JOBS_SHOW_ENV: &str = include_str!("../../sql/queries/cli/jobs_show_env.sql");
     pub const JOBS_ADD: &str = include_str!("../../sql/queries/cli/jobs_add.sql");
+    pub const JOBS_ADD_GIVEN: &str = include_str!("../../sql/queries/cli/jobs_add_given.sql");
     pub const JOBS_EDIT: &str = include_str!("../../sql/queries/cli/jobs_edit.sql");
     pub const JOBS_RM: &str = include_str!("../../sql/queries/cli/jobs_rm.sql");
     pub const JOBS_IMPORT_LOCK: &str = include_str!("../../sql/queries/cli/jobs_import_lock.sql");
