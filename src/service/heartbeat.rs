@@ -10,6 +10,12 @@
 //! processes are killed at once (SIGKILL); a run with a kill request is stopped (a fallback
 //! for a missed NOTIFY).
 //!
+//! The rescue of dead hosts' and forgotten runs is not a service of its own: it is part of
+//! the renewal statement (`heartbeat.sql`), one round trip per beat, and it may judge others
+//! only on what that same beat proves (an unbroken lease of successful beats). A separate
+//! rescuer would need a second statement per interval and the heartbeat's own record.
+//! Does not own the runs (the run table) nor what a stop does (supervisor, shim).
+//!
 //! # When a guardian may judge others
 //!
 //! A lease that lapsed proves a host dead only if the host could have renewed it. When the
