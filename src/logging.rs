@@ -9,7 +9,17 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(json: bool) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One line a person reads.
+    Human,
+    /// One JSON object per line (`log_format = "json"`).
+    Json,
+}
+
+/// Installs the subscriber (once; a second call keeps the first).
+pub fn init(format: Format) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn,deadpool=error"));
     let builder = tracing_subscriber::fmt()
@@ -17,7 +27,7 @@ pub fn init(json: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests) is harmless: keep the first subscriber.
-    let _ = if json {
+    let _ = if format == Format::Json {
         builder.json().try_init()
     } else {
         builder.try_init()

@@ -2,7 +2,7 @@
 //! Only `sisy guardian` handles signals (SIGTERM/SIGINT: graceful shutdown, SIGHUP: reload);
 //! the other commands die of them as any command-line tool does.
 //! The hidden `__run-shim` subcommand (the per-run process the guardian starts, see
-//! `sisyphus::shim`) is dispatched before anything else: it must stay single-threaded and
+//! `sisyphus::run::shim`) is dispatched before anything else: it must stay single-threaded and
 //! start no runtime.
 
 use clap::Parser;
@@ -12,13 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == sisyphus::shim::SUBCOMMAND) {
-        sisyphus::shim::main(&args[2..]);
+    if args
+        .get(1)
+        .is_some_and(|a| a == sisyphus::run::shim::SUBCOMMAND)
+    {
+        sisyphus::run::shim::main(&args[2..]);
     }
     let cli = Cli::parse();
     // The guardian sets up logging once its config (log_format) is read.
     if !matches!(cli.command, Command::Guardian(_)) {
-        sisyphus::logging::init(false);
+        sisyphus::logging::init(sisyphus::logging::Format::Human);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -1,4 +1,4 @@
-//! Metrics: the Prometheus endpoint at `metrics_listen` and the series of SPEC §4.
+//! Metrics: the Prometheus endpoint at `metrics_listen` and its series (README: "Metrics and logs").
 //!
 //! Owns the names, labels and histogram buckets of every series, and installing the
 //! exporter. Services call the small functions here at the events they own (a run started,

@@ -99,7 +99,7 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).
-pub const ROLES: &str = include_str!("../sql/roles.sql");
+pub(crate) const ROLES: &str = include_str!("../sql/roles.sql");
 
 /// The schema version this binary needs.
 pub fn latest_version() -> i32 {
@@ -111,7 +111,7 @@ const MIGRATION_LOCK: i64 = 0x5159_5359_4d49_4752;
 
 /// Where a database stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub(crate) struct Status {
     /// Versions applied, in order.
     pub applied: Vec<i32>,
     /// Versions this binary knows and the database lacks.
@@ -122,7 +122,7 @@ pub struct Status {
 
 /// A migration applied by a newer sisy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unknown {
+pub(crate) struct Unknown {
     pub version: i32,
     pub name: String,
     /// What it declared (`-- compatible-with: N`); None: needs a sisy that knows it.
@@ -208,7 +208,7 @@ async fn roles_exist(client: &Client) -> Result<bool> {
 }
 
 /// Creates the three roles (when missing) and grants their rights: `sisy db roles`.
-pub async fn roles(client: &mut Client) -> Result<()> {
+pub(crate) async fn roles(client: &mut Client) -> Result<()> {
     ensure_current(client).await?;
     client.batch_execute(ROLES).await.context(
         "cannot set up the roles: run `sisy db roles` as a user with CREATEROLE who owns the schema sisy",
@@ -225,7 +225,7 @@ async fn applied_rows(client: &Client) -> Result<Vec<(i32, String, Option<i32>)>
 }
 
 /// Reads where the database stands without changing anything.
-pub async fn status(client: &Client) -> Result<Status> {
+pub(crate) async fn status(client: &Client) -> Result<Status> {
     let exists: bool = client
         .query_one("SELECT to_regclass('sisy.migrations') IS NOT NULL", &[])
         .await?
@@ -260,7 +260,7 @@ pub async fn status(client: &Client) -> Result<Status> {
 
 /// Fails unless this binary works with the database's schema: every migration it knows is
 /// applied, and every applied migration it does not know declared itself compatible.
-pub async fn ensure_current(client: &Client) -> Result<()> {
+pub(crate) async fn ensure_current(client: &Client) -> Result<()> {
     let status = status(client).await?;
     let known = latest_version();
     if !status.pending.is_empty() {

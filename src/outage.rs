@@ -23,7 +23,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 /// Whether the database is currently out of reach, as the services found it.
 #[derive(Debug, Default)]
-pub struct Outage {
+pub(crate) struct Outage {
     state: Mutex<State>,
 }
 
@@ -77,14 +77,6 @@ impl Outage {
                 );
             }
         }
-    }
-
-    pub fn is_down(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .since
-            .is_some()
     }
 }
 
@@ -146,15 +138,15 @@ mod tests {
     #[test]
     fn an_outage_is_reported_once_and_ends() {
         let outage = Outage::default();
-        assert!(!outage.is_down());
+        assert!(outage.state.lock().unwrap().since.is_none());
         outage.failed("test", &anyhow::anyhow!("down"));
         outage.failed("test", &anyhow::anyhow!("still down"));
-        assert!(outage.is_down());
+        assert!(outage.state.lock().unwrap().since.is_some());
         outage.ok();
-        assert!(!outage.is_down());
+        assert!(outage.state.lock().unwrap().since.is_none());
         // A stale connection failing right after the recovery is the same outage: silent.
         outage.failed("test", &anyhow::anyhow!("stale"));
-        assert!(outage.is_down());
+        assert!(outage.state.lock().unwrap().since.is_some());
         assert!(!outage.state.lock().unwrap().announced);
         outage.ok();
     }

@@ -31,8 +31,8 @@ pub async fn run(client: &mut Client, cmd: HostsCommand, json: bool) -> Result<(
             );
             return Ok(());
         }
-        HostsCommand::Drain { host } => ("SELECT sisy.drain($1)", host, "draining"),
-        HostsCommand::Undrain { host } => ("SELECT sisy.undrain($1)", host, "no longer draining"),
+        HostsCommand::Drain { host } => (q::HOSTS_DRAIN, host, "draining"),
+        HostsCommand::Undrain { host } => (q::HOSTS_UNDRAIN, host, "no longer draining"),
     };
     client
         .execute(sql, &[&host])

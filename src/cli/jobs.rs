@@ -95,14 +95,12 @@ pub async fn run(client: &mut Client, cmd: JobsCommand, json: bool) -> Result<()
             Ok(())
         }
         JobsCommand::Suspend { name } => {
-            call(client, "SELECT sisy.suspend($1)", &name, json, "suspended").await
+            call(client, q::JOBS_SUSPEND, &name, json, "suspended").await
         }
-        JobsCommand::Resume { name } => {
-            call(client, "SELECT sisy.resume($1)", &name, json, "resumed").await
-        }
+        JobsCommand::Resume { name } => call(client, q::JOBS_RESUME, &name, json, "resumed").await,
         JobsCommand::Trigger { name } => {
             let row = client
-                .query_one("SELECT sisy.trigger($1)", &[&name])
+                .query_one(q::JOBS_TRIGGER, &[&name])
                 .await
                 .map_err(|e| sql_error(e, "see `sisy jobs list`"))?;
             let id: i64 = row.get(0);
@@ -181,50 +179,70 @@ async fn show(client: &Client, name: &str, with_values: bool, json: bool) -> Res
     Ok(())
 }
 
-async fn add(client: &Client, name: &str, f: &JobFields, json: bool) -> Result<()> {
+async fn add(client: &mut Client, name: &str, f: &JobFields, json: bool) -> Result<()> {
     let Some(command) = &f.command else {
         bail!("a job needs a command: add --command 'what to run'");
     };
     check_schedule(f)?;
     let env = env_object(&f.env)?;
-    let row = client
+    // Two statements, one transaction: the INSERT leaves every column with a default to the
+    // table, the UPDATE sets those the command line gave (see jobs_add.sql).
+    let created = sql_error_for(name);
+    let tx = client.transaction().await.map_err(created)?;
+    let row = tx
         .query_one(
             q::JOBS_ADD,
             &[
                 &name,
                 command,
                 &f.schedule,
-                &f.timezone,
-                &f.pool,
-                &f.target,
-                &f.ttl,
                 &f.max_runtime,
-                &f.kill_grace,
-                &f.max_retries,
-                &f.retry_delay,
-                &f.overlap,
-                &f.jitter,
                 &f.run_as,
-                &env,
                 &f.workdir,
-                &f.suspended,
             ],
         )
         .await
-        .map_err(|e| {
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                anyhow::anyhow!("a job named '{name}' already exists: change it with `sisy jobs edit` or pick another name")
-            } else {
-                sql_error(e, "nothing was created")
-            }
-        })?;
+        .map_err(created)?;
     let id: i64 = row.get(0);
+    tx.execute(
+        q::JOBS_ADD_GIVEN,
+        &[
+            &id,
+            &f.timezone,
+            &f.pool,
+            &f.target,
+            &f.ttl,
+            &f.kill_grace,
+            &f.max_retries,
+            &f.retry_delay,
+            &f.overlap,
+            &f.jitter,
+            &env,
+            &f.suspended,
+        ],
+    )
+    .await
+    .map_err(created)?;
+    tx.commit().await.map_err(created)?;
     if json {
         println!("{}", serde_json::json!({ "id": id, "name": name }));
     } else {
         println!("created job '{name}' (id {id})");
     }
     Ok(())
+}
+
+/// The words for a refused `add` of job `name`.
+fn sql_error_for(name: &str) -> impl Fn(tokio_postgres::Error) -> anyhow::Error + Copy + '_ {
+    move |e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            anyhow::anyhow!(
+                "a job named '{name}' already exists: change it with `sisy jobs edit` or pick another name"
+            )
+        } else {
+            sql_error(e, "nothing was created")
+        }
+    }
 }
 
 async fn edit(

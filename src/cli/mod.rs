@@ -227,7 +227,10 @@ async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result
         print!("{}", config.to_redacted_toml());
         return Ok(());
     }
-    crate::logging::init(matches!(config.log_format, crate::config::LogFormat::Json));
+    crate::logging::init(match config.log_format {
+        crate::config::LogFormat::Json => crate::logging::Format::Json,
+        crate::config::LogFormat::Human => crate::logging::Format::Human,
+    });
     guardian::run(config, shutdown).await
 }
 

@@ -60,7 +60,7 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, json: bool) -> Result<()
         RunsCommand::Logs { id } => logs(client, id, json).await,
         RunsCommand::Kill { id } => {
             client
-                .execute("SELECT sisy.kill($1)", &[&id])
+                .execute(q::RUNS_KILL, &[&id])
                 .await
                 .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
             if json {
@@ -72,7 +72,7 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, json: bool) -> Result<()
         }
         RunsCommand::Retry { id } => {
             let row = client
-                .query_one("SELECT sisy.retry($1)", &[&id])
+                .query_one(q::RUNS_RETRY, &[&id])
                 .await
                 .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
             let new: i64 = row.get(0);

@@ -67,7 +67,7 @@ impl Drop for Conn {
 /// How long a service waits for the database to answer one step of its work (a tick, a
 /// claim, admission, a batch of the scheduler) before it gives up on the connection: a
 /// lease, and never less than 10 s, so that a busy database is not mistaken for a silent one.
-pub fn answer_limit(lease: Duration) -> Duration {
+pub(crate) fn answer_limit(lease: Duration) -> Duration {
     lease.max(Duration::from_secs(10))
 }
 
@@ -95,7 +95,7 @@ pub async fn within<T>(
 
 /// The error of a wait for the database that gave up after `limit`: an I/O timeout, which
 /// `outage` counts as the database being out of reach.
-pub fn timed_out(what: &str, limit: Duration) -> anyhow::Error {
+pub(crate) fn timed_out(what: &str, limit: Duration) -> anyhow::Error {
     anyhow::Error::new(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!(

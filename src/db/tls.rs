@@ -195,14 +195,14 @@ impl TlsSettings {
 }
 
 /// The TLS stream of a connection.
-pub type Stream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+pub(crate) type Stream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 
 /// What tokio-postgres is given: rustls through tokio-postgres-rustls, with a failed
 /// handshake's error replaced by a sentence saying what to check. Replacing it here, rather
 /// than where a connection fails, words it alike on every path that connects: single
 /// connections, the pool and the listener.
 #[derive(Clone)]
-pub struct Connector(MakeRustlsConnect);
+pub(crate) struct Connector(MakeRustlsConnect);
 
 impl MakeTlsConnect<Socket> for Connector {
     type Stream = Stream;
@@ -218,7 +218,7 @@ impl MakeTlsConnect<Socket> for Connector {
 }
 
 /// One TLS handshake with the server `host`.
-pub struct Handshake {
+pub(crate) struct Handshake {
     inner: <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect,
     host: String,
 }

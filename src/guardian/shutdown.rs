@@ -1,4 +1,4 @@
-//! The guardian's shutdown sequence (SPEC §4), after SIGTERM/SIGINT or a failure of one of
+//! The guardian's shutdown sequence (README: "How the guardian behaves", Shutdown), after SIGTERM/SIGINT or a failure of one of
 //! its own services. Every wait in it is bounded, whether the database answers or not:
 //!
 //! ```text
@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::services::Services;
-use super::{Shared, q};
-use crate::supervisor::StopReason;
+use super::{Guardian, q};
+use crate::run::StopReason;
 
 /// The longest wait for stopped jobs to end (each has its kill_grace; past this the run
 /// shims still kill them when the guardian exits).
@@ -30,11 +30,11 @@ const MAX_KILL_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the sequence; `failure` says why the guardian stops when it is not a signal.
 pub(super) async fn shut_down(
-    shared: &Arc<Shared>,
+    shared: &Arc<Guardian>,
     services: &mut Services,
     failure: Option<&str>,
 ) {
-    let config = shared.config();
+    let config = shared.config.get();
     shared.stopping.cancel();
     shared.wake.notify_waiters();
     // The dispatcher finishes its pass first: a run it claimed must get its supervisor task
@@ -50,27 +50,21 @@ pub(super) async fn shut_down(
     } else {
         config.shutdown_grace
     };
-    let running = shared.running_count();
+    let running = shared.runs.running_count();
     if running > 0 && !grace.is_zero() {
         tracing::info!(running, ?grace, "waiting for running jobs to finish");
     }
-    if !processes_end(shared, grace).await {
-        let ids: Vec<i64> = shared
-            .runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
+    if !shared.runs.until_no_process(grace).await {
+        let ids = shared.runs.running_ids();
         let reason = match failure {
             Some(why) => StopReason::GuardianFailed(why.to_string()),
             None => StopReason::Shutdown,
         };
         tracing::warn!(count = ids.len(), "stopping the remaining jobs");
         for id in ids {
-            shared.stop_run(id, reason.clone());
+            shared.runs.stop(id, reason.clone());
         }
-        if !processes_end(shared, MAX_KILL_WAIT).await {
+        if !shared.runs.until_no_process(MAX_KILL_WAIT).await {
             tracing::error!(
                 "jobs still running after {MAX_KILL_WAIT:?}; their run shims stop them when the guardian exits"
             );
@@ -91,24 +85,8 @@ pub(super) async fn shut_down(
     release_lease(shared).await;
 }
 
-/// Waits up to `limit` until no job process of this guardian runs; whether none does.
-async fn processes_end(shared: &Shared, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let ended = shared.ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        if shared.running_count() == 0 {
-            return true;
-        }
-        if tokio::time::timeout_at(deadline, ended).await.is_err() {
-            return shared.running_count() == 0;
-        }
-    }
-}
-
 /// Gives up the lease, so that a restart need not wait for it; it expires by itself anyway.
-async fn release_lease(shared: &Shared) {
+async fn release_lease(shared: &Guardian) {
     let released = async {
         let client = shared.db.get().await?;
         client

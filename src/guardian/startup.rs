@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GuardianConfig;
 use crate::db::{self, q};
 use crate::migrate;
-use crate::orphans::Registry;
 use crate::outage::{self, Outage};
-use crate::recorder::Recorder;
-use crate::spool::Spool;
+use crate::run::orphans::Registry;
+use crate::run::recorder::Recorder;
+use crate::run::spool::Spool;
 
 /// How long one start-up step may wait for the database: a lease, the time after which a
 /// guardian that does not answer counts as dead anyway.

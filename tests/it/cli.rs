@@ -500,3 +500,55 @@ async fn jobs_show_hides_env_values_and_works_for_every_role() {
         &["no job named 'nothing'"],
     );
 }
+
+/// `sisy jobs add` restates no default: a column the command line leaves out takes the
+/// table's own default (here changed by the operator), one it gives is taken as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_add_lets_the_table_defaults_apply() {
+    let (db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "ALTER TABLE sisy.jobs ALTER COLUMN kill_grace SET DEFAULT '42 seconds', \
+             ALTER COLUMN overlap SET DEFAULT 'allow', ALTER COLUMN pool SET DEFAULT 'night'",
+        )
+        .await
+        .unwrap();
+    ok(&db, &["jobs", "add", "plain", "--command", "true"]);
+    ok(
+        &db,
+        &[
+            "jobs",
+            "add",
+            "given",
+            "--command",
+            "true",
+            "--overlap",
+            "replace",
+            "--kill-grace",
+            "5s",
+            "--pool",
+            "day",
+        ],
+    );
+    for (name, grace, overlap, pool) in [
+        ("plain", 42.0, "allow", "night"),
+        ("given", 5.0, "replace", "day"),
+    ] {
+        let row = client
+            .query_one(
+                "SELECT extract(epoch FROM kill_grace)::float8, overlap, pool FROM sisy.jobs WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                row.get::<_, f64>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2)
+            ),
+            (grace, overlap.to_string(), pool.to_string()),
+            "{name}"
+        );
+    }
+}

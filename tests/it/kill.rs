@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sisyphus::claimer::{Admission, Claimer};
+use sisyphus::service::claimer::{Admission, Claimer};
 
 use crate::util::{
     Guardian, migrated_db, processes_with_env, trigger, wait_finished, wait_started, wait_until,

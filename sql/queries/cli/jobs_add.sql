@@ -1,10 +1,6 @@
--- Columns left NULL take the table's defaults.
-INSERT INTO sisy.jobs (name, command, schedule, timezone, pool, target, ttl, max_runtime,
-                       kill_grace, max_retries, retry_delay, overlap, jitter, run_as, env,
-                       workdir, suspended)
-VALUES ($1, $2, $3, coalesce($4, 'UTC'), coalesce($5, 'default'), coalesce($6, 'any'),
-        coalesce($7::text::interval, '5 minutes'), $8::text::interval,
-        coalesce($9::text::interval, '10 seconds'), coalesce($10, 0),
-        coalesce($11::text::interval, '30 seconds'), coalesce($12, 'forbid'),
-        coalesce($13::text::interval, '0'), $14, coalesce($15::jsonb, '{}'), $16, coalesce($17, false))
+-- `sisy jobs add`, first of two statements in one transaction: the row with the columns
+-- that have no default (name, command) and the nullable ones, so that every other column
+-- takes the table's own default; jobs_add_given.sql then sets what the command line gave.
+INSERT INTO sisy.jobs (name, command, schedule, max_runtime, run_as, workdir)
+VALUES ($1, $2, $3, $4::text::interval, $5, $6)
 RETURNING id

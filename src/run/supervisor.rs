@@ -3,7 +3,7 @@
 //! Owns the guardian's side of a run: the process spec (`/bin/sh -c COMMAND`, stdin
 //! `/dev/null`, its own session and process group, a clean cron-like environment plus the
 //! job's `env` and the `SISY_*` variables, the `run_as` user with its supplementary groups,
-//! the working directory), handed to a run shim ([`crate::shim`]) that starts the shell and
+//! the working directory), handed to a run shim ([`crate::run::shim`]) that starts the shell and
 //! owns the job's process tree; the combined stdout+stderr read to EOF into a bounded tail
 //! (a job printing 10 GB costs the guardian `output_limit` bytes, never more);
 //! `max_runtime`; stop requests (kill, replace, shutdown: SIGTERM to the whole tree and
@@ -11,7 +11,7 @@
 //! the heartbeat renews. Once the shell has exited, the shim gives whatever it left behind
 //! the same SIGTERM-then-SIGKILL treatment, so no job process outlives its run.
 //! Does not own the database: the caller records the [`Outcome`]. Does not decide *who*
-//! may run as whom (that is [`crate::users`]); it only passes on a resolved identity.
+//! may run as whom (that is [`crate::run::users`]); it only passes on a resolved identity.
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -22,56 +22,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::orphans::Registry;
-use crate::shim::{self, Report};
-use crate::users::Identity;
-
-/// Everything needed to start one run.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    pub run_id: i64,
-    pub job_name: String,
-    pub command: String,
-    pub env: Vec<(String, String)>,
-    pub identity: Identity,
-    pub workdir: String,
-    /// This host's name, for the shim's sentences.
-    pub host: String,
-    pub max_runtime: Option<Duration>,
-    pub kill_grace: Duration,
-    pub output_limit: usize,
-}
-
-/// Why the supervisor stopped a run that had not ended by itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    /// `sisy.kill` or `overlap = replace` (the database row carries the words).
-    KillRequested,
-    /// The guardian is shutting down.
-    Shutdown,
-    /// The guardian stops because one of its own services failed (the reason, in words).
-    GuardianFailed(String),
-    /// The run was declared lost while its process still ran here: SIGKILL at once.
-    Fenced,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub pid: Option<u32>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    /// The last `output_limit` bytes of combined output, as lossy UTF-8.
-    pub output: String,
-    pub output_bytes: u64,
-    /// Set when the process could not be started.
-    pub start_error: Option<String>,
-    pub timed_out: bool,
-    pub stopped: Option<StopReason>,
-    /// The shim's watchdog killed the job: the guardian had stopped renewing its lease.
-    pub unresponsive: bool,
-    pub duration: Duration,
-}
+use crate::run::orphans::Registry;
+use crate::run::proc;
+use crate::run::shim::{self, Report};
+use crate::run::{Outcome, Spec, StopReason};
 
 /// What ties a supervised run to the rest of the guardian.
 pub struct Supervision {
@@ -127,14 +81,7 @@ pub async fn run(spec: Spec, mut sup: Supervision) -> Outcome {
         tokio::select! {
             status = shim.child.wait() => break status,
             report = shim.reports.next(), if reports_open => match report {
-                Some(Report::Exited(code)) => outcome.exit_code = Some(code),
-                Some(Report::Signaled(sig)) => outcome.signal = Some(sig),
-                Some(Report::Unresponsive) => outcome.unresponsive = true,
-                Some(Report::Survivors) => tracing::warn!(
-                    run_id = spec.run_id, pgid = pid,
-                    "processes of the run survive SIGKILL (uninterruptible sleep?)"
-                ),
-                Some(_) => {}
+                Some(report) => note(&mut outcome, &spec, report),
                 None => reports_open = false,
             },
             _ = sleep_until(timeout_at.unwrap_or(began)), if timeout_at.is_some() && !outcome.timed_out && outcome.stopped.is_none() => {
@@ -163,10 +110,7 @@ pub async fn run(spec: Spec, mut sup: Supervision) -> Outcome {
     // The shim closes its end when it exits: the last reports are there to read.
     while reports_open {
         match tokio::time::timeout(Duration::from_secs(2), shim.reports.next()).await {
-            Ok(Some(Report::Exited(code))) => outcome.exit_code = Some(code),
-            Ok(Some(Report::Signaled(sig))) => outcome.signal = Some(sig),
-            Ok(Some(Report::Unresponsive)) => outcome.unresponsive = true,
-            Ok(Some(_)) => {}
+            Ok(Some(report)) => note(&mut outcome, &spec, report),
             Ok(None) | Err(_) => reports_open = false,
         }
     }
@@ -195,6 +139,22 @@ pub async fn run(spec: Spec, mut sup: Supervision) -> Outcome {
     }
     outcome.duration = began.elapsed();
     outcome
+}
+
+/// Takes one report of the shim into the outcome (while the job runs and after the shim
+/// exited alike: one reading of the protocol).
+fn note(outcome: &mut Outcome, spec: &Spec, report: Report) {
+    match report {
+        Report::Exited(code) => outcome.exit_code = Some(code),
+        Report::Signaled(sig) => outcome.signal = Some(sig),
+        Report::Unresponsive => outcome.unresponsive = true,
+        Report::Survivors => tracing::warn!(
+            run_id = spec.run_id,
+            pgid = outcome.pid,
+            "processes of the run survive SIGKILL (uninterruptible sleep?)"
+        ),
+        _ => {}
+    }
 }
 
 /// Forwards a stop request to the shim. Fencing kills at once and outranks a gentler stop
@@ -256,32 +216,7 @@ async fn reap_group(pgid: Pid, grace: Duration) {
 /// new parent reaps it (in a container, PID 1 may be slow to, or never do); a zombie runs
 /// nothing, so only live members count.
 fn group_alive(pgid: Pid) -> bool {
-    if killpg(pgid, None).is_err() {
-        return false;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    entries.flatten().any(|e| {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        // After the ")" closing the command name: state, ppid, pgrp, …
-        let mut fields = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace();
-        let state = fields.next().unwrap_or("Z");
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-        pgrp == Some(pgid.as_raw()) && state != "Z" && state != "X"
-    })
+    killpg(pgid, None).is_ok() && !proc::group_members(pgid.as_raw()).is_empty()
 }
 
 /// Reads the pipe to EOF, keeping only the last `limit` bytes; returns them (lossy UTF-8,

@@ -26,8 +26,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::protocol::{
+    Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND,
+};
 use super::shell::spawn_shell;
-use super::{Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND};
+use crate::run::proc;
 
 /// The shim's entry point: `sisy __run-shim ARGS`; never returns.
 pub fn main(args: &[OsString]) -> ! {
@@ -82,6 +85,15 @@ struct Shim {
     control: File,
     control_buf: Vec<u8>,
     control_open: bool,
+}
+
+/// How the tree is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM to the tree, SIGKILL after `kill_grace`.
+    Terminate,
+    /// SIGKILL at once (fencing, the watchdog).
+    Kill,
 }
 
 /// Stopping the tree: SIGTERM to each target once, SIGKILL to all of it from `kill_at`.
@@ -179,10 +191,10 @@ impl Shim {
                 if !self.shell_ended && !self.guardian_gone {
                     let _ = reports.write_all(Report::Unresponsive.line().as_bytes());
                 }
-                self.stop(true);
+                self.stop(Stop::Kill);
             }
             if self.shell_ended || self.guardian_gone {
-                self.stop(false);
+                self.stop(Stop::Terminate);
             }
             if let Some(s) = &mut self.stopping {
                 if !s.killed && now >= s.kill_at {
@@ -198,8 +210,10 @@ impl Shim {
         }
     }
 
-    /// Starts stopping the tree (`now`: SIGKILL at once), or hastens a stop in progress.
-    fn stop(&mut self, now: bool) {
+    /// Starts stopping the tree, or hastens a stop in progress (a kill outranks a
+    /// termination under way).
+    fn stop(&mut self, how: Stop) {
+        let now = how == Stop::Kill;
         let at = Instant::now();
         let grace = Duration::from_millis(self.args.kill_grace_ms);
         match &mut self.stopping {
@@ -319,8 +333,8 @@ impl Shim {
                         self.deadline = Instant::now() + Duration::from_millis(ms);
                     }
                 }
-                ("term", _) => self.stop(false),
-                ("kill", _) => self.stop(true),
+                ("term", _) => self.stop(Stop::Terminate),
+                ("kill", _) => self.stop(Stop::Kill),
                 _ => {}
             }
         }
@@ -338,7 +352,7 @@ fn signal_tree(me: Pid, shell: Pid, s: &mut Stopping) {
         Signal::SIGTERM
     };
     let mut targets = vec![(shell.as_raw(), true)];
-    for (pid, pgrp) in children_of(me) {
+    for (pid, pgrp) in proc::children_of(me.as_raw()) {
         if pid != shell.as_raw() {
             targets.push((pid, false));
         }
@@ -358,27 +372,6 @@ fn signal_tree(me: Pid, shell: Pid, s: &mut Stopping) {
             kill(Pid::from_raw(id), sig)
         };
     }
-}
-
-/// The live direct children of `parent` with their process groups, from /proc.
-fn children_of(parent: Pid) -> Vec<(i32, i32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let pid: i32 = name.to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // After the ")" closing the command name: state, ppid, pgrp, …
-            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-            let state = fields.next()?;
-            let ppid: i32 = fields.next()?.parse().ok()?;
-            let pgrp: i32 = fields.next()?.parse().ok()?;
-            (ppid == parent.as_raw() && state != "Z" && state != "X").then_some((pid, pgrp))
-        })
-        .collect()
 }
 
 fn set_nonblocking(fd: i32) -> io::Result<()> {

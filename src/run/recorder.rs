@@ -3,7 +3,7 @@
 //! Owns the mapping from a supervisor [`Outcome`] to a final state and its `error` sentence,
 //! and writing it until the database takes it: a result is never dropped because the
 //! database is away. When the first write fails, the result goes to the spool (see
-//! [`crate::spool`]) and is retried with backoff (capped at the heartbeat interval, so a
+//! [`crate::run::spool`]) and is retried with backoff (capped at the heartbeat interval, so a
 //! result lands within a heartbeat of the database's return); the spool is replayed when a
 //! guardian restarts. A run that is no longer running here when its result arrives (it was
 //! declared lost meanwhile) keeps that verdict; the recorder then appends what this host saw
@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, q};
 use crate::outage::{self, Outage};
-use crate::spool::{Entry, Spool};
-use crate::supervisor::{Outcome, StopReason};
+use crate::run::spool::{Entry, Spool};
+use crate::run::{Outcome, StopReason};
 
 /// A final state with its explanation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,6 +45,14 @@ const MAX_RUNS_PER_JOB: usize = 1000;
 /// Missed occurrences are counted one by one up to this many, then skipped over.
 const MISSED_COUNT_CAP: u64 = 100_000;
 
+/// Whether a pass first seeds the jobs no guardian has computed `next_due` for (the tick
+/// says when there are any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    Unseen,
+    Skip,
+}
+
 pub struct Scheduler {
     db: Pool,
     pools: Vec<String>,
@@ -79,11 +87,11 @@ impl Scheduler {
 
     /// Seeds unseen jobs, then materialises due ones, batch after batch while batches come
     /// back full, for up to [`PASS_BUDGET`].
-    pub async fn run_once(&self, seed: bool) -> Result<Outcome> {
+    pub async fn run_once(&self, seed: Seed) -> Result<Outcome> {
         let began = Instant::now();
         let mut outcome = Outcome::default();
         let full = |n: usize| n as i64 == BATCH;
-        if seed {
+        if seed == Seed::Unseen {
             loop {
                 let n = self.seed().await?;
                 outcome.seeded += n;
@@ -401,7 +409,7 @@ impl RunBatch {
 
     /// Records occurrences no host could take: the job's latest run is extended when it is
     /// already such a record (a stretch of hostless occurrences is one row), else a new
-    /// `expired` row stands for them. Missed, not silently dropped (SPEC §2).
+    /// `expired` row stands for them. Missed, not silently dropped (README: "Runs").
     async fn record_hostless(&mut self, tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
         if self.hostless.is_empty() {
             return Ok(());

@@ -7,17 +7,18 @@
 //! running runs. Each statement is bounded ([`STATEMENT_LIMIT`]): a silent database must not
 //! hold the reaper, or the shutdown that waits for it, for good.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use deadpool_postgres::Pool;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::db::{self, q};
-use crate::guardian::Shared;
+use crate::service::LiveConfig;
 
 pub const BATCH: i64 = 1000;
-pub const INTERVAL: Duration = Duration::from_secs(600);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(600);
 /// The longest one batch may take: deleting a thousand rows takes milliseconds; a minute
 /// means the database is not answering.
 const STATEMENT_LIMIT: Duration = Duration::from_secs(60);
@@ -29,15 +30,16 @@ pub struct Outcome {
     pub hosts: u64,
 }
 
-pub async fn run(shared: Arc<Shared>) {
+/// The reaper's loop over `db`, until `stopping` fires.
+pub(crate) async fn run(db: Pool, config: LiveConfig, stopping: CancellationToken) {
     // The first pass a minute after start: not in the way of start-up, soon enough to matter.
     let mut next = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
-            _ = shared.stopping.cancelled() => return,
+            _ = stopping.cancelled() => return,
         }
-        match run_once(&shared.db, shared.config().history_retention).await {
+        match run_once(&db, config.get().history_retention).await {
             Ok(o) if o.runs > 0 || o.hosts > 0 => {
                 tracing::info!(runs = o.runs, hosts = o.hosts, "old history deleted")
             }

@@ -1,11 +1,12 @@
 //! Unix identities: who a run executes as, and whether this host allows it.
 //!
-//! Owns the host-side policy of SPEC §4: a run executes as its job's `run_as`, or the
+//! Owns the host-side policy (README: "Security"): a run executes as its job's `run_as`, or the
 //! guardian's `default_user` when that is NULL; a user other than `default_user` must be in
 //! `allowed_users`; a guardian running as root switches to the user with its supplementary
 //! groups, one running as anybody else can only run jobs as itself. Nothing runs as root
-//! unless `root` is named in `default_user` or `allowed_users`. Does not apply the identity
-//! (the supervisor does that between fork and exec).
+//! unless `root` is named in `default_user` or `allowed_users`. Does not apply the identity:
+//! the run shim's shell step switches to it (`run::shim::shell`: groups, gid, uid, then
+//! workdir and `execve`).
 
 use std::ffi::CString;
 use std::path::Path;
@@ -98,17 +99,17 @@ impl Policy {
     }
 }
 
-/// The name of the user this process runs as (for defaults and messages).
-pub fn current_user_name() -> String {
-    match User::from_uid(Uid::effective()) {
-        Ok(Some(u)) => u.name,
-        _ => Uid::effective().to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name of the user this process runs as (for defaults and messages).
+    fn current_user_name() -> String {
+        match User::from_uid(Uid::effective()) {
+            Ok(Some(u)) => u.name,
+            _ => Uid::effective().to_string(),
+        }
+    }
 
     fn policy(default_user: &str, allowed: &[&str]) -> Policy {
         Policy {

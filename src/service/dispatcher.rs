@@ -12,18 +12,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use deadpool_postgres::Pool;
 use futures_util::FutureExt;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::claimer::{Admission, ClaimedRun, Claimer};
 use crate::db::{self, q};
-use crate::guardian::{RunHandle, Shared, is_draining};
-use crate::launch;
 use crate::metrics;
-use crate::outage;
-use crate::recorder::{self, Verdict, Written};
-use crate::scheduler::Scheduler;
-use crate::supervisor::{self, Supervision};
+use crate::outage::{self, Outage};
+use crate::run::ClaimedRun;
+use crate::run::launch;
+use crate::run::orphans::Registry;
+use crate::run::recorder::{self, Recorder, Verdict, Written};
+use crate::run::supervisor::{self, Supervision};
+use crate::run::table::{RunTable, Started};
+use crate::run::users::Policy;
+use crate::service::claimer::{Admission, Claimer};
+use crate::service::fault::{fault_point, panic_message};
+use crate::service::scheduler::{Scheduler, Seed};
+use crate::service::{Draining, Failure, LiveConfig};
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);
@@ -42,19 +50,54 @@ pub struct Pass {
     pub materialised: usize,
 }
 
-pub struct Dispatcher {
-    shared: Arc<Shared>,
+/// What the dispatcher needs: the pool it claims from, the run table it fills, the lease
+/// its supervisors forward, the recorder and registry of the runs it starts.
+pub struct Handles {
+    pub config: LiveConfig,
+    pub db: Pool,
+    pub host: String,
+    pub runs: Arc<RunTable>,
+    /// Its wake-up: a notification, a finished run, a reload.
+    pub wake: Arc<Notify>,
+    pub draining: Draining,
+    /// Stop claiming (the guardian shuts down).
+    pub stopping: CancellationToken,
+    /// Stop waiting for the database to take results (the process is about to exit).
+    pub abandon: CancellationToken,
+    /// The supervisor tasks; shutdown waits on it.
+    pub tasks: TaskTracker,
+    /// The watchdog deadline the heartbeat publishes, forwarded to each run shim.
+    pub lease: Arc<watch::Sender<std::time::Instant>>,
+    pub outage: Arc<Outage>,
+    pub recorder: Arc<Recorder>,
+    pub registry: Registry,
+    /// Told when a supervisor task panics: the guardian stops.
+    pub failure: Arc<Failure>,
+}
+
+impl Handles {
+    /// The user policy of the running configuration.
+    fn policy(&self) -> Policy {
+        let config = self.config.get();
+        Policy {
+            host: self.host.clone(),
+            default_user: config.default_user.clone(),
+            allowed_users: config.allowed_users.clone(),
+        }
+    }
+}
+
+struct Dispatcher {
+    shared: Arc<Handles>,
     scheduler: Scheduler,
     /// The pools the scheduler was given (a reload may change them).
     pools: Vec<String>,
     claimer: Claimer,
-    /// Runs claimed with overlap = replace that wait for the run they replace to end (also
-    /// in `Shared::held`, so the heartbeat keeps them).
-    waiting: Vec<ClaimedRun>,
 }
 
 /// The dispatcher's loop; returns when the guardian stops.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(handles: Handles) {
+    let shared = Arc::new(handles);
     let mut d = Dispatcher::new(shared.clone());
     let mut failures = 0u32;
     loop {
@@ -78,7 +121,7 @@ pub async fn run(shared: Arc<Shared>) {
                 // Backoff, but never slower than a heartbeat: work resumes soon after the
                 // database is back.
                 Duration::from_millis(100 * u64::from(failures.min(50)))
-                    .min(shared.config().heartbeat_interval)
+                    .min(shared.config.get().heartbeat_interval)
             }
         };
         if shared.stopping.is_cancelled() {
@@ -94,8 +137,8 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 impl Dispatcher {
-    pub fn new(shared: Arc<Shared>) -> Dispatcher {
-        let pools = shared.config().pools.clone();
+    fn new(shared: Arc<Handles>) -> Dispatcher {
+        let pools = shared.config.get().pools.clone();
         let scheduler = Scheduler::new(shared.db.clone(), pools.clone());
         let claimer = Claimer::new(shared.db.clone(), shared.host.clone());
         Dispatcher {
@@ -103,13 +146,12 @@ impl Dispatcher {
             scheduler,
             pools,
             claimer,
-            waiting: Vec::new(),
         }
     }
 
     /// One pass; see the module doc.
-    pub async fn run_once(&mut self) -> Result<Pass> {
-        let cfg = self.shared.config();
+    async fn run_once(&mut self) -> Result<Pass> {
+        let cfg = self.shared.config.get();
         if cfg.pools != self.pools {
             self.pools = cfg.pools.clone();
             self.scheduler.set_pools(self.pools.clone());
@@ -140,7 +182,8 @@ impl Dispatcher {
                 pool,
                 limit,
                 "the scheduler",
-                self.scheduler.run_once(unseen),
+                self.scheduler
+                    .run_once(if unseen { Seed::Unseen } else { Seed::Skip }),
             )
             .await?;
             pass.materialised = o.runs;
@@ -151,7 +194,7 @@ impl Dispatcher {
             return Ok(pass);
         }
         let mut claimed = Vec::new();
-        if free > 0 && !is_draining(&self.shared) {
+        if free > 0 && !self.shared.draining.get() {
             let claim = self.claimer.claim(&cfg.pools, free);
             claimed = db::within(pool, limit, "the claim", claim)
                 .await
@@ -160,14 +203,14 @@ impl Dispatcher {
         }
         // Waiting runs already count against capacity: admitted again on every pass, even
         // when nothing new may be claimed (a kill of one ends it here, see `claimer`).
-        claimed.append(&mut self.waiting);
+        claimed.append(&mut self.shared.runs.take_waiting());
         pass.started = self.admit_and_start(claimed).await?;
         pass.next_in = if progress {
             Some(Duration::ZERO)
         } else {
             // A run due now that this host cannot take (no free capacity, draining) is no
             // reason to look again: the finish of a run or a notification wakes us.
-            let cannot_claim = self.free_capacity(cfg.capacity) == 0 || is_draining(&self.shared);
+            let cannot_claim = self.free_capacity(cfg.capacity) == 0 || self.shared.draining.get();
             let run_due_in = run_due_in.filter(|s| !(cannot_claim && *s <= 0.0));
             let mut next = [job_due_in, run_due_in]
                 .into_iter()
@@ -175,7 +218,7 @@ impl Dispatcher {
                 // Clamped: a far-off or odd due time is no reason to sleep past the poll.
                 .map(|s| db::secs(Some(s)).min(SAFETY_POLL))
                 .min();
-            if !self.waiting.is_empty() {
+            if self.shared.runs.has_waiting() {
                 next = Some(next.map_or(REPLACE_POLL, |n| n.min(REPLACE_POLL)));
             }
             // Due now yet not taken by this pass (locked by another guardian): a short pause
@@ -195,8 +238,8 @@ impl Dispatcher {
             error: Some("guardian shutdown before the run started".into()),
             no_retry: false,
         };
-        for run in std::mem::take(&mut self.waiting) {
-            let outcome = supervisor::Outcome::default();
+        for run in self.shared.runs.take_waiting() {
+            let outcome = crate::run::Outcome::default();
             let entry =
                 recorder::entry(&self.shared.host, run.id, &run.job_name, &verdict, &outcome);
             let shared = self.shared.clone();
@@ -204,14 +247,13 @@ impl Dispatcher {
                 if let Err(e) = shared.recorder.record(&entry, &shared.abandon).await {
                     tracing::warn!(run_id = run.id, error = %e, "could not release a claimed run at shutdown; its result stays in the spool");
                 }
-                shared.hold(run.id, false);
+                shared.runs.finished(run.id);
             });
         }
     }
 
     fn free_capacity(&self, capacity: usize) -> usize {
-        let busy = self.shared.running_count() + self.waiting.len();
-        capacity.saturating_sub(busy)
+        self.shared.runs.free(capacity)
     }
 
     async fn admit_and_start(&mut self, claimed: Vec<ClaimedRun>) -> Result<usize> {
@@ -220,15 +262,17 @@ impl Dispatcher {
         }
         // Claimed, not started yet: the heartbeat must keep them while admission runs.
         for run in &claimed {
-            self.shared.hold(run.id, true);
+            self.shared.runs.hold(run.id);
         }
-        let limit = db::answer_limit(self.shared.config().lease);
+        let limit = db::answer_limit(self.shared.config.get().lease);
         let admission = self.claimer.admit(&claimed);
         let decisions = match db::within(&self.shared.db, limit, "admission", admission).await {
             Ok(d) => d,
             Err(e) => {
                 // The claimed runs stay ours: keep them and decide again on the next pass.
-                self.waiting.extend(claimed);
+                for run in claimed {
+                    self.shared.runs.wait(run);
+                }
                 return Err(e);
             }
         };
@@ -236,9 +280,7 @@ impl Dispatcher {
         for run in claimed {
             match decisions.get(&run.id) {
                 Some(Admission::Start { latency }) => {
-                    let id = run.id;
                     self.start(run, *latency);
-                    self.shared.hold(id, false);
                     started += 1;
                 }
                 Some(Admission::Wait { victims }) => {
@@ -247,18 +289,18 @@ impl Dispatcher {
                         ?victims,
                         "waiting for replaced runs to end"
                     );
-                    self.waiting.push(run);
+                    self.shared.runs.wait(run);
                 }
                 Some(Admission::Killed) => {
-                    self.shared.hold(run.id, false);
+                    self.shared.runs.release(run.id);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run killed before it started: its process never ran");
                 }
                 Some(Admission::Skipped) => {
-                    self.shared.hold(run.id, false);
+                    self.shared.runs.release(run.id);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run skipped: the previous run is still running (overlap = forbid)");
                 }
                 // Not admitted and not decided: it was taken from us in the meantime.
-                None => self.shared.hold(run.id, false),
+                None => self.shared.runs.release(run.id),
             }
         }
         Ok(started)
@@ -267,44 +309,26 @@ impl Dispatcher {
     /// Starts the supervisor task of an admitted run.
     fn start(&self, run: ClaimedRun, latency: Duration) {
         let shared = self.shared.clone();
-        let (pid_tx, pid_rx) = watch::channel(None);
-        let mut runs = shared.runs.lock().unwrap_or_else(|p| p.into_inner());
         // A stop that arrived while the run was held (a kill during admission) is its first
-        // word: the supervisor then never starts the process. Taken under the run table's
-        // lock, so a later stop finds the handle instead (see `Shared::stop_run`).
-        let (stop_tx, stop_rx) = watch::channel(shared.take_early_stop(run.id));
-        runs.insert(
-            run.id,
-            RunHandle {
-                job_name: run.job_name.clone(),
-                stop: stop_tx,
-                pid: pid_rx,
-            },
-        );
-        drop(runs);
+        // word: the supervisor then never starts the process (see `RunTable::start`).
+        let started = shared.runs.start(run.id, &run.job_name);
         let tasks = shared.tasks.clone();
-        tasks.spawn(async move { supervise(&shared, run, latency, stop_rx, pid_tx).await });
+        tasks.spawn(async move { supervise(&shared, run, latency, started).await });
     }
 }
 
 /// Runs one admitted run to its recorded end. A panic while supervising it (a bug) is
 /// caught: the run is recorded `failed` with the reason (its shim, whose control pipe
 /// closed, stops the job) and the guardian is told to stop (see `guardian`).
-async fn supervise(
-    shared: &Arc<Shared>,
-    run: ClaimedRun,
-    latency: Duration,
-    stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
-    pid_tx: watch::Sender<Option<u32>>,
-) {
+async fn supervise(shared: &Arc<Handles>, run: ClaimedRun, latency: Duration, started: Started) {
     let (id, job) = (run.id, run.job_name.clone());
-    let supervised = AssertUnwindSafe(supervise_run(shared, run, latency, stop_rx, pid_tx))
+    let supervised = AssertUnwindSafe(supervise_run(shared, run, latency, started))
         .catch_unwind()
         .await;
     let Err(panic) = supervised else {
         return;
     };
-    let why = crate::guardian::panic_message(panic.as_ref());
+    let why = panic_message(panic.as_ref());
     tracing::error!(run_id = id, job = %job, reason = %why, "the supervisor task of a run panicked");
     let verdict = Verdict {
         state: "failed",
@@ -318,35 +342,28 @@ async fn supervise(
     if let Err(e) = shared.recorder.record(&entry, &shared.abandon).await {
         tracing::error!(run_id = id, error = %e, "result not recorded; it stays in the spool for the next start");
     }
-    shared
-        .runs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id);
-    shared.hold(id, false);
-    shared.ended.notify_waiters();
-    shared.fail(format!(
+    shared.runs.finished(id);
+    shared.failure.fail(format!(
         "the supervisor task of run {id} panicked ({why}; a bug: please report it)"
     ));
 }
 
 /// [`supervise`] without the safety net.
 async fn supervise_run(
-    shared: &Arc<Shared>,
+    shared: &Arc<Handles>,
     run: ClaimedRun,
     latency: Duration,
-    stop_rx: watch::Receiver<Option<supervisor::StopReason>>,
-    pid_tx: watch::Sender<Option<u32>>,
+    started: Started,
 ) {
-    crate::guardian::fault_point("supervisor");
+    fault_point("supervisor");
     let host = &shared.host;
-    let cfg = shared.config();
-    let stopped_early = stop_rx.borrow().clone();
+    let cfg = shared.config.get();
+    let stopped_early = started.stop.borrow().clone();
     let (outcome, verdict) = if let Some(reason) = stopped_early {
-        shared.hold(run.id, true);
-        let outcome = supervisor::Outcome {
+        shared.runs.process_ended(run.id);
+        let outcome = crate::run::Outcome {
             stopped: Some(reason),
-            ..supervisor::Outcome::default()
+            ..crate::run::Outcome::default()
         };
         let mut verdict = recorder::verdict(&outcome, run.max_runtime, host);
         verdict.error = verdict
@@ -362,8 +379,8 @@ async fn supervise_run(
                 );
                 metrics::run_started(&run.job_name, latency);
                 let supervision = Supervision {
-                    stop: stop_rx,
-                    pid: pid_tx,
+                    stop: started.stop,
+                    pid: started.pid,
                     lease: shared.lease.subscribe(),
                     registry: Some(shared.registry.clone()),
                 };
@@ -371,13 +388,7 @@ async fn supervise_run(
                 // The process is gone: from here on only the result remains to be written. It is
                 // held (the heartbeat keeps renewing it) but no longer supervised (a heartbeat
                 // must not mistake the finished run for one taken away).
-                shared.hold(run.id, true);
-                shared
-                    .runs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&run.id);
-                shared.ended.notify_waiters();
+                shared.runs.process_ended(run.id);
                 let verdict = recorder::verdict(&outcome, run.max_runtime, host);
                 (outcome, verdict)
             }
@@ -387,8 +398,8 @@ async fn supervise_run(
                     error: Some(refusal.error),
                     no_retry: refusal.final_,
                 };
-                shared.hold(run.id, true);
-                (supervisor::Outcome::default(), verdict)
+                shared.runs.process_ended(run.id);
+                (crate::run::Outcome::default(), verdict)
             }
         }
     };
@@ -415,13 +426,6 @@ async fn supervise_run(
             tracing::error!(run_id = run.id, error = %e, "result not recorded: the database stayed unreachable; it stays in the spool for the next start")
         }
     }
-    shared
-        .runs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&run.id);
-    shared.hold(run.id, false);
-    shared.ended.notify_waiters();
-    // Capacity freed: the dispatcher may claim again.
-    shared.wake.notify_one();
+    // Capacity freed: the dispatcher may claim again (`finished` wakes it).
+    shared.runs.finished(run.id);
 }

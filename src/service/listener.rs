@@ -21,12 +21,28 @@ use anyhow::Result;
 use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 
-use crate::db;
-use crate::guardian::Shared;
-use crate::outage;
-use crate::supervisor::StopReason;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-pub async fn run(shared: Arc<Shared>) {
+use crate::db::{self, q};
+use crate::outage::{self, Outage};
+use crate::run::StopReason;
+use crate::run::table::RunTable;
+use crate::service::LiveConfig;
+
+/// What the listener needs: where to forward (the dispatcher's wake-up, the run table), and
+/// when to end (`abandon`: it listens for kills until the guardian exits).
+pub struct Listener {
+    pub config: LiveConfig,
+    pub host: String,
+    pub runs: Arc<RunTable>,
+    pub wake: Arc<Notify>,
+    pub outage: Arc<Outage>,
+    pub abandon: CancellationToken,
+}
+
+/// The listener's loop; returns when the guardian abandons its work.
+pub async fn run(shared: Listener) {
     let mut pause = Duration::from_millis(200);
     loop {
         let result = tokio::select! {
@@ -45,13 +61,13 @@ pub async fn run(shared: Arc<Shared>) {
             _ = tokio::time::sleep(pause) => {}
             _ = shared.abandon.cancelled() => return,
         }
-        pause = (pause * 2).min(shared.config().heartbeat_interval);
+        pause = (pause * 2).min(shared.config.get().heartbeat_interval);
     }
 }
 
 /// Listens until the connection breaks; resets `pause` once subscribed (it was healthy).
-async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
-    let config = shared.config();
+async fn listen(shared: &Listener, pause: &mut Duration) -> Result<()> {
+    let config = shared.config.get();
     let (every, limit) = (
         config.heartbeat_interval,
         config.lease.saturating_sub(config.heartbeat_interval),
@@ -64,8 +80,7 @@ async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The client drives requests; the connection stream must be polled for them to complete.
     let subscribe = async {
-        let listen =
-            client.batch_execute("LISTEN sisy_wakeup; LISTEN sisy_kill; LISTEN sisy_hosts");
+        let listen = client.batch_execute(q::LISTEN);
         tokio::time::timeout(limit, listen)
             .await
             .map_err(|_| db::timed_out("LISTEN", limit))??;
@@ -76,7 +91,7 @@ async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
         shared.wake.notify_one();
         loop {
             tokio::time::sleep(every).await;
-            tokio::time::timeout(limit, client.simple_query("SELECT 1"))
+            tokio::time::timeout(limit, client.simple_query(q::PING))
                 .await
                 .map_err(|_| db::timed_out("the notification connection's check", limit))??;
         }
@@ -95,14 +110,14 @@ async fn listen(shared: &Shared, pause: &mut Duration) -> Result<()> {
     }
 }
 
-fn handle(shared: &Shared, channel: &str, payload: &str) {
+fn handle(shared: &Listener, channel: &str, payload: &str) {
     match channel {
-        "sisy_wakeup" if shared.config().pools.iter().any(|p| p == payload) => {
+        "sisy_wakeup" if shared.config.get().pools.iter().any(|p| p == payload) => {
             shared.wake.notify_one();
         }
         "sisy_kill" => {
             if let Ok(id) = payload.parse::<i64>() {
-                shared.stop_run(id, StopReason::KillRequested);
+                shared.runs.stop(id, StopReason::KillRequested);
             }
         }
         "sisy_hosts" if payload == shared.host => {

@@ -15,7 +15,7 @@ use std::process::Stdio;
 
 use nix::unistd::Pid;
 
-use super::{Args, Job};
+use super::protocol::{Args, Job};
 
 /// The steps of the child between fork and exec, as recorded in [`Step`].
 const SWITCH: u8 = 1;

@@ -113,7 +113,7 @@ fn random_below(limit: ChronoDuration, rng: &mut impl rand::Rng) -> ChronoDurati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::DueJob;
+    use crate::service::scheduler::DueJob;
     use chrono::TimeZone;
 
     fn job(schedule: &str, next_due: DateTime<Utc>, now: DateTime<Utc>, ttl_secs: i64) -> DueJob {

@@ -32,6 +32,8 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::run::proc;
+
 /// The variables that mark a run's processes.
 pub const MARK: [&str; 3] = ["SISY_JOB", "SISY_RUN_ID", "SISY_SCHEDULED_FOR"];
 
@@ -76,9 +78,9 @@ impl Registry {
     /// backstop.
     pub fn record(&self, run_id: i64, pid: u32, env: &[(String, String)]) -> Option<Record> {
         let entry = Entry {
-            boot: boot_id(),
+            boot: proc::boot_id(),
             pgid: pid as i32,
-            start: start_time(pid as i32)?,
+            start: proc::stat(pid as i32)?.start_time,
             mark: env
                 .iter()
                 .filter(|(k, _)| MARK.contains(&k.as_str()))
@@ -125,7 +127,7 @@ impl Registry {
         let Ok(files) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
-        let boot = boot_id();
+        let boot = proc::boot_id();
         let mut entries = Vec::new();
         for file in files.flatten() {
             if let Ok(entry) = std::fs::read(file.path())
@@ -144,15 +146,15 @@ impl Registry {
         let mut killed = 0;
         let mut groups = Vec::new();
         for e in &entries {
-            if e.pgid > 1 && start_time(e.pgid) == Some(e.start) {
+            if e.pgid > 1 && proc::stat(e.pgid).map(|s| s.start_time) == Some(e.start) {
                 let _ = killpg(Pid::from_raw(e.pgid), Signal::SIGKILL);
                 groups.push(e.pgid);
                 killed += 1;
             }
         }
         let mut marked = Vec::new();
-        for pid in live_pids() {
-            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+        for pid in proc::pids() {
+            if let Some(env) = proc::environ(pid)
                 && entries.iter().any(|e| carries(&env, &e.mark))
             {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -169,8 +171,10 @@ impl Registry {
         // Wait (a little) until they are gone, so that no retry starts next to them.
         let until = Instant::now() + Duration::from_secs(5);
         let alive = || {
-            groups.iter().any(|g| !members(*g).is_empty())
-                || marked.iter().any(|p| stat(*p).is_some_and(|s| s.0 != "Z"))
+            groups.iter().any(|g| !proc::group_members(*g).is_empty())
+                || marked
+                    .iter()
+                    .any(|p| proc::stat(*p).is_some_and(|s| s.state != "Z"))
         };
         while alive() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
@@ -185,61 +189,9 @@ fn carries(env: &[u8], mark: &[String]) -> bool {
         .all(|m| env.split(|b| *b == 0).any(|var| var == m.as_bytes()))
 }
 
-fn live_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The live (not zombie) members of process group `pgid`.
-fn members(pgid: i32) -> Vec<i32> {
-    live_pids()
-        .into_iter()
-        .filter(|pid| {
-            stat(*pid).is_some_and(|(state, pgrp, _)| pgrp == pgid && state != "Z" && state != "X")
-        })
-        .collect()
-}
-
-/// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat).
-fn start_time(pid: i32) -> Option<u64> {
-    stat(pid).map(|(_, _, start)| start)
-}
-
-/// (state, process group, start time) of a process.
-fn stat(pid: i32) -> Option<(String, i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the ")" closing the command name: state(3) ppid(4) pgrp(5) … starttime(22).
-    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    Some((
-        fields.first()?.to_string(),
-        fields.get(2)?.parse().ok()?,
-        fields.get(19)?.parse().ok()?,
-    ))
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_time_of_this_process_is_stable() {
-        let me = std::process::id() as i32;
-        let a = start_time(me).expect("own stat");
-        assert_eq!(start_time(me), Some(a));
-        assert_eq!(stat(me).map(|s| s.2), Some(a));
-    }
 
     #[test]
     fn a_record_is_removed_with_its_guard_and_a_stale_one_by_the_sweep() {
@@ -266,7 +218,7 @@ mod tests {
         // A record whose start time does not match (a recycled pid) and whose mark no
         // process carries is forgotten, not acted on.
         let stale = Entry {
-            boot: boot_id(),
+            boot: proc::boot_id(),
             pgid: me as i32,
             start: 1,
             mark: vec![

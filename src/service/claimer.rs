@@ -23,48 +23,18 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
-use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 
 use crate::db::{self, q};
+use crate::run::{ClaimedRun, Overlap};
 
-/// A claimed run with what is needed to start it.
-#[derive(Debug, Clone)]
-pub struct ClaimedRun {
-    pub id: i64,
-    pub job_id: i64,
-    pub job_name: String,
-    pub scheduled_for: DateTime<Utc>,
-    pub attempt: i32,
-    pub target_host: Option<String>,
-    pub due_at: DateTime<Utc>,
-    pub command: String,
-    pub run_as: Option<String>,
-    pub env: serde_json::Value,
-    pub workdir: Option<String>,
-    pub overlap: Overlap,
-    pub max_runtime: Option<Duration>,
-    pub kill_grace: Duration,
-    /// A value of the row the guardian could not read (an `env` nested too deep for the
-    /// JSON decoder): the run is refused with this sentence instead of started.
-    pub defect: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overlap {
-    Forbid,
-    Allow,
-    Replace,
-}
-
-impl Overlap {
-    fn parse(s: &str) -> Overlap {
-        match s {
-            "allow" => Overlap::Allow,
-            "replace" => Overlap::Replace,
-            // The table refuses other values; forbid is the careful reading of anything else.
-            _ => Overlap::Forbid,
-        }
+/// The job's `overlap` column.
+fn parse_overlap(s: &str) -> Overlap {
+    match s {
+        "allow" => Overlap::Allow,
+        "replace" => Overlap::Replace,
+        // The table refuses other values; forbid is the careful reading of anything else.
+        _ => Overlap::Forbid,
     }
 }
 
@@ -229,7 +199,7 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {
         run_as: field(row, "run_as", &mut defect),
         env: field(row, "env", &mut defect),
         workdir: field(row, "workdir", &mut defect),
-        overlap: Overlap::parse(&overlap),
+        overlap: parse_overlap(&overlap),
         max_runtime: max_runtime.map(|s| db::secs(Some(s))),
         kill_grace: db::secs(field(row, "kill_grace", &mut defect)),
         defect,
@@ -251,14 +221,14 @@ where
 
 /// A run that has started (admitted), as admission sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Started {
+pub(crate) struct Started {
     pub id: i64,
     pub job_id: i64,
     pub target_host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Start,
     Skip { holder: i64 },
     Replace { victims: Vec<i64> },
@@ -267,7 +237,7 @@ pub enum Decision {
 /// The overlap rules, pure. Runs of an `all` job overlap only with runs for the same host.
 /// Among claimed runs of one job, the earliest (by id) goes first and counts as started for
 /// the rest.
-pub fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> {
+pub(crate) fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> {
     let mut holders: HashMap<(i64, Option<String>), Vec<i64>> = HashMap::new();
     for s in started {
         holders
@@ -301,6 +271,7 @@ pub fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     fn claimed(id: i64, job_id: i64, overlap: Overlap, host: Option<&str>) -> ClaimedRun {
         ClaimedRun {

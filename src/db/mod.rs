@@ -17,6 +17,7 @@
 mod bounded;
 mod conninfo;
 mod pgpass;
+mod queries;
 mod tls;
 
 use std::path::{Path, PathBuf};
@@ -28,74 +29,23 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, Socket};
 
-pub use bounded::{Conn, answer_limit, checkout, timed_out, within};
+pub use bounded::{Conn, checkout, within};
+pub(crate) use bounded::{answer_limit, timed_out};
 use conninfo::var;
 pub(crate) use conninfo::{env_vars_set, redact_password, url_from_env};
+pub use queries::{cli, q};
 use tls::TlsSettings;
-
-/// The named statements, grouped by the table they work on.
-pub mod q {
-    pub const JOBS_UNSEEN: &str = include_str!("../sql/queries/jobs_unseen.sql");
-    pub const JOBS_DUE: &str = include_str!("../sql/queries/jobs_due.sql");
-    pub const JOBS_SET_NEXT_DUE: &str = include_str!("../sql/queries/jobs_set_next_due.sql");
-    pub const JOBS_LOCK_FOR_ADMISSION: &str =
-        include_str!("../sql/queries/jobs_lock_for_admission.sql");
-    pub const HOSTS_LIVE: &str = include_str!("../sql/queries/hosts_live.sql");
-    pub const HOSTS_REGISTER: &str = include_str!("../sql/queries/hosts_register.sql");
-    pub const HOSTS_RELEASE: &str = include_str!("../sql/queries/hosts_release.sql");
-    pub const HOSTS_REANNOUNCE: &str = include_str!("../sql/queries/hosts_reannounce.sql");
-    pub const HEARTBEAT: &str = include_str!("../sql/queries/heartbeat.sql");
-    pub const RUNS_INSERT: &str = include_str!("../sql/queries/runs_insert.sql");
-    pub const RUNS_EXTEND_HOSTLESS: &str = include_str!("../sql/queries/runs_extend_hostless.sql");
-    pub const RUNS_TICK: &str = include_str!("../sql/queries/runs_tick.sql");
-    pub const RUNS_CLAIM: &str = include_str!("../sql/queries/runs_claim.sql");
-    pub const RUNS_RUNNING_OF_JOBS: &str = include_str!("../sql/queries/runs_running_of_jobs.sql");
-    pub const RUNS_ADMIT: &str = include_str!("../sql/queries/runs_admit.sql");
-    pub const RUNS_SKIP: &str = include_str!("../sql/queries/runs_skip.sql");
-    pub const RUNS_KILL_UNSTARTED: &str = include_str!("../sql/queries/runs_kill_unstarted.sql");
-    pub const RUNS_REQUEST_REPLACE: &str = include_str!("../sql/queries/runs_request_replace.sql");
-    pub const RUNS_FINISH: &str = include_str!("../sql/queries/runs_finish.sql");
-    pub const RUNS_NOTE: &str = include_str!("../sql/queries/runs_note.sql");
-    pub const RUNS_PRUNE: &str = include_str!("../sql/queries/runs_prune.sql");
-    pub const HOSTS_PRUNE: &str = include_str!("../sql/queries/hosts_prune.sql");
-    pub const RUNS_ORPHANED_BY_RESTART: &str =
-        include_str!("../sql/queries/runs_orphaned_by_restart.sql");
-    pub const MIGRATIONS_APPLIED: &str = include_str!("../sql/queries/migrations_applied.sql");
-}
-
-/// The statements of the `sisy` CLI (a thin client over the SQL surface).
-pub mod cli {
-    pub const JOBS_LIST: &str = include_str!("../sql/queries/cli/jobs_list.sql");
-    pub const JOBS_SHOW: &str = include_str!("../sql/queries/cli/jobs_show.sql");
-    pub const JOBS_SHOW_ENV: &str = include_str!("../sql/queries/cli/jobs_show_env.sql");
-    pub const JOBS_ADD: &str = include_str!("../sql/queries/cli/jobs_add.sql");
-    pub const JOBS_EDIT: &str = include_str!("../sql/queries/cli/jobs_edit.sql");
-    pub const JOBS_RM: &str = include_str!("../sql/queries/cli/jobs_rm.sql");
-    pub const JOBS_IMPORT_LOCK: &str = include_str!("../sql/queries/cli/jobs_import_lock.sql");
-    pub const JOBS_IMPORT_EXISTING: &str =
-        include_str!("../sql/queries/cli/jobs_import_existing.sql");
-    pub const JOBS_IMPORT_CREATE: &str = include_str!("../sql/queries/cli/jobs_import_create.sql");
-    pub const JOBS_IMPORT_UPDATE: &str = include_str!("../sql/queries/cli/jobs_import_update.sql");
-    pub const JOBS_IMPORT_REMOVE: &str = include_str!("../sql/queries/cli/jobs_import_remove.sql");
-    pub const JOBS_IMPORT_SUSPEND: &str =
-        include_str!("../sql/queries/cli/jobs_import_suspend.sql");
-    pub const RUNS_LIST: &str = include_str!("../sql/queries/cli/runs_list.sql");
-    pub const RUNS_SHOW: &str = include_str!("../sql/queries/cli/runs_show.sql");
-    pub const RUNS_LOGS: &str = include_str!("../sql/queries/cli/runs_logs.sql");
-    pub const HOSTS_LIST: &str = include_str!("../sql/queries/cli/hosts_list.sql");
-    pub const STATUS: &str = include_str!("../sql/queries/cli/status.sql");
-}
 
 /// A connection's driver half, returned by [`connect_for_notifications`] so the caller can
 /// poll it for notifications. One concrete type for TCP and Unix sockets, TLS or not.
-pub type Connection = tokio_postgres::Connection<Socket, tls::Stream>;
+pub(crate) type Connection = tokio_postgres::Connection<Socket, tls::Stream>;
 
 /// Parses a libpq URL or key=value string into the driver's settings, checking the keys
 /// tokio-postgres does not know (`sslmode` verify-ca/verify-full, `sslrootcert`,
 /// `passfile`) for syntax only; the environment is not consulted and no file is read, so
 /// connect with [`connect`] and friends, not with this config. The error never repeats the
 /// password.
-pub fn parse_url(url: &str) -> Result<Config> {
+pub(crate) fn parse_url(url: &str) -> Result<Config> {
     let split = conninfo::split(url)?;
     let mut config = parse_driver(&split.rest)?;
     if let Some(mode) = &split.sslmode {
@@ -107,7 +57,7 @@ pub fn parse_url(url: &str) -> Result<Config> {
 }
 
 /// A human description of where a config points, for error messages (no password).
-pub fn describe(config: &Config) -> String {
+pub(crate) fn describe(config: &Config) -> String {
     let hosts: Vec<String> = config.get_hosts().iter().map(host_name).collect();
     let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
     format!(
@@ -208,18 +158,18 @@ pub fn error_message(e: &tokio_postgres::Error) -> String {
 /// as migration 0007 enforces: 100 years of 365.25 days. Rows from before that limit are
 /// clamped to it when read, so that no sum of a due time and a row's intervals can leave the
 /// range of a timestamp or of the monotonic clock.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(3_155_760_000);
+pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(3_155_760_000);
 
 /// Whether `error` is a failed TLS handshake with the server (an untrusted or expired
 /// certificate, a name it is not valid for): a setting to fix, not an outage to wait out.
-pub fn is_tls_failure(error: &anyhow::Error) -> bool {
+pub(crate) fn is_tls_failure(error: &anyhow::Error) -> bool {
     tls::handshake_failed(error)
 }
 
 /// Converts seconds (as PostgreSQL's `extract(epoch …)` returns them) to a Duration,
 /// treating NULL, negatives and NaN as zero and clamping at [`MAX_INTERVAL`] (an infinite
 /// interval included).
-pub fn secs(value: Option<f64>) -> Duration {
+pub(crate) fn secs(value: Option<f64>) -> Duration {
     match value {
         Some(s) if s > 0.0 => Duration::from_secs_f64(s.min(MAX_INTERVAL.as_secs_f64())),
         _ => Duration::ZERO,

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use crate::claimer::ClaimedRun;
-use crate::supervisor::Spec;
-use crate::users::Policy;
+use crate::run::ClaimedRun;
+use crate::run::Spec;
+use crate::run::users::Policy;
 
 /// systemd's default PATH: what a job finds without setting its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

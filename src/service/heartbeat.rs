@@ -10,6 +10,12 @@
 //! processes are killed at once (SIGKILL); a run with a kill request is stopped (a fallback
 //! for a missed NOTIFY).
 //!
+//! The rescue of dead hosts' and forgotten runs is not a service of its own: it is part of
+//! the renewal statement (`heartbeat.sql`), one round trip per beat, and it may judge others
+//! only on what that same beat proves (an unbroken lease of successful beats). A separate
+//! rescuer would need a second statement per interval and the heartbeat's own record.
+//! Does not own the runs (the run table) nor what a stop does (supervisor, shim).
+//!
 //! # When a guardian may judge others
 //!
 //! A lease that lapsed proves a host dead only if the host could have renewed it. When the
@@ -25,11 +31,11 @@
 //! judges. Healthy jobs are not killed because the database went away; a guardian that did
 //! not come back within a lease of the database's return is judged like any dead host, and
 //! fences its runs if it returns later. In steady state a dead host's runs are declared lost
-//! within `lease + heartbeat_interval` of its last renewal ([`detection_bound`]).
+//! within `lease + heartbeat_interval` of its last renewal.
 //!
 //! # The watchdog deadline
 //!
-//! The heartbeat publishes, in [`Shared::lease`], until when this guardian's jobs may run;
+//! The heartbeat publishes, in its lease channel, until when this guardian's jobs may run;
 //! the supervisors forward it to the run shims, which SIGKILL their job when it passes. Two
 //! promises, which pull in opposite directions:
 //! - a guardian that is alive never has its jobs killed by its own watchdog, however slow or
@@ -85,37 +91,58 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
 use tokio::time::Instant;
 
-use crate::db::{self, q};
-use crate::guardian::Shared;
-use crate::outage;
-use crate::supervisor::StopReason;
+use deadpool_postgres::Pool;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// What one beat found.
-#[derive(Debug, Default, Clone)]
-pub struct Beat {
-    pub draining: bool,
-    /// Runs taken away from this host: their processes were told to stop.
-    pub fenced: Vec<i64>,
-    /// Runs of dead hosts declared lost by this beat.
-    pub declared_lost: i64,
-    /// Runs of this host that this guardian no longer knew, declared lost by this beat.
-    pub forgotten: i64,
+use crate::db::{self, q};
+use crate::outage::{self, Outage};
+use crate::run::StopReason;
+use crate::run::table::RunTable;
+use crate::service::{Draining, Failure, LiveConfig};
+
+/// What the heartbeat needs: its own connection, this process's registration, the run
+/// table it renews and fences, and the lease channel it publishes the watchdog deadline on.
+pub struct Heartbeat {
+    pub config: LiveConfig,
+    /// A pool of the heartbeat's own, so that renewing the lease never waits behind the
+    /// other services (say, sixteen results being written at once).
+    pub db: Pool,
+    pub host: String,
+    /// This process's registration of the name (`sisy.hosts.started_at`): the lease is
+    /// renewed only while the row is still this registration's.
+    pub incarnation: chrono::DateTime<chrono::Utc>,
+    pub runs: Arc<RunTable>,
+    pub wake: Arc<Notify>,
+    pub draining: Draining,
+    pub failure: Arc<Failure>,
+    /// Until when this guardian's jobs may run without a renewal: the run shims' watchdog
+    /// deadline.
+    pub lease: Arc<watch::Sender<std::time::Instant>>,
+    pub outage: Arc<Outage>,
+    /// The heartbeat beats through shutdown while results are recorded (`tasks`), and ends
+    /// once they are (`stopping`, then the tracker empty) or on `abandon`.
+    pub stopping: CancellationToken,
+    pub abandon: CancellationToken,
+    pub tasks: TaskTracker,
 }
 
-pub async fn run(shared: Arc<Shared>) {
-    let mut heart = Heartbeat {
+/// The heartbeat's loop; see the module doc.
+pub async fn run(shared: Heartbeat) {
+    let shared = Arc::new(shared);
+    let mut heart = Beater {
         shared: shared.clone(),
         connected_since: None,
     };
     // Start-up published the deadline of the registration: a confirmed one.
     let mut deadline = Deadline::new(*shared.lease.borrow());
-    let mut every = shared.config().heartbeat_interval;
+    let mut every = shared.config.get().heartbeat_interval;
     let mut ticker = ticker(every);
     loop {
         tokio::select! {
@@ -123,10 +150,10 @@ pub async fn run(shared: Arc<Shared>) {
             never = keep_alive(&shared, &mut deadline) => match never {},
             _ = shared.abandon.cancelled() => return,
         }
-        let config = shared.config();
+        let config = shared.config.get();
         let sent = std::time::Instant::now();
         let limit = config.lease.saturating_sub(config.heartbeat_interval);
-        let beat = db::within(&shared.beat_db, limit, "the heartbeat", heart.run_once());
+        let beat = db::within(&shared.db, limit, "the heartbeat", heart.run_once());
         let result = tokio::select! {
             r = beat => r,
             never = keep_alive(&shared, &mut deadline) => match never {},
@@ -137,7 +164,7 @@ pub async fn run(shared: Arc<Shared>) {
                 shared.outage.ok();
                 deadline.confirm(sent, config.lease);
                 publish(&shared, &mut deadline);
-                crate::metrics::load(shared.running_count(), config.capacity);
+                crate::metrics::load(shared.runs.running_count(), config.capacity);
             }
             Err(e) => {
                 crate::metrics::db_error("heartbeat");
@@ -217,8 +244,8 @@ pub fn margin(heartbeat_interval: Duration) -> Duration {
 }
 
 /// Publishes the deadline for now (and wakes the supervisors only when it changed).
-fn publish(shared: &Shared, deadline: &mut Deadline) {
-    let config = shared.config();
+fn publish(shared: &Heartbeat, deadline: &mut Deadline) {
+    let config = shared.config.get();
     let at = deadline.renew(
         std::time::Instant::now(),
         config.lease,
@@ -233,9 +260,9 @@ fn publish(shared: &Shared, deadline: &mut Deadline) {
 
 /// The live guardian's own timer: whenever the published deadline comes within the margin,
 /// publishes it again (stretched if no beat confirmed a later one). Never returns.
-async fn keep_alive(shared: &Shared, deadline: &mut Deadline) -> Infallible {
+async fn keep_alive(shared: &Heartbeat, deadline: &mut Deadline) -> Infallible {
     loop {
-        let margin = margin(shared.config().heartbeat_interval);
+        let margin = margin(shared.config.get().heartbeat_interval);
         tokio::time::sleep_until(Instant::from_std(deadline.check_at(margin))).await;
         publish(shared, deadline);
     }
@@ -254,34 +281,21 @@ fn ticker_after(every: Duration) -> tokio::time::Interval {
     t
 }
 
-struct Heartbeat {
-    shared: Arc<Shared>,
+struct Beater {
+    shared: Arc<Heartbeat>,
     /// Since when beats have succeeded without a break.
     connected_since: Option<Instant>,
 }
 
-impl Heartbeat {
-    async fn run_once(&mut self) -> Result<Beat> {
+impl Beater {
+    async fn run_once(&mut self) -> Result<()> {
         let shared = &self.shared;
-        let cfg = shared.config();
-        let (supervised, mut ids, mut pids): (Vec<i64>, Vec<i64>, Vec<Option<i32>>) = {
-            let runs = shared.runs.lock().unwrap_or_else(|p| p.into_inner());
-            let ids: Vec<i64> = runs.keys().copied().collect();
-            let pids = runs
-                .values()
-                .map(|h| h.pid.borrow().map(|p| p as i32))
-                .collect();
-            (ids.clone(), ids, pids)
-        };
-        for id in shared.held.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if !ids.contains(id) {
-                ids.push(*id);
-                pids.push(None);
-            }
-        }
+        let cfg = shared.config.get();
+        let renewal = shared.runs.renewal();
+        let (supervised, ids, pids) = (renewal.supervised, renewal.ids, renewal.pids);
         let since = *self.connected_since.get_or_insert_with(Instant::now);
         let rescue = since.elapsed() >= cfg.lease;
-        let client = db::checkout(&shared.beat_db).await?;
+        let client = db::checkout(&shared.db).await?;
         let statement = client.prepare_cached(q::HEARTBEAT).await?;
         let row = client
             .query_one(
@@ -303,22 +317,18 @@ impl Heartbeat {
         if draining.is_none() && holder.is_some() {
             // The row is another process's: this one's lease lapsed (a pause) and a guardian
             // with the same host_name registered meanwhile. Two processes must never act as
-            // one host: this one stops (see `Shared::fail`). Its runs were declared lost
-            // by the new holder's start and may be retried already: fenced, killed at once,
-            // not stopped with the shutdown's grace.
-            let ids: Vec<i64> = {
-                let runs = shared.runs.lock().unwrap_or_else(|p| p.into_inner());
-                runs.keys().copied().collect()
-            };
-            for id in ids {
-                shared.stop_run(id, StopReason::Fenced);
+            // one host: this one stops (see `Failure`). Its runs were declared lost by the
+            // new holder's start and may be retried already: fenced, killed at once, not
+            // stopped with the shutdown's grace.
+            for id in shared.runs.running_ids() {
+                shared.runs.stop(id, StopReason::Fenced);
             }
-            shared.fail(format!(
+            shared.failure.fail(format!(
                 "another guardian process took over its host name {:?} after its lease lapsed \
                  (was this process paused, or do two hosts share one host_name?)",
                 shared.host
             ));
-            return Ok(Beat::default());
+            return Ok(());
         }
         let alive: HashSet<i64> = row.get::<_, Vec<i64>>("alive").into_iter().collect();
         let kill_requested: Vec<i64> = row.get("kill_requested");
@@ -343,7 +353,7 @@ impl Heartbeat {
         // Every answer is read: the connection may serve the next beat.
         client.release();
         let draining = draining.unwrap_or(false);
-        if shared.draining.swap(draining, Ordering::Relaxed) != draining {
+        if shared.draining.set(draining) {
             tracing::info!(draining, "host drain state changed");
             shared.wake.notify_one();
         }
@@ -353,7 +363,7 @@ impl Heartbeat {
             .filter(|id| !alive.contains(id))
             .collect();
         for id in &fenced {
-            if shared.stop_run(*id, StopReason::Fenced) {
+            if shared.runs.stop(*id, StopReason::Fenced) {
                 tracing::warn!(
                     run_id = id,
                     "run was declared lost while running here: killing its processes (fencing)"
@@ -361,7 +371,7 @@ impl Heartbeat {
             }
         }
         for id in kill_requested {
-            shared.stop_run(id, StopReason::KillRequested);
+            shared.runs.stop(id, StopReason::KillRequested);
         }
         if declared_lost > 0 {
             tracing::warn!(count = declared_lost, "runs of dead hosts declared lost");
@@ -373,20 +383,8 @@ impl Heartbeat {
                 "runs the database said were running here, unknown to this guardian, declared lost"
             );
         }
-        Ok(Beat {
-            draining,
-            fenced,
-            declared_lost,
-            forgotten,
-        })
+        Ok(())
     }
-}
-
-/// The longest a dead host's runs stay `running` before some guardian declares them lost,
-/// counted from the host's last renewal, when the database and the other guardians have been
-/// up for a whole lease.
-pub fn detection_bound(lease: Duration, heartbeat_interval: Duration) -> Duration {
-    lease + heartbeat_interval
 }
 
 #[cfg(test)]

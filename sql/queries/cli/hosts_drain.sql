@@ -1,0 +1,2 @@
+-- `sisy hosts drain HOST`: the host claims nothing new.
+SELECT sisy.drain($1)

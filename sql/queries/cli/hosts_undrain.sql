@@ -1,0 +1,2 @@
+-- `sisy hosts undrain HOST`: the host claims again.
+SELECT sisy.undrain($1)

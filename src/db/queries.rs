@@ -1,0 +1,73 @@
+//! The catalogue: every statement the guardian and the CLI issue, one `.sql` file each under
+//! `sql/queries/` (the CLI's under `sql/queries/cli/`), compiled in with `include_str!` so
+//! the binary carries them. Only `migrate` has SQL of its own (its bookkeeping); nothing
+//! else in `src/` writes a statement. Does not run anything: callers prepare and execute.
+
+/// The named statements, grouped by the table they work on.
+pub mod q {
+    pub const JOBS_UNSEEN: &str = include_str!("../../sql/queries/jobs_unseen.sql");
+    pub const JOBS_DUE: &str = include_str!("../../sql/queries/jobs_due.sql");
+    pub const JOBS_SET_NEXT_DUE: &str = include_str!("../../sql/queries/jobs_set_next_due.sql");
+    pub const JOBS_LOCK_FOR_ADMISSION: &str =
+        include_str!("../../sql/queries/jobs_lock_for_admission.sql");
+    pub const HOSTS_LIVE: &str = include_str!("../../sql/queries/hosts_live.sql");
+    pub const HOSTS_REGISTER: &str = include_str!("../../sql/queries/hosts_register.sql");
+    pub const HOSTS_RELEASE: &str = include_str!("../../sql/queries/hosts_release.sql");
+    pub const HOSTS_REANNOUNCE: &str = include_str!("../../sql/queries/hosts_reannounce.sql");
+    pub const HEARTBEAT: &str = include_str!("../../sql/queries/heartbeat.sql");
+    pub const RUNS_INSERT: &str = include_str!("../../sql/queries/runs_insert.sql");
+    pub const RUNS_EXTEND_HOSTLESS: &str =
+        include_str!("../../sql/queries/runs_extend_hostless.sql");
+    pub const RUNS_TICK: &str = include_str!("../../sql/queries/runs_tick.sql");
+    pub const RUNS_CLAIM: &str = include_str!("../../sql/queries/runs_claim.sql");
+    pub const RUNS_RUNNING_OF_JOBS: &str =
+        include_str!("../../sql/queries/runs_running_of_jobs.sql");
+    pub const RUNS_ADMIT: &str = include_str!("../../sql/queries/runs_admit.sql");
+    pub const RUNS_SKIP: &str = include_str!("../../sql/queries/runs_skip.sql");
+    pub const RUNS_KILL_UNSTARTED: &str = include_str!("../../sql/queries/runs_kill_unstarted.sql");
+    pub const RUNS_REQUEST_REPLACE: &str =
+        include_str!("../../sql/queries/runs_request_replace.sql");
+    pub const RUNS_FINISH: &str = include_str!("../../sql/queries/runs_finish.sql");
+    pub const RUNS_NOTE: &str = include_str!("../../sql/queries/runs_note.sql");
+    pub const RUNS_PRUNE: &str = include_str!("../../sql/queries/runs_prune.sql");
+    pub const HOSTS_PRUNE: &str = include_str!("../../sql/queries/hosts_prune.sql");
+    pub const RUNS_ORPHANED_BY_RESTART: &str =
+        include_str!("../../sql/queries/runs_orphaned_by_restart.sql");
+    pub const MIGRATIONS_APPLIED: &str = include_str!("../../sql/queries/migrations_applied.sql");
+    pub const LISTEN: &str = include_str!("../../sql/queries/listen.sql");
+    pub const PING: &str = include_str!("../../sql/queries/ping.sql");
+}
+
+/// The statements of the `sisy` CLI (a thin client over the SQL surface).
+pub mod cli {
+    pub const JOBS_LIST: &str = include_str!("../../sql/queries/cli/jobs_list.sql");
+    pub const JOBS_SHOW: &str = include_str!("../../sql/queries/cli/jobs_show.sql");
+    pub const JOBS_SHOW_ENV: &str = include_str!("../../sql/queries/cli/jobs_show_env.sql");
+    pub const JOBS_ADD: &str = include_str!("../../sql/queries/cli/jobs_add.sql");
+    pub const JOBS_ADD_GIVEN: &str = include_str!("../../sql/queries/cli/jobs_add_given.sql");
+    pub const JOBS_EDIT: &str = include_str!("../../sql/queries/cli/jobs_edit.sql");
+    pub const JOBS_RM: &str = include_str!("../../sql/queries/cli/jobs_rm.sql");
+    pub const JOBS_IMPORT_LOCK: &str = include_str!("../../sql/queries/cli/jobs_import_lock.sql");
+    pub const JOBS_IMPORT_EXISTING: &str =
+        include_str!("../../sql/queries/cli/jobs_import_existing.sql");
+    pub const JOBS_IMPORT_CREATE: &str =
+        include_str!("../../sql/queries/cli/jobs_import_create.sql");
+    pub const JOBS_IMPORT_UPDATE: &str =
+        include_str!("../../sql/queries/cli/jobs_import_update.sql");
+    pub const JOBS_IMPORT_REMOVE: &str =
+        include_str!("../../sql/queries/cli/jobs_import_remove.sql");
+    pub const JOBS_IMPORT_SUSPEND: &str =
+        include_str!("../../sql/queries/cli/jobs_import_suspend.sql");
+    pub const RUNS_LIST: &str = include_str!("../../sql/queries/cli/runs_list.sql");
+    pub const RUNS_SHOW: &str = include_str!("../../sql/queries/cli/runs_show.sql");
+    pub const RUNS_LOGS: &str = include_str!("../../sql/queries/cli/runs_logs.sql");
+    pub const HOSTS_LIST: &str = include_str!("../../sql/queries/cli/hosts_list.sql");
+    pub const STATUS: &str = include_str!("../../sql/queries/cli/status.sql");
+    pub const JOBS_SUSPEND: &str = include_str!("../../sql/queries/cli/jobs_suspend.sql");
+    pub const JOBS_RESUME: &str = include_str!("../../sql/queries/cli/jobs_resume.sql");
+    pub const JOBS_TRIGGER: &str = include_str!("../../sql/queries/cli/jobs_trigger.sql");
+    pub const RUNS_KILL: &str = include_str!("../../sql/queries/cli/runs_kill.sql");
+    pub const RUNS_RETRY: &str = include_str!("../../sql/queries/cli/runs_retry.sql");
+    pub const HOSTS_DRAIN: &str = include_str!("../../sql/queries/cli/hosts_drain.sql");
+    pub const HOSTS_UNDRAIN: &str = include_str!("../../sql/queries/cli/hosts_undrain.sql");
+}

@@ -1,0 +1,100 @@
+//! The run room: what runs one job on this host, from a claimed row to its recorded end.
+//!
+//! This module holds the types the run machinery and the services share: the claimed run
+//! (what the claimer hands over), the process [`Spec`] (what `launch` builds, the supervisor
+//! and the run shim start), [`StopReason`] and [`Outcome`]. The room imports only `db`,
+//! `outage`, `metrics` and the config below it; nothing here knows of the services that
+//! call it nor of the guardian that spawns them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use users::Identity;
+
+pub(crate) mod launch;
+pub(crate) mod orphans;
+pub(crate) mod proc;
+pub(crate) mod recorder;
+pub mod shim;
+pub(crate) mod spool;
+pub(crate) mod supervisor;
+pub(crate) mod table;
+
+pub(crate) mod users;
+
+/// A claimed run with what is needed to start it.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub id: i64,
+    pub job_id: i64,
+    pub job_name: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub attempt: i32,
+    pub target_host: Option<String>,
+    pub due_at: DateTime<Utc>,
+    pub command: String,
+    pub run_as: Option<String>,
+    pub env: serde_json::Value,
+    pub workdir: Option<String>,
+    pub overlap: Overlap,
+    pub max_runtime: Option<Duration>,
+    pub kill_grace: Duration,
+    /// A value of the row the guardian could not read (an `env` nested too deep for the
+    /// JSON decoder): the run is refused with this sentence instead of started.
+    pub defect: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    Forbid,
+    Allow,
+    Replace,
+}
+
+/// Everything needed to start one run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub run_id: i64,
+    pub job_name: String,
+    pub command: String,
+    pub env: Vec<(String, String)>,
+    pub identity: Identity,
+    pub workdir: String,
+    /// This host's name, for the shim's sentences.
+    pub host: String,
+    pub max_runtime: Option<Duration>,
+    pub kill_grace: Duration,
+    pub output_limit: usize,
+}
+
+/// Why the supervisor stopped a run that had not ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// `sisy.kill` or `overlap = replace` (the database row carries the words).
+    KillRequested,
+    /// The guardian is shutting down.
+    Shutdown,
+    /// The guardian stops because one of its own services failed (the reason, in words).
+    GuardianFailed(String),
+    /// The run was declared lost while its process still ran here: SIGKILL at once.
+    Fenced,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The last `output_limit` bytes of combined output, as lossy UTF-8.
+    pub output: String,
+    pub output_bytes: u64,
+    /// Set when the process could not be started.
+    pub start_error: Option<String>,
+    pub timed_out: bool,
+    pub stopped: Option<StopReason>,
+    /// The shim's watchdog killed the job: the guardian had stopped renewing its lease.
+    pub unresponsive: bool,
+    pub duration: Duration,
+}
