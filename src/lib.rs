@@ -17,7 +17,7 @@ pub(crate) mod metrics;
 pub mod migrate;
 pub mod outage;
 pub mod run;
-// `pub` until its `expr` accessor, unused, is settled with the schedule rewrite.
+// `pub`: the fuzz targets (fuzz/) drive the parser and `next_after` directly.
 pub mod schedule;
 pub mod service;
 

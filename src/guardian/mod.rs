@@ -53,6 +53,9 @@ struct Guardian {
     config: LiveConfig,
     /// This host's name: fixed for the life of the process (a reload keeps it).
     host: String,
+    /// This process's registration (`hosts.started_at`): the shutdown releases the lease
+    /// only while it is still this process's, never a newer holder's of the same name.
+    incarnation: chrono::DateTime<chrono::Utc>,
     db: Pool,
     /// The runs held here: shutdown stops them and waits for their processes.
     runs: Arc<RunTable>,
@@ -113,6 +116,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
     let g = Guardian {
         config: LiveConfig::new(config),
         host,
+        incarnation,
         db: pool,
         runs: Arc::new(RunTable::new(wake.clone())),
         wake,
