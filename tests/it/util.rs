@@ -303,17 +303,24 @@ pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> b
     }
 }
 
-/// Live processes whose environment holds `key=value` (jobs inherit their run's `env`; run
-/// shims hold none of it), as (pid, SISY_RUN_ID). Zombies are not counted: they run nothing.
-pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>)> {
-    let mark = format!("{key}={value}");
+/// The pids in /proc now.
+fn pids() -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Live processes whose environment holds `key=value` (jobs inherit their run's `env`; run
+/// shims hold none of it), as (pid, SISY_RUN_ID). Zombies are not counted: they run nothing.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>)> {
+    let mark = format!("{key}={value}");
+    pids()
+        .into_iter()
+        .filter_map(|pid| {
             let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
             let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
             if !vars.contains(&mark.as_bytes()) || process_gone(pid) {
@@ -332,28 +339,26 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>)> {
 
 /// The live run shims (`sisy __run-shim`) whose parent is the guardian process `guardian`.
 pub fn shims_of(guardian: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            if !cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim") {
-                return None;
-            }
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid: i32 = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == guardian && !process_gone(pid)).then_some(pid)
+    pids()
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim")
+                && parent_of(*pid) == Some(guardian)
+                && !process_gone(*pid)
         })
         .collect()
+}
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// What a [`ProcessSampler`] saw: when, and which runs had live processes.
