@@ -9,9 +9,10 @@
 //! notifications sent meanwhile are lost (the safety poll and heartbeat cover the rest). An
 //! outage is logged once, by [`crate::outage`], not once per attempt. A connection that
 //! falls silent (black-holed: no error, no notification, ever) looks like a quiet one, so
-//! every `heartbeat_interval` the listener asks it a trivial question; no answer within
-//! `lease − heartbeat_interval` closes it and reconnects. Connecting and subscribing are
-//! bounded by the same limit.
+//! once per `lease` the listener asks it a trivial question; no answer within
+//! `lease − heartbeat_interval` closes it and reconnects. Once per lease, not per heartbeat:
+//! a notification lost meanwhile costs at most the dispatcher's safety poll, and an idle
+//! guardian's statements stay few. Connecting and subscribing are bounded by the same limit.
 //! Does not act on anything itself beyond forwarding.
 
 use std::sync::Arc;
@@ -69,7 +70,7 @@ pub async fn run(shared: Listener) {
 async fn listen(shared: &Listener, pause: &mut Duration) -> Result<()> {
     let config = shared.config.get();
     let (every, limit) = (
-        config.heartbeat_interval,
+        config.lease,
         config.lease.saturating_sub(config.heartbeat_interval),
     );
     let connect = db::connect_for_notifications(&config.database_url);
