@@ -17,6 +17,10 @@
 //! Next occurrences are always computed from the previous scheduled instant, never from
 //! "now", so a slow tick neither skips nor repeats an occurrence. Statements are prepared
 //! once per connection (`prepare_cached`): parsed and planned once, one round trip each.
+//!
+//! Not a service of its own: the dispatcher calls [`Scheduler::run_once`] when its tick says
+//! a job is due, and bounds it. It has no config either: the dispatcher hands it the pools
+//! of the running configuration ([`Scheduler::set_pools`] after a reload).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
