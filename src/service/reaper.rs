@@ -7,9 +7,9 @@
 //! running runs. Each statement is bounded ([`STATEMENT_LIMIT`]): a silent database must not
 //! hold the reaper, or the shutdown that waits for it, for good.
 //!
-//! Its shape is every service's: the [`Reaper`] holds its handles, [`Reaper::run`] is the
+//! Its shape is every service's: the `Reaper` holds its handles, `Reaper::run` is the
 //! loop (its timer and shutdown; nothing wakes it early, so it has no wake-up), and
-//! [`Reaper::run_once`] the work, whose errors are logged and tried again at the next
+//! `Reaper::run_once` the work, whose errors are logged and tried again at the next
 //! interval. It reads `history_retention` from the [`LiveConfig`] at every pass rather than
 //! from a config of its own, so that a reload changes the retention without a restart; its
 //! interval and limits are constants, not settings. Tests call [`prune`] with a retention of
