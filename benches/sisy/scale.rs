@@ -2,7 +2,7 @@
 //! 2 guardians) on a database of 100 jobs, then on one of 100,000 jobs and 1,000,000
 //! finished runs, with latency and database work per tick compared; EXPLAIN ANALYZE of the
 //! guardians' statements on the large one; its size per million finished runs; and how long
-//! `sisyphus::service::reaper::run_once` takes to prune the million.
+//! `sisyphus::service::reaper::prune` takes to prune the million.
 //!
 //! The dormant jobs are daily jobs at random times outside the next hour (none falls due
 //! during the run); a tenth of them are in a pool no guardian serves, overdue by a day, as
@@ -186,8 +186,7 @@ async fn sizes(db: &Db) -> Result<(i64, i64, i64)> {
 async fn prune(db: &Db) -> Result<Value> {
     let pool = sisyphus::db::pool(&db.test.url, 2)?;
     let began = Instant::now();
-    let outcome =
-        sisyphus::service::reaper::run_once(&pool, Duration::from_secs(30 * 86400)).await?;
+    let outcome = sisyphus::service::reaper::prune(&pool, Duration::from_secs(30 * 86400)).await?;
     let secs = began.elapsed().as_secs_f64();
     Ok(json!({
         "deleted": outcome.runs,

@@ -4,10 +4,11 @@ use anyhow::Result;
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::{HostsCommand, output, sql_error};
+use super::output::Output;
+use super::{HostsCommand, sql_error};
 use crate::db::cli as q;
 
-pub async fn run(client: &mut Client, cmd: HostsCommand, json: bool) -> Result<()> {
+pub async fn run(client: &mut Client, cmd: HostsCommand, output: Output) -> Result<()> {
     let (sql, host, verb) = match cmd {
         HostsCommand::List => {
             let rows = client
@@ -15,7 +16,7 @@ pub async fn run(client: &mut Client, cmd: HostsCommand, json: bool) -> Result<(
                 .await
                 .map_err(|e| sql_error(e, ""))?;
             let rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
-            output::rows(
+            output.rows(
                 &rows,
                 &[
                     ("name", "HOST"),
@@ -27,7 +28,6 @@ pub async fn run(client: &mut Client, cmd: HostsCommand, json: bool) -> Result<(
                     ("last_seen", "LAST SEEN (UTC)"),
                     ("version", "VERSION"),
                 ],
-                json,
             );
             return Ok(());
         }
@@ -38,7 +38,7 @@ pub async fn run(client: &mut Client, cmd: HostsCommand, json: bool) -> Result<(
         .execute(sql, &[&host])
         .await
         .map_err(|e| sql_error(e, "see `sisy hosts list`"))?;
-    if json {
+    if output == Output::Json {
         println!("{}", serde_json::json!({ "ok": true, "host": host }));
     } else {
         println!("host {host} is {verb}");

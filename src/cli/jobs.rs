@@ -10,7 +10,8 @@ use clap::Args;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::{JobsCommand, output, sql_error};
+use super::output::Output;
+use super::{JobsCommand, sql_error};
 use crate::db::cli as q;
 use crate::schedule::Schedule;
 
@@ -67,19 +68,19 @@ pub struct JobFields {
     pub suspended: bool,
 }
 
-pub async fn run(client: &mut Client, cmd: JobsCommand, json: bool) -> Result<()> {
+pub async fn run(client: &mut Client, cmd: JobsCommand, output: Output) -> Result<()> {
     match cmd {
-        JobsCommand::List => list(client, json).await,
+        JobsCommand::List => list(client, output).await,
         JobsCommand::Show {
             name,
             show_env_values,
-        } => show(client, &name, show_env_values, json).await,
-        JobsCommand::Add { name, fields } => add(client, &name, &fields, json).await,
+        } => show(client, &name, show_env_values, output).await,
+        JobsCommand::Add { name, fields } => add(client, &name, &fields, output).await,
         JobsCommand::Edit {
             name,
             fields,
             unset_env,
-        } => edit(client, &name, &fields, &unset_env, json).await,
+        } => edit(client, &name, &fields, &unset_env, output).await,
         JobsCommand::Rm { name } => {
             let rows = client
                 .query(q::JOBS_RM, &[&name])
@@ -89,22 +90,24 @@ pub async fn run(client: &mut Client, cmd: JobsCommand, json: bool) -> Result<()
                 bail!("no job named '{name}': see `sisy jobs list`");
             }
             done(
-                json,
+                output,
                 &format!("deleted job '{name}' (its run history stays)"),
             );
             Ok(())
         }
         JobsCommand::Suspend { name } => {
-            call(client, q::JOBS_SUSPEND, &name, json, "suspended").await
+            call(client, q::JOBS_SUSPEND, &name, output, "suspended").await
         }
-        JobsCommand::Resume { name } => call(client, q::JOBS_RESUME, &name, json, "resumed").await,
+        JobsCommand::Resume { name } => {
+            call(client, q::JOBS_RESUME, &name, output, "resumed").await
+        }
         JobsCommand::Trigger { name } => {
             let row = client
                 .query_one(q::JOBS_TRIGGER, &[&name])
                 .await
                 .map_err(|e| sql_error(e, "see `sisy jobs list`"))?;
             let id: i64 = row.get(0);
-            if json {
+            if output == Output::Json {
                 println!("{}", serde_json::json!({ "run_id": id }));
             } else {
                 println!("{id}");
@@ -114,13 +117,13 @@ pub async fn run(client: &mut Client, cmd: JobsCommand, json: bool) -> Result<()
     }
 }
 
-async fn list(client: &Client, json: bool) -> Result<()> {
+async fn list(client: &Client, output: Output) -> Result<()> {
     let rows = client
         .query(q::JOBS_LIST, &[])
         .await
         .map_err(|e| sql_error(e, ""))?;
     let rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
-    output::rows(
+    output.rows(
         &rows,
         &[
             ("name", "NAME"),
@@ -134,14 +137,13 @@ async fn list(client: &Client, json: bool) -> Result<()> {
             ("running", "RUNNING"),
             ("schedule_error", "SCHEDULE ERROR"),
         ],
-        json,
     );
     Ok(())
 }
 
 /// The job, its env variables by name only unless `with_values` (asked for explicitly:
 /// values are where secrets live, and a role without the right is refused, not shown less).
-async fn show(client: &Client, name: &str, with_values: bool, json: bool) -> Result<()> {
+async fn show(client: &Client, name: &str, with_values: bool, output: Output) -> Result<()> {
     let env = if with_values {
         let rows = client.query(q::JOBS_SHOW_ENV, &[&name]).await.map_err(|e| {
             if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
@@ -165,7 +167,7 @@ async fn show(client: &Client, name: &str, with_values: bool, json: bool) -> Res
     if let Some(env) = env {
         job["env"] = env;
     }
-    if !json {
+    if output == Output::Human {
         // One line a person reads: `MODE, TOKEN` rather than a JSON array.
         let keys = job["env_keys"].as_array().map(|keys| {
             let names: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
@@ -175,11 +177,11 @@ async fn show(client: &Client, name: &str, with_values: bool, json: bool) -> Res
             .filter(|k| !k.is_empty())
             .map_or(Value::Null, Value::String);
     }
-    output::record(&job, json);
+    output.record(&job);
     Ok(())
 }
 
-async fn add(client: &mut Client, name: &str, f: &JobFields, json: bool) -> Result<()> {
+async fn add(client: &mut Client, name: &str, f: &JobFields, output: Output) -> Result<()> {
     let Some(command) = &f.command else {
         bail!("a job needs a command: add --command 'what to run'");
     };
@@ -224,7 +226,7 @@ async fn add(client: &mut Client, name: &str, f: &JobFields, json: bool) -> Resu
     .await
     .map_err(created)?;
     tx.commit().await.map_err(created)?;
-    if json {
+    if output == Output::Json {
         println!("{}", serde_json::json!({ "id": id, "name": name }));
     } else {
         println!("created job '{name}' (id {id})");
@@ -250,7 +252,7 @@ async fn edit(
     name: &str,
     f: &JobFields,
     unset: &[String],
-    json: bool,
+    output: Output,
 ) -> Result<()> {
     check_schedule(f)?;
     let env = if f.env.is_empty() {
@@ -287,21 +289,21 @@ async fn edit(
     if rows.is_empty() {
         bail!("no job named '{name}': see `sisy jobs list`");
     }
-    done(json, &format!("updated job '{name}'"));
+    done(output, &format!("updated job '{name}'"));
     Ok(())
 }
 
-async fn call(client: &Client, sql: &str, name: &str, json: bool, what: &str) -> Result<()> {
+async fn call(client: &Client, sql: &str, name: &str, output: Output, what: &str) -> Result<()> {
     client
         .execute(sql, &[&name])
         .await
         .map_err(|e| sql_error(e, "see `sisy jobs list`"))?;
-    done(json, &format!("{what} job '{name}'"));
+    done(output, &format!("{what} job '{name}'"));
     Ok(())
 }
 
-fn done(json: bool, message: &str) {
-    if json {
+fn done(output: Output, message: &str) {
+    if output == Output::Json {
         println!("{}", serde_json::json!({ "ok": true, "message": message }));
     } else {
         println!("{message}");

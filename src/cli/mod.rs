@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GuardianConfig;
 use crate::{db, guardian, migrate};
+use output::Output;
 
 pub use jobs::JobFields;
 
@@ -184,7 +185,7 @@ impl From<anyhow::Error> for Exit {
 
 /// Runs the command; the error carries its exit code.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
-    let json = cli.json;
+    let output = Output::from_json_flag(cli.json);
     match cli.command {
         Command::Guardian(args) => Ok(run_guardian(args, shutdown).await?),
         Command::Schedule(ScheduleCommand::Check {
@@ -192,7 +193,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
             tz,
             after,
             count,
-        }) => Ok(schedule::check(&expr, &tz, after, count, json)?),
+        }) => Ok(schedule::check(&expr, &tz, after, count, output)?),
         command => {
             let mut client = client(cli.database_url.as_deref()).await?;
             let c = &mut client;
@@ -202,14 +203,14 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 migrate::ensure_current(c).await?;
             }
             let done = match command {
-                Command::Db(DbCommand::Migrate) => db_migrate(c, json).await,
-                Command::Db(DbCommand::Status) => db_status(c, json).await,
-                Command::Db(DbCommand::Roles) => db_roles(c, json).await,
-                Command::Jobs(cmd) => jobs::run(c, *cmd, json).await,
-                Command::Runs(cmd) => runs::run(c, cmd, json).await,
-                Command::Hosts(cmd) => hosts::run(c, cmd, json).await,
-                Command::ImportCrontab(args) => import::run(c, &args, json).await,
-                Command::Status => status::run(c, json).await,
+                Command::Db(DbCommand::Migrate) => db_migrate(c, output).await,
+                Command::Db(DbCommand::Status) => db_status(c, output).await,
+                Command::Db(DbCommand::Roles) => db_roles(c, output).await,
+                Command::Jobs(cmd) => jobs::run(c, *cmd, output).await,
+                Command::Runs(cmd) => runs::run(c, cmd, output).await,
+                Command::Hosts(cmd) => hosts::run(c, cmd, output).await,
+                Command::ImportCrontab(args) => import::run(c, &args, output == Output::Json).await,
+                Command::Status => status::run(c, output).await,
                 Command::Guardian(_) | Command::Schedule(_) => {
                     unreachable!("handled above")
                 }
@@ -262,10 +263,10 @@ pub(crate) fn sql_error(e: tokio_postgres::Error, hint: &str) -> anyhow::Error {
     }
 }
 
-async fn db_migrate(client: &mut Client, json: bool) -> Result<()> {
+async fn db_migrate(client: &mut Client, output: Output) -> Result<()> {
     let applied = migrate::migrate(client).await?;
     let status = migrate::status(client).await?;
-    if json {
+    if output == Output::Json {
         println!(
             "{}",
             serde_json::json!({ "applied_now": applied, "version": status.current() })
@@ -281,9 +282,9 @@ async fn db_migrate(client: &mut Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn db_roles(client: &mut Client, json: bool) -> Result<()> {
+async fn db_roles(client: &mut Client, output: Output) -> Result<()> {
     migrate::roles(client).await?;
-    if json {
+    if output == Output::Json {
         println!(
             "{}",
             serde_json::json!({ "roles": ["sisy_admin", "sisy_guardian", "sisy_reader"] })
@@ -296,9 +297,9 @@ async fn db_roles(client: &mut Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn db_status(client: &Client, json: bool) -> Result<()> {
+async fn db_status(client: &Client, output: Output) -> Result<()> {
     let status = migrate::status(client).await?;
-    if json {
+    if output == Output::Json {
         println!(
             "{}",
             serde_json::json!({

@@ -9,27 +9,47 @@ use serde_json::Value;
 /// Longest cell shown in a table; the rest is cut with an ellipsis (use --json for all).
 const MAX_CELL: usize = 60;
 
-/// Prints `rows` as JSON (an array) or as a table of `columns` (key, heading).
-pub fn rows(rows: &[Value], columns: &[(&str, &str)], json: bool) {
-    if json {
-        println!("{}", Value::Array(rows.to_vec()));
-        return;
-    }
-    print!("{}", table(rows, columns));
+/// How a command prints its result: for people, or for programs (`--json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Human,
+    Json,
 }
 
-/// Prints one object as JSON or as `key: value` lines.
-pub fn record(row: &Value, json: bool) {
-    if json {
-        println!("{row}");
-        return;
+impl Output {
+    /// The output the `--json` flag asks for.
+    pub fn from_json_flag(json: bool) -> Output {
+        if json { Output::Json } else { Output::Human }
     }
-    if let Some(map) = row.as_object() {
-        let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
-        for (k, v) in map {
-            println!("{k:width$}  {}", cell(v, usize::MAX));
+
+    /// Prints `rows` as JSON (an array) or as a table of `columns` (key, heading).
+    pub fn rows(self, rows: &[Value], columns: &[(&str, &str)]) {
+        match self {
+            Output::Json => println!("{}", Value::Array(rows.to_vec())),
+            Output::Human => print!("{}", table(rows, columns)),
         }
     }
+
+    /// Prints one object as JSON or as `key: value` lines.
+    pub fn record(self, row: &Value) {
+        match self {
+            Output::Json => println!("{row}"),
+            Output::Human => {
+                if let Some(map) = row.as_object() {
+                    let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
+                    for (k, v) in map {
+                        println!("{k:width$}  {}", cell(v, usize::MAX));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`Output::rows`] for a caller that still holds the `--json` flag as a bool (the crontab
+/// import).
+pub fn rows(rows: &[Value], columns: &[(&str, &str)], json: bool) {
+    Output::from_json_flag(json).rows(rows, columns);
 }
 
 /// A table with a heading line; "(none)" when there are no rows.

@@ -8,7 +8,8 @@ use clap::Args;
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::{RunsCommand, output, sql_error};
+use super::output::Output;
+use super::{RunsCommand, sql_error};
 use crate::db::cli as q;
 
 const STATES: &[&str] = &[
@@ -43,9 +44,9 @@ pub struct ListArgs {
     pub limit: i64,
 }
 
-pub async fn run(client: &mut Client, cmd: RunsCommand, json: bool) -> Result<()> {
+pub async fn run(client: &mut Client, cmd: RunsCommand, output: Output) -> Result<()> {
     match cmd {
-        RunsCommand::List(args) => list(client, &args, json).await,
+        RunsCommand::List(args) => list(client, &args, output).await,
         RunsCommand::Show { id } => {
             let rows = client
                 .query(q::RUNS_SHOW, &[&id])
@@ -54,16 +55,16 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, json: bool) -> Result<()
             let Some(row) = rows.first() else {
                 bail!("no run with id {id}: see `sisy runs list`")
             };
-            output::record(&row.get(0), json);
+            output.record(&row.get(0));
             Ok(())
         }
-        RunsCommand::Logs { id } => logs(client, id, json).await,
+        RunsCommand::Logs { id } => logs(client, id, output).await,
         RunsCommand::Kill { id } => {
             client
                 .execute(q::RUNS_KILL, &[&id])
                 .await
                 .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
-            if json {
+            if output == Output::Json {
                 println!("{}", serde_json::json!({ "ok": true, "run_id": id }));
             } else {
                 println!("kill requested for run {id}");
@@ -76,7 +77,7 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, json: bool) -> Result<()
                 .await
                 .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
             let new: i64 = row.get(0);
-            if json {
+            if output == Output::Json {
                 println!("{}", serde_json::json!({ "run_id": new }));
             } else {
                 println!("{new}");
@@ -86,7 +87,7 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, json: bool) -> Result<()
     }
 }
 
-async fn list(client: &Client, a: &ListArgs, json: bool) -> Result<()> {
+async fn list(client: &Client, a: &ListArgs, output: Output) -> Result<()> {
     if let Some(state) = &a.state
         && !STATES.contains(&state.as_str())
     {
@@ -104,7 +105,7 @@ async fn list(client: &Client, a: &ListArgs, json: bool) -> Result<()> {
         .await
         .map_err(|e| sql_error(e, ""))?;
     let rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
-    output::rows(
+    output.rows(
         &rows,
         &[
             ("id", "ID"),
@@ -118,7 +119,6 @@ async fn list(client: &Client, a: &ListArgs, json: bool) -> Result<()> {
             ("exit_code", "EXIT"),
             ("error", "ERROR"),
         ],
-        json,
     );
     Ok(())
 }
@@ -139,7 +139,7 @@ fn since(value: Option<&str>) -> Result<(Option<DateTime<Utc>>, Option<f64>)> {
     }
 }
 
-async fn logs(client: &Client, id: i64, json: bool) -> Result<()> {
+async fn logs(client: &Client, id: i64, output: Output) -> Result<()> {
     let rows = client
         .query(q::RUNS_LOGS, &[&id])
         .await
@@ -149,7 +149,7 @@ async fn logs(client: &Client, id: i64, json: bool) -> Result<()> {
     };
     let (state, out, total): (String, Option<String>, Option<i64>) =
         (row.get(0), row.get(1), row.get(2));
-    if json {
+    if output == Output::Json {
         println!(
             "{}",
             serde_json::json!({ "run_id": id, "state": state, "output": out, "output_bytes": total })

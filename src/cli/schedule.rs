@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 
+use super::output::Output;
 use crate::schedule::Schedule;
 
 pub fn check(
@@ -11,7 +12,7 @@ pub fn check(
     tz: &str,
     after: Option<DateTime<Utc>>,
     count: usize,
-    json: bool,
+    output: Output,
 ) -> Result<()> {
     let schedule =
         Schedule::parse(expr, tz).with_context(|| format!("the schedule '{expr}' is not valid"))?;
@@ -28,7 +29,7 @@ pub fn check(
     // Shown on the zone's clock by the same zone data the guardian computes with.
     let zone = schedule.timezone();
     let local = |n: &DateTime<Utc>| zone.at(*n).unwrap_or_else(|| n.fixed_offset());
-    if json {
+    if output == Output::Json {
         let list: Vec<_> = next
             .iter()
             .map(|n| serde_json::json!({ "local": local(n).to_rfc3339(), "utc": n.to_rfc3339() }))

@@ -4,16 +4,17 @@ use anyhow::Result;
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::{output, sql_error};
+use super::output::{self, Output};
+use super::sql_error;
 use crate::db::cli as q;
 
-pub async fn run(client: &Client, json: bool) -> Result<()> {
+pub async fn run(client: &Client, output: Output) -> Result<()> {
     let row = client
         .query_one(q::STATUS, &[])
         .await
         .map_err(|e| sql_error(e, ""))?;
     let s: Value = row.get(0);
-    if json {
+    if output == Output::Json {
         println!("{s}");
         return Ok(());
     }

@@ -129,14 +129,15 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
     let mut services = Services::new();
     services.spawn(
         "listener",
-        listener::run(listener::Listener {
+        listener::Listener {
             config: g.config.clone(),
             host: g.host.clone(),
             runs: g.runs.clone(),
             wake: g.wake.clone(),
             outage: outage.clone(),
             abandon: g.abandon.clone(),
-        }),
+        }
+        .run(),
     );
     services.spawn(
         "heartbeat",
@@ -177,7 +178,11 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
     );
     services.spawn(
         "reaper",
-        reaper::run(g.db.clone(), g.config.clone(), g.stopping.clone()),
+        reaper::Reaper {
+            db: g.db.clone(),
+            config: g.config.clone(),
+        }
+        .run(g.stopping.clone()),
     );
     serve(Arc::new(g), services, shutdown).await
 }

@@ -6,6 +6,11 @@
 //! started run. Between passes it sleeps until the next due time the database reported,
 //! a wake-up (LISTEN/NOTIFY, a finished run) or the safety poll, whichever comes first.
 //! Does not own SQL semantics (scheduler, claimer) nor processes (supervisor).
+//!
+//! Its shape is every service's: [`run`] is the loop (its timer, its wake-up, `stopping`),
+//! `run_once` the pass, whose errors are logged (or reported as an outage) and retried with
+//! a backoff. It reads the [`LiveConfig`] at every pass rather than a config of its own: a
+//! reload's capacity, pools and lease apply from the next pass (a reload wakes it).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -43,7 +48,7 @@ const IDLE_BACKOFF: Duration = Duration::from_millis(25);
 
 /// What one pass found.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Pass {
+pub struct Outcome {
     /// When to look again; None: only on a wake-up (or the safety poll).
     pub next_in: Option<Duration>,
     pub started: usize,
@@ -150,7 +155,7 @@ impl Dispatcher {
     }
 
     /// One pass; see the module doc.
-    async fn run_once(&mut self) -> Result<Pass> {
+    async fn run_once(&mut self) -> Result<Outcome> {
         let cfg = self.shared.config.get();
         if cfg.pools != self.pools {
             self.pools = cfg.pools.clone();
@@ -174,7 +179,7 @@ impl Dispatcher {
         let unseen: bool = tick.get("unseen");
         let job_due_in: Option<f64> = tick.get("job_due_in");
         let run_due_in: Option<f64> = tick.get("run_due_in");
-        let mut pass = Pass::default();
+        let mut pass = Outcome::default();
         let mut progress = false;
         let job_due = job_due_in.is_some_and(|s| s <= 0.0);
         if unseen || job_due {

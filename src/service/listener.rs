@@ -14,8 +14,18 @@
 //! a notification lost meanwhile costs at most the dispatcher's safety poll, and an idle
 //! guardian's statements stay few. Connecting and subscribing are bounded by the same limit.
 //! Does not act on anything itself beyond forwarding.
+//!
+//! Its shape is every service's, with one difference: its work is not a pass but a session.
+//! [`Listener::run_once`] connects, subscribes and forwards until the connection breaks —
+//! it never ends well, so it returns how it ended ([`Ended`]) rather than a `Result`;
+//! [`Listener::run`] is the loop around it (the backoff timer and `abandon`; the listener is
+//! what wakes others, nothing wakes it). It reads the [`LiveConfig`] at every session and
+//! notification rather than a config of its own: a reload's pools, lease and database URL
+//! apply from the next notification or reconnection.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -42,88 +52,116 @@ pub struct Listener {
     pub abandon: CancellationToken,
 }
 
-/// The listener's loop; returns when the guardian abandons its work.
-pub async fn run(shared: Listener) {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        let result = tokio::select! {
-            r = listen(&shared, &mut pause) => r,
-            _ = shared.abandon.cancelled() => return,
-        };
-        if let Err(e) = result {
+/// The first pause before reconnecting, and the one after a session that subscribed.
+const FIRST_PAUSE: Duration = Duration::from_millis(200);
+
+/// How a session ended: the connection broke (or never opened), and whether it had
+/// subscribed (it was healthy, so the backoff starts again).
+struct Ended {
+    subscribed: bool,
+    error: anyhow::Error,
+}
+
+impl Listener {
+    /// The listener's loop; returns when the guardian abandons its work.
+    pub async fn run(self) {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let ended = tokio::select! {
+                ended = self.run_once() => ended,
+                _ = self.abandon.cancelled() => return,
+            };
+            if ended.subscribed {
+                pause = FIRST_PAUSE;
+            }
+            let e = ended.error;
             if outage::is_connection_error(&e) {
-                shared.outage.failed("listener", &e);
+                self.outage.failed("listener", &e);
             } else {
                 tracing::warn!(error = %format!("{e:#}"), "notification connection failed; reconnecting with backoff");
             }
+            self.wake.notify_one();
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.abandon.cancelled() => return,
+            }
+            pause = (pause * 2).min(self.config.get().heartbeat_interval);
         }
-        shared.wake.notify_one();
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shared.abandon.cancelled() => return,
-        }
-        pause = (pause * 2).min(shared.config.get().heartbeat_interval);
     }
-}
 
-/// Listens until the connection breaks; resets `pause` once subscribed (it was healthy).
-async fn listen(shared: &Listener, pause: &mut Duration) -> Result<()> {
-    let config = shared.config.get();
-    let (every, limit) = (
-        config.lease,
-        config.lease.saturating_sub(config.heartbeat_interval),
-    );
-    let connect = db::connect_for_notifications(&config.database_url);
-    // Bounded like the heartbeat's, which opens its connection within the same limit.
-    let (client, mut connection) = tokio::time::timeout(limit, connect)
-        .await
-        .map_err(|_| db::timed_out("a new notification connection", limit))??;
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    // The client drives requests; the connection stream must be polled for them to complete.
-    let subscribe = async {
-        let listen = client.batch_execute(q::LISTEN);
-        tokio::time::timeout(limit, listen)
+    /// One session: listens until the connection breaks.
+    async fn run_once(&self) -> Ended {
+        let subscribed = AtomicBool::new(false);
+        let error = match self.listen(&subscribed).await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        Ended {
+            subscribed: subscribed.load(Ordering::Relaxed),
+            error,
+        }
+    }
+
+    /// Connects, subscribes (then sets `subscribed`) and forwards notifications; only an
+    /// error ends it.
+    async fn listen(&self, subscribed: &AtomicBool) -> Result<Infallible> {
+        let config = self.config.get();
+        let (every, limit) = (
+            config.lease,
+            config.lease.saturating_sub(config.heartbeat_interval),
+        );
+        let connect = db::connect_for_notifications(&config.database_url);
+        // Bounded like the heartbeat's, which opens its connection within the same limit.
+        let (client, mut connection) = tokio::time::timeout(limit, connect)
             .await
-            .map_err(|_| db::timed_out("LISTEN", limit))??;
-        tracing::debug!("listening for notifications");
-        *pause = Duration::from_millis(200);
-        shared.outage.ok();
-        // Whatever happened before LISTEN took effect: look once.
-        shared.wake.notify_one();
-        loop {
-            tokio::time::sleep(every).await;
-            tokio::time::timeout(limit, client.simple_query(q::PING))
+            .map_err(|_| db::timed_out("a new notification connection", limit))??;
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        // The client drives requests; the connection stream must be polled for them to complete.
+        let subscribe = async {
+            let listen = client.batch_execute(q::LISTEN);
+            tokio::time::timeout(limit, listen)
                 .await
-                .map_err(|_| db::timed_out("the notification connection's check", limit))??;
-        }
-    };
-    tokio::pin!(subscribe);
-    loop {
-        tokio::select! {
-            r = &mut subscribe => return r,
-            msg = messages.next() => match msg {
-                Some(Ok(AsyncMessage::Notification(n))) => handle(shared, n.channel(), n.payload()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("the database closed the notification connection"),
-            },
-        }
-    }
-}
-
-fn handle(shared: &Listener, channel: &str, payload: &str) {
-    match channel {
-        "sisy_wakeup" if shared.config.get().pools.iter().any(|p| p == payload) => {
-            shared.wake.notify_one();
-        }
-        "sisy_kill" => {
-            if let Ok(id) = payload.parse::<i64>() {
-                shared.runs.stop(id, StopReason::KillRequested);
+                .map_err(|_| db::timed_out("LISTEN", limit))??;
+            tracing::debug!("listening for notifications");
+            subscribed.store(true, Ordering::Relaxed);
+            self.outage.ok();
+            // Whatever happened before LISTEN took effect: look once.
+            self.wake.notify_one();
+            loop {
+                tokio::time::sleep(every).await;
+                tokio::time::timeout(limit, client.simple_query(q::PING))
+                    .await
+                    .map_err(|_| db::timed_out("the notification connection's check", limit))??;
+            }
+        };
+        tokio::pin!(subscribe);
+        loop {
+            tokio::select! {
+                r = &mut subscribe => return r,
+                msg = messages.next() => match msg {
+                    Some(Ok(AsyncMessage::Notification(n))) => self.handle(n.channel(), n.payload()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("the database closed the notification connection"),
+                },
             }
         }
-        "sisy_hosts" if payload == shared.host => {
-            shared.wake.notify_one();
+    }
+
+    fn handle(&self, channel: &str, payload: &str) {
+        match channel {
+            "sisy_wakeup" if self.config.get().pools.iter().any(|p| p == payload) => {
+                self.wake.notify_one();
+            }
+            "sisy_kill" => {
+                if let Ok(id) = payload.parse::<i64>() {
+                    self.runs.stop(id, StopReason::KillRequested);
+                }
+            }
+            "sisy_hosts" if payload == self.host => {
+                self.wake.notify_one();
+            }
+            _ => {}
         }
-        _ => {}
     }
 }

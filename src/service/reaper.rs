@@ -6,6 +6,14 @@
 //! [`INTERVAL`]; SKIP LOCKED keeps several from contending. Does not touch pending or
 //! running runs. Each statement is bounded ([`STATEMENT_LIMIT`]): a silent database must not
 //! hold the reaper, or the shutdown that waits for it, for good.
+//!
+//! Its shape is every service's: the `Reaper` holds its handles, `Reaper::run` is the
+//! loop (its timer and shutdown; nothing wakes it early, so it has no wake-up), and
+//! `Reaper::run_once` the work, whose errors are logged and tried again at the next
+//! interval. It reads `history_retention` from the [`LiveConfig`] at every pass rather than
+//! from a config of its own, so that a reload changes the retention without a restart; its
+//! interval and limits are constants, not settings. Tests call [`prune`] with a retention of
+//! their own.
 
 use std::time::Duration;
 
@@ -30,30 +38,44 @@ pub struct Outcome {
     pub hosts: u64,
 }
 
-/// The reaper's loop over `db`, until `stopping` fires.
-pub(crate) async fn run(db: Pool, config: LiveConfig, stopping: CancellationToken) {
-    // The first pass a minute after start: not in the way of start-up, soon enough to matter.
-    let mut next = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = stopping.cancelled() => return,
-        }
-        match run_once(&db, config.get().history_retention).await {
-            Ok(o) if o.runs > 0 || o.hosts > 0 => {
-                tracing::info!(runs = o.runs, hosts = o.hosts, "old history deleted")
+/// What the reaper needs: the pool it deletes through, the configuration it takes the
+/// retention from.
+pub(crate) struct Reaper {
+    pub db: Pool,
+    pub config: LiveConfig,
+}
+
+impl Reaper {
+    /// The reaper's loop, until `stopping` fires.
+    pub(crate) async fn run(self, stopping: CancellationToken) {
+        // The first pass a minute after start: not in the way of start-up, soon enough to matter.
+        let mut next = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stopping.cancelled() => return,
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "history pruning failed; trying again later")
+            match self.run_once().await {
+                Ok(o) if o.runs > 0 || o.hosts > 0 => {
+                    tracing::info!(runs = o.runs, hosts = o.hosts, "old history deleted")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "history pruning failed; trying again later")
+                }
             }
+            next = tokio::time::Instant::now() + INTERVAL;
         }
-        next = tokio::time::Instant::now() + INTERVAL;
+    }
+
+    /// One pass: prunes with the retention configured now.
+    pub(crate) async fn run_once(&self) -> Result<Outcome> {
+        prune(&self.db, self.config.get().history_retention).await
     }
 }
 
 /// Deletes everything older than `retention`, batch by batch.
-pub async fn run_once(db: &Pool, retention: Duration) -> Result<Outcome> {
+pub async fn prune(db: &Pool, retention: Duration) -> Result<Outcome> {
     let secs = retention.as_secs_f64();
     let client = db::within(db, STATEMENT_LIMIT, "a connection", db::checkout(db)).await?;
     let mut outcome = Outcome::default();

@@ -23,7 +23,7 @@ async fn history_older_than_the_retention_is_deleted_in_batches() {
         .await
         .unwrap();
     let pool = sisyphus::db::pool(&db.url, 2).unwrap();
-    let outcome = sisyphus::service::reaper::run_once(&pool, Duration::from_secs(30 * 86_400))
+    let outcome = sisyphus::service::reaper::prune(&pool, Duration::from_secs(30 * 86_400))
         .await
         .unwrap();
     assert_eq!(outcome.runs, 2500);
