@@ -7,9 +7,15 @@
 //! unless `root` is named in `default_user` or `allowed_users`. Does not apply the identity:
 //! the run shim's shell step switches to it (`run::shim::shell`: groups, gid, uid, then
 //! workdir and `execve`).
+//!
+//! The lookup (getpwnam, getgrouplist) may ask LDAP or sssd and hang there; it runs on a
+//! blocking thread with a bound ([`Policy::resolve_bounded`]) so that a hung user database
+//! fails the run (a retry may help) instead of blocking an async worker and, with it, the
+//! guardian's heartbeat.
 
 use std::ffi::CString;
 use std::path::Path;
+use std::time::Duration;
 
 use nix::unistd::{Uid, User, getgrouplist};
 
@@ -36,9 +42,66 @@ pub struct Policy {
     pub host: String,
     pub default_user: String,
     pub allowed_users: Vec<String>,
+    /// How long a lookup in the user database may take ([`lookup_limit`]).
+    pub lookup_limit: Duration,
+}
+
+/// The bound on one user lookup: well within the lease (the run is claimed and must start or
+/// fail before anybody wonders), at most 10 s, at least 1 s.
+pub fn lookup_limit(lease: Duration, heartbeat_interval: Duration) -> Duration {
+    lease
+        .saturating_sub(heartbeat_interval)
+        .clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// A resolution that failed: the sentence for the run, and whether a retry cannot help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    pub error: String,
+    pub final_: bool,
+}
+
+/// Runs the blocking `lookup` on tokio's blocking pool and waits at most `limit` for it:
+/// None when it took longer (its thread stays blocked until the call returns; nothing waits
+/// for it) or panicked. Never blocks the calling async worker.
+pub async fn bounded<T: Send + 'static>(
+    limit: Duration,
+    lookup: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(lookup)).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(_)) | Err(_) => None,
+    }
 }
 
 impl Policy {
+    /// [`Policy::resolve`] on a blocking thread, bounded by `lookup_limit`. A lookup that does
+    /// not answer in time fails the run with a retry allowed: the user database may be back.
+    pub async fn resolve_bounded(&self, run_as: Option<&str>) -> Result<Identity, Unresolved> {
+        let policy = self.clone();
+        let name = run_as.map(str::to_string);
+        let limit = self.lookup_limit;
+        let lookup = move || {
+            test_hang();
+            policy.resolve(name.as_deref())
+        };
+        match bounded(limit, lookup).await {
+            Some(resolved) => resolved.map_err(|error| Unresolved {
+                error,
+                final_: true,
+            }),
+            None => Err(Unresolved {
+                error: format!(
+                    "looking up user '{}' on host {} took more than {} s: the host's user database (NSS: files, LDAP, sssd) does not answer; check it there (the run is retried if the job has retries left)",
+                    run_as.unwrap_or(&self.default_user),
+                    self.host,
+                    limit.as_secs_f64()
+                ),
+                final_: false,
+            }),
+        }
+    }
+
     /// Resolves the identity of a run whose job asks for `run_as`. The error is the sentence
     /// recorded on the run; such a failure is not retried (retrying cannot help).
     pub fn resolve(&self, run_as: Option<&str>) -> Result<Identity, String> {
@@ -99,6 +162,19 @@ impl Policy {
     }
 }
 
+/// Debug builds' fault hook (`SISY_TEST_FAULT=user-lookup:hang`, see `service::fault`): the
+/// lookup blocks its thread, as a user database that never answers would. No real trigger
+/// makes NSS hang without changing the host's `nsswitch.conf`.
+fn test_hang() {
+    if cfg!(debug_assertions)
+        && std::env::var("SISY_TEST_FAULT").is_ok_and(|f| f == "user-lookup:hang")
+    {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,7 +192,41 @@ mod tests {
             host: "h1".into(),
             default_user: default_user.into(),
             allowed_users: allowed.iter().map(|u| u.to_string()).collect(),
+            lookup_limit: Duration::from_secs(10),
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lookup_that_hangs_is_abandoned_at_its_bound_without_blocking_the_runtime() {
+        // One worker thread: had the lookup run on it, the ticker below could not tick.
+        let (release, hung) = std::sync::mpsc::channel::<()>();
+        let ticks = tokio::spawn(async {
+            let mut n = 0u32;
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                n += 1;
+                if n == 10 {
+                    return n;
+                }
+            }
+        });
+        let start = std::time::Instant::now();
+        let result = bounded(Duration::from_millis(500), move || hung.recv().ok()).await;
+        assert_eq!(result, None, "the hung lookup gave an answer");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(ticks.is_finished(), "the runtime was blocked by the lookup");
+        drop(release);
+        assert_eq!(bounded(Duration::from_secs(5), || 7).await, Some(7));
+    }
+
+    #[test]
+    fn the_lookup_bound_stays_within_the_lease() {
+        let s = Duration::from_secs;
+        assert_eq!(lookup_limit(s(30), s(10)), s(10));
+        assert_eq!(lookup_limit(s(6), s(2)), s(4));
+        assert_eq!(lookup_limit(s(2), s(2)), s(1));
     }
 
     #[test]
