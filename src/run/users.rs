@@ -15,6 +15,7 @@
 
 use std::ffi::CString;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::unistd::{Uid, User, getgrouplist};
@@ -61,15 +62,35 @@ pub struct Unresolved {
     pub final_: bool,
 }
 
+/// How many lookups may be outstanding at once (most of them hung) before new ones are
+/// refused without a thread: hung threads must not fill the blocking pool the spool writes
+/// its results through.
+const MAX_LOOKUPS: usize = 16;
+
+/// The lookups outstanding, hung ones included (a thread is blocked until NSS answers).
+static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
 /// Runs the blocking `lookup` on tokio's blocking pool and waits at most `limit` for it:
 /// None when it took longer (its thread stays blocked until the call returns; nothing waits
-/// for it) or panicked. Never blocks the calling async worker.
+/// for it), panicked, or `max` lookups counted in `outstanding` are still running. Never
+/// blocks the calling async worker.
 pub async fn bounded<T: Send + 'static>(
     limit: Duration,
+    outstanding: &'static AtomicUsize,
+    max: usize,
     lookup: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    match tokio::time::timeout(limit, tokio::task::spawn_blocking(lookup)).await {
-        Ok(Ok(value)) => Some(value),
+    if outstanding.fetch_add(1, Ordering::SeqCst) >= max {
+        outstanding.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    let counted = move || {
+        let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(lookup));
+        outstanding.fetch_sub(1, Ordering::SeqCst);
+        value.ok()
+    };
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(counted)).await {
+        Ok(Ok(value)) => value,
         Ok(Err(_)) | Err(_) => None,
     }
 }
@@ -85,7 +106,7 @@ impl Policy {
             test_hang();
             policy.resolve(name.as_deref())
         };
-        match bounded(limit, lookup).await {
+        match bounded(limit, &LOOKUPS, MAX_LOOKUPS, lookup).await {
             Some(resolved) => resolved.map_err(|error| Unresolved {
                 error,
                 final_: true,
@@ -211,14 +232,34 @@ mod tests {
             }
         });
         let start = std::time::Instant::now();
-        let result = bounded(Duration::from_millis(500), move || hung.recv().ok()).await;
+        static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
+        let limit = Duration::from_millis(500);
+        let result = bounded(limit, &OUTSTANDING, 2, move || hung.recv().ok()).await;
         assert_eq!(result, None, "the hung lookup gave an answer");
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(500), "{took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert!(ticks.is_finished(), "the runtime was blocked by the lookup");
-        drop(release);
-        assert_eq!(bounded(Duration::from_secs(5), || 7).await, Some(7));
+        // One more may hang; then none is started until one of them returns.
+        let (release2, hung2) = std::sync::mpsc::channel::<()>();
+        assert_eq!(
+            bounded(limit, &OUTSTANDING, 2, move || hung2.recv().ok()).await,
+            None
+        );
+        let start = std::time::Instant::now();
+        assert_eq!(bounded(limit, &OUTSTANDING, 2, || 7).await, None);
+        assert!(start.elapsed() < limit, "a third thread was started");
+        drop((release, release2));
+        let start = std::time::Instant::now();
+        while OUTSTANDING.load(Ordering::SeqCst) > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the released lookups never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let long = Duration::from_secs(5);
+        assert_eq!(bounded(long, &OUTSTANDING, 2, || 7).await, Some(7));
     }
 
     #[test]
