@@ -107,10 +107,7 @@ impl Policy {
             policy.resolve(name.as_deref())
         };
         match bounded(limit, &LOOKUPS, MAX_LOOKUPS, lookup).await {
-            Some(resolved) => resolved.map_err(|error| Unresolved {
-                error,
-                final_: true,
-            }),
+            Some(resolved) => resolved,
             None => Err(Unresolved {
                 error: format!(
                     "looking up user '{}' on host {} took more than {} s: the host's user database (NSS: files, LDAP, sssd) does not answer; check it there (the run is retried if the job has retries left)",
@@ -124,28 +121,36 @@ impl Policy {
     }
 
     /// Resolves the identity of a run whose job asks for `run_as`. The error is the sentence
-    /// recorded on the run; such a failure is not retried (retrying cannot help).
-    pub fn resolve(&self, run_as: Option<&str>) -> Result<Identity, String> {
+    /// recorded on the run; it is final (retrying cannot help) unless the user database
+    /// failed to answer (an error from NSS, say sssd with its LDAP server away).
+    pub fn resolve(&self, run_as: Option<&str>) -> Result<Identity, Unresolved> {
+        self.resolve_inner(run_as)
+            .map_err(|(error, final_)| Unresolved { error, final_ })
+    }
+
+    fn resolve_inner(&self, run_as: Option<&str>) -> Result<Identity, (String, bool)> {
+        let refused = |error: String| (error, true);
+        let unanswered = |error: String| (error, false);
         let name = run_as.unwrap_or(&self.default_user);
         if name != self.default_user && !self.allowed_users.iter().any(|u| u == name) {
-            return Err(format!(
+            return Err(refused(format!(
                 "user '{name}' is not allowed on host {}: add it to allowed_users in that host's guardian config, or change the job's run_as",
                 self.host
-            ));
+            )));
         }
         let user = match User::from_name(name) {
             Ok(Some(u)) => u,
             Ok(None) => {
-                return Err(format!(
+                return Err(refused(format!(
                     "user '{name}' does not exist on host {}",
                     self.host
-                ));
+                )));
             }
             Err(e) => {
-                return Err(format!(
-                    "cannot look up user '{name}' on host {}: {e}",
+                return Err(unanswered(format!(
+                    "cannot look up user '{name}' on host {}: {e} (the run is retried if the job has retries left)",
                     self.host
-                ));
+                )));
             }
         };
         let home = if Path::new(&user.dir).is_dir() {
@@ -155,12 +160,13 @@ impl Policy {
         };
         let me = Uid::effective();
         let switch = if me.is_root() {
-            let cname = CString::new(name).map_err(|_| format!("bad user name '{name}'"))?;
+            let cname =
+                CString::new(name).map_err(|_| refused(format!("bad user name '{name}'")))?;
             let groups = getgrouplist(&cname, user.gid).map_err(|e| {
-                format!(
-                    "cannot read the groups of user '{name}' on host {}: {e}",
+                unanswered(format!(
+                    "cannot read the groups of user '{name}' on host {}: {e} (the run is retried if the job has retries left)",
                     self.host
-                )
+                ))
             })?;
             Some(Switch {
                 uid: user.uid.as_raw(),
@@ -170,10 +176,10 @@ impl Policy {
         } else if user.uid == me {
             None
         } else {
-            return Err(format!(
+            return Err(refused(format!(
                 "the guardian on host {} does not run as root and cannot switch to user '{name}': run the job as the guardian's user or run the guardian as root",
                 self.host
-            ));
+            )));
         };
         Ok(Identity {
             name: name.to_string(),
@@ -283,16 +289,27 @@ mod tests {
             let err = only_me.resolve(Some(other)).unwrap_err();
             assert_eq!(
                 err,
-                format!(
-                    "user '{other}' is not allowed on host h1: add it to allowed_users in that \
-                     host's guardian config, or change the job's run_as"
-                )
+                Unresolved {
+                    error: format!(
+                        "user '{other}' is not allowed on host h1: add it to allowed_users in \
+                         that host's guardian config, or change the job's run_as"
+                    ),
+                    final_: true,
+                }
             );
         }
         let err = policy("cron", &[&me])
             .resolve(Some("no-such-user-x"))
             .unwrap_err();
-        assert!(err.contains("is not allowed"), "{err}");
+        assert!(
+            err.error.contains("is not allowed") && err.final_,
+            "{err:?}"
+        );
+        let missing = policy("no-such-user-x", &[]).resolve(None).unwrap_err();
+        assert!(
+            missing.error.contains("does not exist") && missing.final_,
+            "{missing:?}"
+        );
         let named = policy("no-such-user-x", &[&me]);
         assert_eq!(named.resolve(Some(&me)).unwrap().name, me, "allowed_users");
     }
