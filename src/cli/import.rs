@@ -1,10 +1,12 @@
 //! `sisy import-crontab FILE`: a crontab is a source of jobs, and each import syncs them.
 //!
 //! Owns reading the file, the source a file's jobs carry (`sisy.jobs.source`: the file's
-//! absolute path, or `--source`), and applying or showing (`--dry-run`) the changes
-//! [`sync::plan`] decides, in one transaction under an advisory lock, so that an import is
-//! all or nothing and imports run at once see each other's jobs. Parsing and cron's rules
-//! are [`crate::crontab`]'s. When any line is refused, nothing is imported.
+//! absolute path, or `--source`), and applying the changes [`sync::plan`] decides, in one
+//! transaction under an advisory lock, so that an import is all or nothing and imports run
+//! at once see each other's jobs. `--dry-run` only reads (no lock, no row locks), so a
+//! `sisy_reader` may run it: it compares env by variable names when the role may not read
+//! the values. Parsing and cron's rules are [`crate::crontab`]'s. When any line is refused,
+//! nothing is imported.
 
 mod sync;
 
@@ -19,7 +21,7 @@ use super::{output, sql_error};
 use crate::crontab::{self, ImportOptions, JobDef};
 use crate::db::cli as q;
 use crate::schedule::Schedule;
-use sync::{Action, Change, Existing};
+use sync::{Action, Change, Env, Existing};
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
@@ -91,28 +93,66 @@ pub async fn run(client: &mut Client, args: &ImportArgs, json: bool) -> Result<(
             path
         );
     }
+    let options = sync::Options {
+        source: &source,
+        suspend_removed: args.suspend_removed,
+        adopt: args.adopt,
+    };
+    if args.dry_run {
+        let (existing, names_only) = preview(client, &source, &import.jobs).await?;
+        let plan = sync::plan(&import.jobs, &existing, &options)?;
+        if names_only {
+            eprintln!(
+                "note: this database role cannot read job env values, so env was compared by their names only: a changed value alone is not shown"
+            );
+        }
+        report(&source, &plan, args, json);
+        return Ok(());
+    }
     let tx = client.transaction().await?;
     tx.execute(q::JOBS_IMPORT_LOCK, &[])
         .await
         .map_err(|e| sql_error(e, "nothing was imported"))?;
     let existing = existing(&tx, &source, &import.jobs).await?;
-    let plan = sync::plan(
-        &import.jobs,
-        &existing,
-        &sync::Options {
-            source: &source,
-            suspend_removed: args.suspend_removed,
-            adopt: args.adopt,
-        },
-    )?;
-    if !args.dry_run {
-        for change in &plan {
-            apply(&tx, change, &source).await?;
-        }
-        tx.commit().await?;
+    let plan = sync::plan(&import.jobs, &existing, &options)?;
+    for change in &plan {
+        apply(&tx, change, &source).await?;
     }
+    tx.commit().await?;
     report(&source, &plan, args, json);
     Ok(())
+}
+
+/// The jobs a dry run compares with, read without locks, and whether only the names of
+/// their env variables could be read (a role without SELECT on `env`, e.g. sisy_reader).
+async fn preview(client: &Client, source: &str, jobs: &[JobDef]) -> Result<(Vec<Existing>, bool)> {
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    let denied = |e: &tokio_postgres::Error| {
+        e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    };
+    match client
+        .query(q::JOBS_IMPORT_PREVIEW, &[&source, &names])
+        .await
+    {
+        Ok(rows) => Ok((
+            rows.iter()
+                .map(|r| existing_row(r, Env::Values(r.get("env"))))
+                .collect(),
+            false,
+        )),
+        Err(e) if denied(&e) => {
+            let rows = client
+                .query(q::JOBS_IMPORT_PREVIEW_NAMES, &[&source, &names])
+                .await
+                .map_err(|e| sql_error(e, "the dry run could not read the jobs"))?;
+            let jobs = rows
+                .iter()
+                .map(|r| existing_row(r, Env::Names(r.get("env_keys"))))
+                .collect();
+            Ok((jobs, true))
+        }
+        Err(e) => Err(sql_error(e, "the dry run could not read the jobs")),
+    }
 }
 
 /// `--source`, else the file's absolute path (so that the same file imported from another
@@ -139,19 +179,23 @@ async fn existing(tx: &Transaction<'_>, source: &str, jobs: &[JobDef]) -> Result
         .map_err(|e| sql_error(e, "nothing was imported"))?;
     Ok(rows
         .iter()
-        .map(|r| Existing {
-            id: r.get("id"),
-            name: r.get("name"),
-            source: r.get("source"),
-            command: r.get("command"),
-            schedule: r.get("schedule"),
-            timezone: r.get("timezone"),
-            pool: r.get("pool"),
-            run_as: r.get("run_as"),
-            env: r.get("env"),
-            suspended: r.get("suspended"),
-        })
+        .map(|r| existing_row(r, Env::Values(r.get("env"))))
         .collect())
+}
+
+fn existing_row(r: &tokio_postgres::Row, env: Env) -> Existing {
+    Existing {
+        id: r.get("id"),
+        name: r.get("name"),
+        source: r.get("source"),
+        command: r.get("command"),
+        schedule: r.get("schedule"),
+        timezone: r.get("timezone"),
+        pool: r.get("pool"),
+        run_as: r.get("run_as"),
+        env,
+        suspended: r.get("suspended"),
+    }
 }
 
 async fn apply(tx: &Transaction<'_>, change: &Change, source: &str) -> Result<()> {

@@ -50,6 +50,10 @@ pub mod cli {
     pub const JOBS_IMPORT_LOCK: &str = include_str!("../../sql/queries/cli/jobs_import_lock.sql");
     pub const JOBS_IMPORT_EXISTING: &str =
         include_str!("../../sql/queries/cli/jobs_import_existing.sql");
+    pub const JOBS_IMPORT_PREVIEW: &str =
+        include_str!("../../sql/queries/cli/jobs_import_preview.sql");
+    pub const JOBS_IMPORT_PREVIEW_NAMES: &str =
+        include_str!("../../sql/queries/cli/jobs_import_preview_names.sql");
     pub const JOBS_IMPORT_CREATE: &str =
         include_str!("../../sql/queries/cli/jobs_import_create.sql");
     pub const JOBS_IMPORT_UPDATE: &str =

@@ -20,15 +20,17 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub error: String,
-    /// True when trying again cannot help (an identity this host refuses or lacks).
+    /// True when trying again cannot help (an identity this host refuses or lacks); false when
+    /// it may (a user database that did not answer in time).
     pub final_: bool,
 }
 
 /// Linux's limit on one argument of exec (MAX_ARG_STRLEN): `sh -c COMMAND` cannot pass more.
 pub const MAX_COMMAND_BYTES: usize = 32 * 4096;
 
-/// Builds the process spec for `run`, or says why it cannot start on this host.
-pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Spec, Refusal> {
+/// Builds the process spec for `run`, or says why it cannot start on this host. The user
+/// lookup runs on a blocking thread, bounded (`Policy::resolve_bounded`).
+pub async fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Spec, Refusal> {
     if let Some(error) = &run.defect {
         return Err(Refusal {
             error: error.clone(),
@@ -46,10 +48,11 @@ pub fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Sp
         });
     }
     let identity = policy
-        .resolve(run.run_as.as_deref())
-        .map_err(|error| Refusal {
-            error,
-            final_: true,
+        .resolve_bounded(run.run_as.as_deref())
+        .await
+        .map_err(|u| Refusal {
+            error: u.error,
+            final_: u.final_,
         })?;
     // Not looked at here: the guardian may be root, and the workdir is the job's to name.
     // The shim changes to it after the switch of user and words the failure.

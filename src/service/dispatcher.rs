@@ -88,6 +88,7 @@ impl Handles {
             host: self.host.clone(),
             default_user: config.default_user.clone(),
             allowed_users: config.allowed_users.clone(),
+            lookup_limit: crate::run::users::lookup_limit(config.lease, config.heartbeat_interval),
         }
     }
 }
@@ -376,7 +377,7 @@ async fn supervise_run(
             .map(|e| format!("{e} before it started (its process never ran)"));
         (outcome, verdict)
     } else {
-        match launch::spec(&run, &shared.policy(), cfg.output_limit) {
+        match launch::spec(&run, &shared.policy(), cfg.output_limit).await {
             Ok(spec) => {
                 tracing::info!(
                     job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %host,

@@ -59,7 +59,10 @@
 //! The stretch is a local timer of the heartbeat task (it wakes at `published − M`), not a
 //! beat: it needs nothing from the database and nothing from the ticker, so neither a beat
 //! that hangs nor a tick that `MissedTickBehavior::Delay` postponed lets the deadline pass.
-//! A guardian that is paused runs no code and so stretches nothing.
+//! A guardian that is paused runs no code and so stretches nothing; and once resumed it does
+//! not stretch a deadline that has already passed: the shims may have killed their jobs, or
+//! be about to, and the lease may be another process's by now. Only a beat that confirms the
+//! lease after the resume (`confirmed` later than now) sets a deadline again.
 //!
 //! Timeline of a healthy guardian paused at `p`, beats every `I` taking `d`:
 //!
@@ -83,9 +86,12 @@
 //! host, a few on a busy one): far less than the time another guardian needs to find the
 //! lapsed lease (up to a heartbeat after it) and start a retry.
 //!
-//! Each beat is bounded by `L − I` (see [`crate::db::within`]): past it the beat counts as
-//! failed, its connection is closed rather than returned to the pool (a silent connection
-//! stays silent), and the next beat, at the next tick, opens a new one.
+//! Each beat is bounded by `L − I` (as [`crate::db::within`] does): past it the beat counts
+//! as failed, its connection is closed rather than returned to the pool (a silent connection
+//! stays silent), and the next beat, at the next tick, opens a new one. The bound counts only
+//! the time this process ran ([`within_running`]): a beat the guardian was paused in the
+//! middle of is not a database that did not answer, so a pause logs no outage and closes no
+//! connection.
 //! Does not own the lease length or interval (config) nor killing (supervisor, shim).
 
 use std::collections::HashSet;
@@ -153,14 +159,17 @@ pub async fn run(shared: Heartbeat) {
         let config = shared.config.get();
         let sent = std::time::Instant::now();
         let limit = config.lease.saturating_sub(config.heartbeat_interval);
-        let beat = db::within(&shared.db, limit, "the heartbeat", heart.run_once());
+        let beat = within_running(&shared.db, limit, "the heartbeat", heart.run_once());
         let result = tokio::select! {
             r = beat => r,
             never = keep_alive(&shared, &mut deadline) => match never {},
             _ = shared.abandon.cancelled() => return,
         };
         match result {
-            Ok(_) => {
+            // The name is another process's: nothing of the lease is this process's to
+            // confirm (it is stopping, see `Failure`).
+            Ok(Beat::TakenOver) => {}
+            Ok(Beat::Renewed) => {
                 shared.outage.ok();
                 deadline.confirm(sent, config.lease);
                 publish(&shared, &mut deadline);
@@ -210,7 +219,8 @@ impl Deadline {
     }
 
     /// The deadline to publish at `now`: the confirmed one while it is at least `margin`
-    /// away, else a stretch to `now + lease`, kept until it comes within `margin` itself.
+    /// away, else a stretch to `now + lease`, kept until it comes within `margin` itself. A
+    /// deadline that has passed, with no confirmation later than `now`, stays passed.
     pub fn renew(
         &mut self,
         now: std::time::Instant,
@@ -221,7 +231,7 @@ impl Deadline {
         // the keeper would wake again at once.
         self.published = if self.confirmed > now + margin {
             self.confirmed
-        } else if self.published > now + margin {
+        } else if self.published > now + margin || self.lapsed(now) {
             self.published
         } else {
             now + lease
@@ -229,9 +239,23 @@ impl Deadline {
         self.published
     }
 
-    /// When to look again: when the published deadline comes within `margin`.
-    pub fn check_at(&self, margin: Duration) -> std::time::Instant {
-        self.published.checked_sub(margin).unwrap_or(self.published)
+    /// Whether, at `now`, the published deadline has passed and no beat confirmed the lease
+    /// beyond `now`: resumed from a pause, the guardian must not revive it (the module doc).
+    pub fn lapsed(&self, now: std::time::Instant) -> bool {
+        self.published <= now && self.confirmed <= now
+    }
+
+    /// When to look again: when the published deadline comes within `margin`; None once it
+    /// has lapsed (only a beat revives it).
+    pub fn check_at(
+        &self,
+        margin: Duration,
+        now: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        if self.lapsed(now) {
+            return None;
+        }
+        Some(self.published.checked_sub(margin).unwrap_or(self.published))
     }
 }
 
@@ -263,7 +287,11 @@ fn publish(shared: &Heartbeat, deadline: &mut Deadline) {
 async fn keep_alive(shared: &Heartbeat, deadline: &mut Deadline) -> Infallible {
     loop {
         let margin = margin(shared.config.get().heartbeat_interval);
-        tokio::time::sleep_until(Instant::from_std(deadline.check_at(margin))).await;
+        match deadline.check_at(margin, std::time::Instant::now()) {
+            Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+            // Lapsed: the next confirmed beat publishes (the loop calls this anew after it).
+            None => std::future::pending().await,
+        }
         publish(shared, deadline);
     }
 }
@@ -281,6 +309,52 @@ fn ticker_after(every: Duration) -> tokio::time::Interval {
     t
 }
 
+/// What a beat that the database answered found.
+enum Beat {
+    /// The lease and the runs were renewed: the beat confirms the lease.
+    Renewed,
+    /// Another process holds the host name: this process holds no lease.
+    TakenOver,
+}
+
+/// A timer that fires later than this past its step was not running: the process was paused
+/// (SIGSTOP, a frozen VM). Room for a loaded machine to run the task late.
+const PAUSE_SLACK: Duration = Duration::from_millis(500);
+
+/// [`db::within`], but the bound counts only the time this process ran: a jump of the
+/// monotonic clock between two of its steps (a pause) counts as one step. A beat the guardian
+/// was paused in the middle of then gets its answer instead of a timeout that would report
+/// an outage and close the pool's connections.
+async fn within_running<T>(
+    pool: &Pool,
+    limit: Duration,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let step = (limit / 8).max(Duration::from_millis(20));
+    let mut work = Box::pin(work);
+    let mut ran = Duration::ZERO;
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            // An answer that arrived during a pause wins over the timer.
+            biased;
+            result = &mut work => return result,
+            _ = tokio::time::sleep(step) => {}
+        }
+        let now = Instant::now();
+        let gap = now - last;
+        last = now;
+        ran += if gap > step + PAUSE_SLACK { step } else { gap };
+        if ran >= limit {
+            // As `db::within`: the work, and its connection, are dropped first.
+            drop(work);
+            pool.retain(|_, _| false);
+            return Err(db::timed_out(what, limit));
+        }
+    }
+}
+
 struct Beater {
     shared: Arc<Heartbeat>,
     /// Since when beats have succeeded without a break.
@@ -288,7 +362,7 @@ struct Beater {
 }
 
 impl Beater {
-    async fn run_once(&mut self) -> Result<()> {
+    async fn run_once(&mut self) -> Result<Beat> {
         let shared = &self.shared;
         let cfg = shared.config.get();
         let renewal = shared.runs.renewal();
@@ -328,7 +402,7 @@ impl Beater {
                  (was this process paused, or do two hosts share one host_name?)",
                 shared.host
             ));
-            return Ok(());
+            return Ok(Beat::TakenOver);
         }
         let alive: HashSet<i64> = row.get::<_, Vec<i64>>("alive").into_iter().collect();
         let kill_requested: Vec<i64> = row.get("kill_requested");
@@ -383,52 +457,9 @@ impl Beater {
                 "runs the database said were running here, unknown to this guardian, declared lost"
             );
         }
-        Ok(())
+        Ok(Beat::Renewed)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const L: Duration = Duration::from_secs(3);
-    const M: Duration = Duration::from_millis(500);
-
-    fn at(base: std::time::Instant, ms: u64) -> std::time::Instant {
-        base + Duration::from_millis(ms)
-    }
-
-    #[test]
-    fn successful_beats_give_the_tight_deadline() {
-        let t = std::time::Instant::now();
-        let mut d = Deadline::new(at(t, 3000));
-        d.confirm(at(t, 1000), L);
-        assert_eq!(d.renew(at(t, 1010), L, M), at(t, 4000));
-        assert_eq!(d.check_at(M), at(t, 3500));
-    }
-
-    #[test]
-    fn an_overdue_confirmation_is_stretched_by_the_live_guardian_and_kept() {
-        let t = std::time::Instant::now();
-        let mut d = Deadline::new(at(t, 3000));
-        // The beats hang: at 2.5 s the confirmed deadline is within the margin.
-        assert_eq!(d.renew(at(t, 2500), L, M), at(t, 5500));
-        // Woken early (a success that confirms nothing later): the stretch stays.
-        assert_eq!(d.renew(at(t, 2600), L, M), at(t, 5500));
-        // At the stretch's own margin, it is taken again.
-        assert_eq!(d.renew(at(t, 5000), L, M), at(t, 8000));
-        // A beat succeeds again: back to the tight deadline, even though it is earlier.
-        d.confirm(at(t, 5100), L);
-        assert_eq!(d.renew(at(t, 5150), L, M), at(t, 8100));
-    }
-
-    #[test]
-    fn a_slow_success_never_leaves_less_than_the_margin() {
-        let t = std::time::Instant::now();
-        let mut d = Deadline::new(at(t, 3000));
-        // Sent at 0.1 s, answered at 2.9 s: its confirmation is only 0.2 s away.
-        d.confirm(at(t, 100), L);
-        let published = d.renew(at(t, 2900), L, M);
-        assert!(published >= at(t, 2900) + M, "{published:?}");
-    }
-}
+mod tests;

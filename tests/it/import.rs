@@ -330,3 +330,103 @@ async fn concurrent_imports_of_one_source_do_not_duplicate() {
     }
     assert_eq!(count(&client, "SELECT count(*) FROM sisy.jobs").await, 40);
 }
+
+/// `--dry-run` only reads: a `sisy_reader` login may run it (no advisory lock, no row locks,
+/// no env values, which that role cannot read: env is compared by variable names), and an
+/// admin's dry run does not wait behind an import in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_only_reads_so_a_reader_may_run_it_and_it_waits_for_no_import() {
+    let (db, client) = migrated_db().await;
+    let roles = sisy()
+        .args(["--database-url", &db.url, "db", "roles"])
+        .output()
+        .unwrap();
+    assert!(
+        roles.status.success(),
+        "{}",
+        String::from_utf8_lossy(&roles.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crontab");
+    let f = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        "FOO=s3cret\n*/5 * * * * /usr/bin/check\n0 3 * * * backup\n",
+    )
+    .unwrap();
+    assert!(ok(&db, &["import-crontab", f]).contains("2 created"));
+    std::fs::write(
+        &file,
+        "FOO=s3cret\nBAR=x\n*/5 * * * * /usr/bin/check\n15 4 * * * report\n",
+    )
+    .unwrap();
+    let source = std::fs::canonicalize(&file).unwrap();
+    let source = source.to_str().unwrap();
+    let before = jobs_of(&client, source).await;
+    assert_eq!(before.len(), 2);
+    let (reader_url, _reader) = crate::security::login_as(&db, &client, "sisy_reader").await;
+    let dry_run = |url: &str| {
+        sisy()
+            .args(["--database-url", url, "import-crontab", f, "--dry-run"])
+            .output()
+            .unwrap()
+    };
+    let out = dry_run(&reader_url);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "the reader's dry run failed: {stderr}"
+    );
+    assert!(
+        stdout.contains("1 to create, 1 to update, 1 to remove, 0 unchanged"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("by their names only"), "{stderr}");
+    assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
+    // An import in progress (it holds the import lock and its jobs' rows): an admin's dry
+    // run reads past it.
+    let mut holder = db.connect().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(6001419621394894932); SELECT id FROM sisy.jobs FOR UPDATE",
+    )
+    .await
+    .unwrap();
+    let mut child = sisy()
+        .args(["--database-url", &db.url, "import-crontab", f, "--dry-run"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the dry run waits for the import in progress");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{stdout}");
+    // The same difference for the admin, who reads the env values.
+    assert!(
+        stdout.contains("1 to create, 1 to update, 1 to remove, 0 unchanged"),
+        "{stdout}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(jobs_of(&client, source).await, before, "a dry run wrote");
+    let env: Vec<String> = client
+        .query("SELECT env::text FROM sisy.jobs ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(env, [r#"{"FOO": "s3cret"}"#; 2], "a dry run wrote");
+}

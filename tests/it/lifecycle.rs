@@ -480,3 +480,71 @@ async fn a_cli_command_against_a_database_that_never_answers_gives_up_after_conn
     assert!(stderr.contains("no answer within"), "{stderr}");
     assert!(hole.accepted() >= 1);
 }
+
+/// A user database (LDAP, sssd) that never answers: the lookup of a run's user hangs. It runs
+/// on a blocking thread with a bound, so each run fails with a sentence and a retry allowed,
+/// and the guardian keeps beating. The hang is the debug builds' `user-lookup:hang` fault
+/// (`run::users`): a real NSS hang would need the host's nsswitch.conf changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_lookup_that_hangs_fails_the_run_for_a_retry_and_the_guardian_keeps_beating() {
+    let (db, client) = migrated_db().await;
+    let mut g = Guardian::start_with_env(&db, "g1", "", &[("SISY_TEST_FAULT", "user-lookup:hang")]);
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, max_retries, retry_delay) VALUES
+                ('a', 'true', 1, '1 hour'), ('b', 'true', 1, '1 hour')",
+        )
+        .await
+        .unwrap();
+    // Two at once: as many as the guardian has async workers.
+    let ids = [trigger(&client, "a").await, trigger(&client, "b").await];
+    for id in ids {
+        let state = wait_finished(&client, id, Duration::from_secs(30)).await;
+        let row = client
+            .query_one(
+                "SELECT error, no_retry FROM sisy.runs WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let (error, no_retry): (Option<String>, bool) = (row.get(0), row.get(1));
+        assert_eq!(state, "failed", "{error:?}\n{}", g.log());
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("looking up user") && error.contains("does not answer"),
+            "{error}"
+        );
+        assert!(!no_retry, "a lookup that timed out is final: {error}");
+    }
+    let retries: i64 = client
+        .query_one("SELECT count(*) FROM sisy.runs WHERE attempt = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(retries, 2, "no retry was scheduled");
+    // Still beating: last_seen moves on twice more and the lease stays ahead of now.
+    let first: chrono::DateTime<chrono::Utc> = client
+        .query_one("SELECT last_seen FROM sisy.hosts WHERE name = 'g1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_until(
+        &client,
+        "g1 to keep beating",
+        LONG,
+        || {
+            format!(
+                "SELECT last_seen > '{}'::timestamptz + interval '2 seconds' AND lease_until > now()
+                 FROM sisy.hosts WHERE name = 'g1'",
+                first.to_rfc3339()
+            )
+        },
+        |ok: bool| ok,
+    )
+    .await;
+    assert!(
+        g.exit_within(Duration::ZERO).await.is_none(),
+        "the guardian exited:\n{}",
+        g.log()
+    );
+}

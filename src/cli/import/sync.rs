@@ -39,8 +39,17 @@ pub struct Existing {
     pub timezone: String,
     pub pool: String,
     pub run_as: Option<String>,
-    pub env: Value,
+    pub env: Env,
     pub suspended: bool,
+}
+
+/// A job's env as the import could read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Env {
+    Values(Value),
+    /// The variable names only (a dry run by a role that may not read values): a change of
+    /// a value alone is not seen.
+    Names(Vec<String>),
 }
 
 /// What the import was asked to do.
@@ -207,6 +216,22 @@ fn pair<'a>(
     left.retain(|e| !paired.contains(&e.id));
 }
 
+fn env_differs(existing: &Env, wanted: &Value) -> bool {
+    match existing {
+        Env::Values(v) => v != wanted,
+        Env::Names(names) => {
+            let mut mine: Vec<&str> = wanted
+                .as_object()
+                .map_or(Vec::new(), |m| m.keys().map(String::as_str).collect());
+            mine.sort_unstable();
+            // Sorted here too: the database sorts by its collation.
+            let mut theirs: Vec<&str> = names.iter().map(String::as_str).collect();
+            theirs.sort_unstable();
+            theirs != mine
+        }
+    }
+}
+
 /// The update (or nothing) that makes job `e` what entry `w` says.
 fn compare(w: &JobDef, e: &Existing, opts: &Options) -> Change {
     let env = Value::Object(w.env.clone());
@@ -221,7 +246,7 @@ fn compare(w: &JobDef, e: &Existing, opts: &Options) -> Change {
         ("timezone", e.timezone != w.timezone),
         ("pool", e.pool != w.pool),
         ("run_as", e.run_as != w.run_as),
-        ("env", e.env != env),
+        ("env", env_differs(&e.env, &env)),
         ("source", e.source.as_deref() != Some(opts.source)),
     ] {
         if differs {

@@ -27,7 +27,7 @@ fn job(id: i64, name: &str, schedule: &str, command: &str, source: Option<&str>)
         timezone: "UTC".to_owned(),
         pool: "default".to_owned(),
         run_as: None,
-        env: json!({}),
+        env: Env::Values(json!({})),
         suspended: false,
     }
 }
@@ -155,4 +155,19 @@ fn other_jobs_are_never_taken_over() {
     assert_eq!(summary(&changes), [(Action::Update, "a", Some(1), None)]);
     assert_eq!(changes[0].fields, ["command", "schedule", "source"]);
     assert!(plan(&wanted, &other, &adopt).is_err());
+}
+
+#[test]
+fn env_known_by_names_only_shows_a_changed_name_but_not_a_changed_value() {
+    let names = |n: &[&str]| Env::Names(n.iter().map(|s| s.to_string()).collect());
+    assert!(!env_differs(
+        &names(&["b", "A"]),
+        &json!({"A": "1", "b": "2"})
+    ));
+    assert!(env_differs(&names(&["A"]), &json!({"A": "1", "b": "2"})));
+    assert!(env_differs(&names(&["A"]), &json!({})));
+    assert!(env_differs(
+        &Env::Values(json!({"A": "1"})),
+        &json!({"A": "2"})
+    ));
 }
