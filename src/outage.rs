@@ -65,9 +65,15 @@ impl Outage {
         }
     }
 
-    /// A statement went through: ends the outage, if there was one.
-    pub fn ok(&self) {
+    /// A statement sent at `sent` went through: ends the outage, if there was one and the
+    /// statement was sent after it began. An answer to a statement sent before the first
+    /// failure proves nothing (a server shutting down answers some of its sessions and ends
+    /// the others), so it neither ends the outage nor starts a new one later.
+    pub fn ok(&self, sent: Instant) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.since.is_some_and(|at| sent < at) {
+            return;
+        }
         if let Some(at) = state.since.take() {
             state.recovered = Some(Instant::now());
             if state.announced {
@@ -142,12 +148,26 @@ mod tests {
         outage.failed("test", &anyhow::anyhow!("down"));
         outage.failed("test", &anyhow::anyhow!("still down"));
         assert!(outage.state.lock().unwrap().since.is_some());
-        outage.ok();
+        outage.ok(Instant::now());
         assert!(outage.state.lock().unwrap().since.is_none());
         // A stale connection failing right after the recovery is the same outage: silent.
         outage.failed("test", &anyhow::anyhow!("stale"));
         assert!(outage.state.lock().unwrap().since.is_some());
         assert!(!outage.state.lock().unwrap().announced);
-        outage.ok();
+        outage.ok(Instant::now());
+    }
+
+    #[test]
+    fn an_answer_to_a_statement_sent_before_the_outage_does_not_end_it() {
+        let outage = Outage::default();
+        let sent_before = Instant::now();
+        outage.failed(
+            "listener",
+            &anyhow::anyhow!("terminated by the server's shutdown"),
+        );
+        outage.ok(sent_before);
+        let state = outage.state.lock().unwrap();
+        assert!(state.since.is_some(), "a stale answer ended the outage");
+        assert!(state.announced && state.recovered.is_none());
     }
 }

@@ -61,13 +61,14 @@ pub(super) async fn until_started(
 ) -> Result<Option<Registration>> {
     let mut pause = Duration::from_millis(100);
     loop {
+        let began = std::time::Instant::now();
         let attempt = tokio::select! {
             r = start_up(pool, config, recorder, shutdown) => r,
             _ = shutdown.cancelled() => return Ok(None),
         };
         match attempt {
             Ok(started) => {
-                outage.ok();
+                outage.ok(began);
                 return Ok(started);
             }
             Err(e) if outage::is_connection_error(&e) => outage.failed("start-up", &e),

@@ -158,13 +158,14 @@ impl Recorder {
         let mut pause = Duration::from_millis(100);
         let mut spooled = false;
         loop {
+            let sent = std::time::Instant::now();
             match write_bounded(&self.db, entry).await {
                 Ok(w) => {
                     if spooled {
                         self.spool.remove_off_runtime(entry.run_id).await;
                         tracing::info!(run_id = entry.run_id, "spooled result written");
                     }
-                    self.outage.ok();
+                    self.outage.ok(sent);
                     return Ok(w);
                 }
                 Err(e) => {

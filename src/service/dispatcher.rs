@@ -165,6 +165,7 @@ impl Dispatcher {
         // Every step is bounded: a silent database must not stall the dispatcher for good.
         let pool = &self.shared.db;
         let limit = db::answer_limit(cfg.lease);
+        let sent = std::time::Instant::now();
         let tick = db::within(pool, limit, "the dispatcher's tick", async {
             let client = db::checkout(pool).await?;
             // Prepared once per pooled connection: one round trip, no parse or plan per pass.
@@ -176,7 +177,7 @@ impl Dispatcher {
             Ok(tick)
         })
         .await?;
-        self.shared.outage.ok();
+        self.shared.outage.ok(sent);
         let unseen: bool = tick.get("unseen");
         let job_due_in: Option<f64> = tick.get("job_due_in");
         let run_due_in: Option<f64> = tick.get("run_due_in");

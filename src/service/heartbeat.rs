@@ -170,7 +170,7 @@ pub async fn run(shared: Heartbeat) {
             // confirm (it is stopping, see `Failure`).
             Ok(Beat::TakenOver) => {}
             Ok(Beat::Renewed) => {
-                shared.outage.ok();
+                shared.outage.ok(sent);
                 deadline.confirm(sent, config.lease);
                 publish(&shared, &mut deadline);
                 crate::metrics::load(shared.runs.running_count(), config.capacity);

@@ -110,6 +110,7 @@ impl Listener {
             config.lease,
             config.lease.saturating_sub(config.heartbeat_interval),
         );
+        let began = std::time::Instant::now();
         let connect = db::connect_for_notifications(&config.database_url);
         // Bounded like the heartbeat's, which opens its connection within the same limit.
         let (client, mut connection) = tokio::time::timeout(limit, connect)
@@ -124,7 +125,7 @@ impl Listener {
                 .map_err(|_| db::timed_out("LISTEN", limit))??;
             tracing::debug!("listening for notifications");
             subscribed.store(true, Ordering::Relaxed);
-            self.outage.ok();
+            self.outage.ok(began);
             // Whatever happened before LISTEN took effect: look once.
             self.wake.notify_one();
             loop {
