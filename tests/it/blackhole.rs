@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    Guardian, Proxy, migrated_db, process_gone, shared_dir, trigger, wait_finished, wait_for,
-    wait_started, wait_until,
+    Guardian, Proxy, migrated_db, process_gone, shared_dir, trigger, until_file, wait_finished,
+    wait_for, wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -24,10 +24,7 @@ async fn a_live_guardian_keeps_its_job_through_a_black_hole_and_works_again_afte
         .execute(
             "INSERT INTO sisy.jobs (name, command, max_retries) VALUES
                 ('long', $1, 0), ('after', 'true', 0)",
-            &[&format!(
-                "while [ ! -e {} ]; do sleep 0.1; done",
-                done.display()
-            )],
+            &[&until_file(&done)],
         )
         .await
         .unwrap();
@@ -133,10 +130,7 @@ async fn a_live_guardian_keeps_its_job_while_the_database_answers_slowly() {
     client
         .execute(
             "INSERT INTO sisy.jobs (name, command, max_retries) VALUES ('long', $1, 0)",
-            &[&format!(
-                "while [ ! -e {} ]; do sleep 0.1; done",
-                done.display()
-            )],
+            &[&until_file(&done)],
         )
         .await
         .unwrap();

@@ -27,16 +27,22 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_metrics_endpoint_counts_runs_while_jobs_run() {
-    let (db, client) = migrated_db().await;
+/// A guardian serving metrics on a free loopback port, and that address.
+fn guardian_with_metrics(db: &crate::pg::TestDb) -> (Guardian, String) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let g = Guardian::start(&db, "g1", &format!("metrics_listen = {addr:?}"));
+    let g = Guardian::start(db, "g1", &format!("metrics_listen = {addr:?}"));
+    (g, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_runs_while_jobs_run() {
+    let (db, client) = migrated_db().await;
+    let (g, addr) = guardian_with_metrics(&db);
     client
         .execute("INSERT INTO sisy.jobs (name, command, schedule) VALUES ('tick', 'true', '* * * * * *')", &[])
         .await
@@ -89,13 +95,7 @@ async fn the_metrics_endpoint_counts_runs_while_jobs_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_jobs_do_not_make_a_histogram_series_each() {
     let (db, client) = migrated_db().await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let g = Guardian::start(&db, "g1", &format!("metrics_listen = {addr:?}"));
+    let (g, addr) = guardian_with_metrics(&db);
     const JOBS: usize = 12;
     let mut ids = Vec::new();
     for i in 0..JOBS {

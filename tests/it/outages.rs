@@ -11,18 +11,15 @@ use tokio_postgres::Client;
 
 use crate::pg::{Server, TestDb};
 use crate::util::{
-    Guardian, migrated_db_on, process_gone, shared_dir, trigger, wait_finished, wait_for,
-    wait_started, wait_until,
+    Guardian, migrated_db_on, process_gone, shared_dir, trigger, until_file, wait_finished,
+    wait_for, wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
 
 /// A job command that waits for `flag` to exist, then prints `word`.
 fn until_flag(flag: &Path, word: &str) -> String {
-    format!(
-        "while [ ! -e {} ]; do sleep 0.1; done; echo {word}",
-        flag.display()
-    )
+    format!("{}; echo {word}", until_file(flag))
 }
 
 async fn state_and_output(client: &Client, id: i64) -> (String, String) {

@@ -303,6 +303,11 @@ pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> b
     }
 }
 
+/// A job command that waits until `flag` exists (the test creates it to let the job end).
+pub fn until_file(flag: &std::path::Path) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.1; done", flag.display())
+}
+
 /// The pids in /proc now.
 fn pids() -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
