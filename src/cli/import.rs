@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
 use super::{output, sql_error};
@@ -200,40 +201,27 @@ fn existing_row(r: &tokio_postgres::Row, env: Env) -> Existing {
 
 async fn apply(tx: &Transaction<'_>, change: &Change, source: &str) -> Result<()> {
     let result = match (change.action, &change.entry, change.id) {
-        (Action::Create, Some(job), _) => {
+        (Action::Create | Action::Update, Some(job), id) => {
             let env = Value::Object(job.env.clone());
-            tx.execute(
-                q::JOBS_IMPORT_CREATE,
-                &[
-                    &job.name,
-                    &job.command,
-                    &job.schedule,
-                    &job.timezone,
-                    &job.pool,
-                    &job.run_as,
-                    &env,
-                    &source,
-                ],
-            )
-            .await
-        }
-        (Action::Update, Some(job), Some(id)) => {
-            let env = Value::Object(job.env.clone());
-            tx.execute(
-                q::JOBS_IMPORT_UPDATE,
-                &[
-                    &id,
-                    &job.name,
-                    &job.command,
-                    &job.schedule,
-                    &job.timezone,
-                    &job.pool,
-                    &job.run_as,
-                    &env,
-                    &source,
-                ],
-            )
-            .await
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+                &job.name,
+                &job.command,
+                &job.schedule,
+                &job.timezone,
+                &job.pool,
+                &job.run_as,
+                &env,
+                &source,
+            ];
+            let statement = match (change.action, &id) {
+                (Action::Update, Some(id)) => {
+                    params.push(id);
+                    q::JOBS_IMPORT_UPDATE
+                }
+                (Action::Update, None) => return Ok(()),
+                _ => q::JOBS_IMPORT_CREATE,
+            };
+            tx.execute(statement, &params).await
         }
         (Action::Remove, _, Some(id)) => tx.execute(q::JOBS_IMPORT_REMOVE, &[&id]).await,
         (Action::Suspend, _, Some(id)) => tx.execute(q::JOBS_IMPORT_SUSPEND, &[&id]).await,

@@ -1,6 +1,7 @@
--- import-crontab: job $1 becomes what its entry says (a rename included); the columns an
--- entry does not speak of (ttl, retries, suspended…) stay as set by hand.
+-- import-crontab: job $9 becomes what its entry says (a rename included), with the same
+-- parameters $1–$8 as jobs_import_create.sql; the columns an entry does not speak of (ttl,
+-- retries, suspended…) stay as set by hand.
 UPDATE sisy.jobs
-   SET name = $2, command = $3, schedule = $4, timezone = $5, pool = $6, run_as = $7,
-       env = $8, source = $9
- WHERE id = $1
+   SET name = $1, command = $2, schedule = $3, timezone = $4, pool = $5, run_as = $6,
+       env = $7, source = $8
+ WHERE id = $9
