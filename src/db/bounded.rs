@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use deadpool_postgres::{Object, Pool};
@@ -71,7 +71,10 @@ pub(crate) fn answer_limit(lease: Duration) -> Duration {
     lease.max(Duration::from_secs(10))
 }
 
-/// Runs `work` (which uses connections of `pool`) for at most `limit`. Past it, the work is
+/// Runs `work` (which uses connections of `pool`) for at most `limit` of the time this
+/// process ran: a jump of the monotonic clock between two of its steps (a pause: SIGSTOP, a
+/// frozen VM) counts as one step, so a guardian paused in the middle of a statement gets its
+/// answer instead of a timeout that would report an outage. Past the limit, the work is
 /// dropped, with the connection it held (see [`Conn`]), the pool's idle connections are
 /// closed, and the error is an I/O timeout, which `outage` counts as the database being out
 /// of reach.
@@ -81,17 +84,33 @@ pub async fn within<T>(
     what: &str,
     work: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    // A statement of its own: the work, and the connection it holds, are dropped here,
-    // before the idle connections are closed.
-    let answer = tokio::time::timeout(limit, work).await;
-    match answer {
-        Ok(result) => result,
-        Err(_) => {
-            pool.retain(|_, _| false);
-            Err(timed_out(what, limit))
+    let step = (limit / 8).max(Duration::from_millis(20));
+    {
+        // In a block of its own: the work, and the connection it holds, are dropped at its
+        // end, before the idle connections are closed.
+        let mut work = std::pin::pin!(work);
+        let mut ran = Duration::ZERO;
+        let mut last = Instant::now();
+        while ran < limit {
+            tokio::select! {
+                // An answer that arrived during a pause wins over the timer.
+                biased;
+                result = &mut work => return result,
+                _ = tokio::time::sleep(step) => {}
+            }
+            let now = Instant::now();
+            let gap = now - last;
+            last = now;
+            ran += if gap > step + PAUSE_SLACK { step } else { gap };
         }
     }
+    pool.retain(|_, _| false);
+    Err(timed_out(what, limit))
 }
+
+/// A timer that fires later than this past its step was not running: the process was paused
+/// (SIGSTOP, a frozen VM). Room for a loaded machine to run the task late.
+const PAUSE_SLACK: Duration = Duration::from_millis(500);
 
 /// The error of a wait for the database that gave up after `limit`: an I/O timeout, which
 /// `outage` counts as the database being out of reach.

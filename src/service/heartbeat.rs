@@ -89,7 +89,7 @@
 //! Each beat is bounded by `L − I` (as [`crate::db::within`] does): past it the beat counts
 //! as failed, its connection is closed rather than returned to the pool (a silent connection
 //! stays silent), and the next beat, at the next tick, opens a new one. The bound counts only
-//! the time this process ran ([`within_running`]): a beat the guardian was paused in the
+//! the time this process ran (see [`crate::db::within`]): a beat the guardian was paused in the
 //! middle of is not a database that did not answer, so a pause logs no outage and closes no
 //! connection.
 //! Does not own the lease length or interval (config) nor killing (supervisor, shim).
@@ -159,7 +159,7 @@ pub async fn run(shared: Heartbeat) {
         let config = shared.config.get();
         let sent = std::time::Instant::now();
         let limit = config.lease.saturating_sub(config.heartbeat_interval);
-        let beat = within_running(&shared.db, limit, "the heartbeat", heart.run_once());
+        let beat = db::within(&shared.db, limit, "the heartbeat", heart.run_once());
         let result = tokio::select! {
             r = beat => r,
             never = keep_alive(&shared, &mut deadline) => match never {},
@@ -315,44 +315,6 @@ enum Beat {
     Renewed,
     /// Another process holds the host name: this process holds no lease.
     TakenOver,
-}
-
-/// A timer that fires later than this past its step was not running: the process was paused
-/// (SIGSTOP, a frozen VM). Room for a loaded machine to run the task late.
-const PAUSE_SLACK: Duration = Duration::from_millis(500);
-
-/// [`db::within`], but the bound counts only the time this process ran: a jump of the
-/// monotonic clock between two of its steps (a pause) counts as one step. A beat the guardian
-/// was paused in the middle of then gets its answer instead of a timeout that would report
-/// an outage and close the pool's connections.
-async fn within_running<T>(
-    pool: &Pool,
-    limit: Duration,
-    what: &str,
-    work: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    let step = (limit / 8).max(Duration::from_millis(20));
-    let mut work = Box::pin(work);
-    let mut ran = Duration::ZERO;
-    let mut last = Instant::now();
-    loop {
-        tokio::select! {
-            // An answer that arrived during a pause wins over the timer.
-            biased;
-            result = &mut work => return result,
-            _ = tokio::time::sleep(step) => {}
-        }
-        let now = Instant::now();
-        let gap = now - last;
-        last = now;
-        ran += if gap > step + PAUSE_SLACK { step } else { gap };
-        if ran >= limit {
-            // As `db::within`: the work, and its connection, are dropped first.
-            drop(work);
-            pool.retain(|_, _| false);
-            return Err(db::timed_out(what, limit));
-        }
-    }
 }
 
 struct Beater {

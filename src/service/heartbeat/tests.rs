@@ -97,7 +97,7 @@ fn idle_pool() -> Pool {
 #[tokio::test(flavor = "current_thread")]
 async fn a_pause_in_the_middle_of_a_beat_is_not_a_timeout() {
     let answer = paused_beat(|pool, limit, answered| async move {
-        within_running(&pool, limit, "the heartbeat", async {
+        crate::db::within(&pool, limit, "the heartbeat", async {
             Ok(answered.await.unwrap())
         })
         .await
@@ -110,7 +110,7 @@ async fn a_pause_in_the_middle_of_a_beat_is_not_a_timeout() {
 async fn a_database_that_does_not_answer_still_times_out() {
     let pool = idle_pool();
     let start = Instant::now();
-    let err = within_running(&pool, Duration::from_millis(300), "the heartbeat", async {
+    let err = crate::db::within(&pool, Duration::from_millis(300), "the heartbeat", async {
         std::future::pending::<Result<()>>().await
     })
     .await
