@@ -35,12 +35,29 @@ struct State {
     announced: bool,
     /// When the last outage ended.
     recovered: Option<Instant>,
+    /// An outage that ended within `SETTLE` of its start, not yet said to be over: (when it
+    /// began, when it ended, whether it was announced). A server shutting down answers a
+    /// session or two after ending the others; a failure within `SETTLE` of such an end
+    /// resumes the same outage, and only an end that holds for `SETTLE` is announced.
+    quiet: Option<(Instant, Instant, bool)>,
 }
 
 impl Outage {
     /// A service could not reach the database: logs the first failure of an outage only.
     pub fn failed(&self, service: &str, error: &anyhow::Error) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.since.is_none()
+            && let Some((began, ended, announced)) = state.quiet.take()
+        {
+            if ended.elapsed() < SETTLE {
+                // The end did not hold: the same outage goes on.
+                state.since = Some(began);
+                state.announced = announced;
+                tracing::debug!(service, error = %format!("{error:#}"), "database still unreachable");
+                return;
+            }
+            announce_end(announced, ended - began);
+        }
         if let Some(since) = state.since {
             if !state.announced && since.elapsed() >= SETTLE {
                 // Not a straggler after all: the database is away again.
@@ -74,15 +91,31 @@ impl Outage {
         if state.since.is_some_and(|at| sent < at) {
             return;
         }
-        if let Some(at) = state.since.take() {
-            state.recovered = Some(Instant::now());
-            if state.announced {
-                tracing::info!(
-                    after_s = at.elapsed().as_secs_f64().round(),
-                    "database reachable again"
-                );
+        let now = Instant::now();
+        if let Some(began) = state.since.take() {
+            state.recovered = Some(now);
+            if now - began < SETTLE {
+                // Too soon to tell: said once it holds (or resumed by the next failure).
+                state.quiet = Some((began, now, state.announced));
+            } else {
+                announce_end(state.announced, now - began);
             }
+        } else if let Some((began, ended, announced)) = state.quiet
+            && ended.elapsed() >= SETTLE
+        {
+            state.quiet = None;
+            announce_end(announced, ended - began);
         }
+    }
+}
+
+/// The line that says an announced outage is over, and how long it lasted.
+fn announce_end(announced: bool, lasted: Duration) {
+    if announced {
+        tracing::info!(
+            after_s = lasted.as_secs_f64().round(),
+            "database reachable again"
+        );
     }
 }
 
@@ -150,11 +183,33 @@ mod tests {
         assert!(outage.state.lock().unwrap().since.is_some());
         outage.ok(Instant::now());
         assert!(outage.state.lock().unwrap().since.is_none());
-        // A stale connection failing right after the recovery is the same outage: silent.
+        // A failure right after that end is the same outage going on: no second warning.
         outage.failed("test", &anyhow::anyhow!("stale"));
-        assert!(outage.state.lock().unwrap().since.is_some());
-        assert!(!outage.state.lock().unwrap().announced);
+        {
+            let state = outage.state.lock().unwrap();
+            assert!(state.since.is_some() && state.announced && state.quiet.is_none());
+        }
         outage.ok(Instant::now());
+    }
+
+    #[test]
+    fn a_short_outage_is_said_to_be_over_once_the_end_holds() {
+        let outage = Outage::default();
+        outage.failed("test", &anyhow::anyhow!("down"));
+        outage.ok(Instant::now());
+        assert!(
+            outage.state.lock().unwrap().quiet.is_some(),
+            "too soon to say"
+        );
+        // As if SETTLE had passed since the end: the next success says it is over.
+        {
+            let mut state = outage.state.lock().unwrap();
+            let (began, ended, announced) = state.quiet.unwrap();
+            let earlier = |t: Instant| t.checked_sub(SETTLE).unwrap();
+            state.quiet = Some((earlier(began), earlier(ended), announced));
+        }
+        outage.ok(Instant::now());
+        assert!(outage.state.lock().unwrap().quiet.is_none());
     }
 
     #[test]
