@@ -33,7 +33,12 @@ GRANT SELECT ON sisy.migrations TO sisy_admin, sisy_guardian, sisy_reader;
 GRANT SELECT ON sisy.runs, sisy.hosts TO sisy_reader;
 GRANT SELECT (id, name, command, schedule, timezone, pool, target, ttl, max_runtime, kill_grace,
               max_retries, retry_delay, overlap, jitter, run_as, workdir, suspended,
-              created_at, updated_at, next_due, schedule_error, source) ON sisy.jobs TO sisy_reader;
+              created_at, updated_at, next_due, schedule_error, source,
+              trigger_rule, continue_on_failure, flow_timeout) ON sisy.jobs TO sisy_reader;
+-- Flows: the graph, the flow runs and their snapshots, for everyone who reads.
+GRANT SELECT ON sisy.dependencies, sisy.flow_runs, sisy.flow_run_members, sisy.flow_run_edges,
+                sisy.flow_status, sisy.flow_members
+   TO sisy_reader, sisy_admin, sisy_guardian;
 GRANT SELECT ON sisy.job_status, sisy.recent_failures, sisy.missed_runs, sisy.overdue_jobs,
                 sisy.host_status, sisy.dead_hosts, sisy.running_runs
    TO sisy_reader, sisy_admin, sisy_guardian;
@@ -41,7 +46,8 @@ GRANT SELECT ON sisy.job_status, sisy.recent_failures, sisy.missed_runs, sisy.ov
 GRANT SELECT ON sisy.job_env_keys TO sisy_reader, sisy_admin, sisy_guardian;
 
 -- Admins: jobs entirely, results read-only, control through the functions.
-GRANT SELECT, INSERT, UPDATE, DELETE ON sisy.jobs TO sisy_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sisy.jobs, sisy.dependencies TO sisy_admin;
+GRANT EXECUTE ON FUNCTION sisy.cancel_flow(bigint), sisy.rerun_flow(bigint, text) TO sisy_admin;
 GRANT SELECT ON sisy.runs, sisy.hosts TO sisy_admin;
 GRANT EXECUTE ON FUNCTION sisy.trigger(text), sisy.kill(bigint), sisy.retry(bigint),
     sisy.set_suspended(text, boolean), sisy.suspend(text), sisy.resume(text),
@@ -53,3 +59,7 @@ GRANT EXECUTE ON FUNCTION sisy.trigger(text), sisy.kill(bigint), sisy.retry(bigi
 GRANT SELECT ON sisy.jobs TO sisy_guardian;
 GRANT UPDATE (next_due, schedule_error) ON sisy.jobs TO sisy_guardian;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sisy.runs, sisy.hosts TO sisy_guardian;
+-- The flows' safety net (timeouts, re-decisions) and its due time, from the tick.
+GRANT EXECUTE ON FUNCTION sisy.flows_tend(interval, int), sisy.flows_due_in(interval) TO sisy_guardian;
+-- Housekeeping deletes old finished flow runs (their snapshots go with them).
+GRANT DELETE ON sisy.flow_runs TO sisy_guardian;

@@ -96,6 +96,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "job_sources",
         sql: include_str!("../sql/migrations/0008_job_sources.sql"),
     },
+    Migration {
+        version: 9,
+        name: "flows",
+        sql: include_str!("../sql/migrations/0009_flows.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "flow_engine",
+        sql: include_str!("../sql/migrations/0010_flow_engine.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "flow_views",
+        sql: include_str!("../sql/migrations/0011_flow_views.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).
