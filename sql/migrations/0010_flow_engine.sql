@@ -333,7 +333,12 @@ BEGIN
             PERFORM pg_notify('sisy_wakeup', NEW.pool);
         ELSIF NEW.flow_run_id IS NOT NULL AND NEW.state <> 'running' AND NEW.reason <> 'flow' THEN
             -- A root's occurrence recorded final at once (missed, or skipped by overlap).
-            PERFORM sisy.flow_member_finished(NEW.flow_run_id, NEW.job_name);
+            BEGIN
+                PERFORM sisy.flow_member_finished(NEW.flow_run_id, NEW.job_name);
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'sisy: flow run % could not decide after run % (%): %; the guardians'' safety net tries again',
+                    NEW.flow_run_id, NEW.id, NEW.job_name, SQLERRM;
+            END;
         END IF;
         RETURN NULL;
     END IF;
@@ -366,7 +371,15 @@ BEGIN
     END IF;
 
     IF NEW.flow_run_id IS NOT NULL AND NOT retried AND NEW.state NOT IN ('pending', 'running') THEN
-        PERFORM sisy.flow_member_finished(NEW.flow_run_id, NEW.job_name);
+        -- A decision that fails must not fail the statement recording this run's end (the
+        -- run's own result would never land, and the statement may be a heartbeat or a tick
+        -- serving a whole pool): it is said in the server log and left to the safety net.
+        BEGIN
+            PERFORM sisy.flow_member_finished(NEW.flow_run_id, NEW.job_name);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'sisy: flow run % could not decide after run % (%): %; the guardians'' safety net tries again',
+                NEW.flow_run_id, NEW.id, NEW.job_name, SQLERRM;
+        END;
     END IF;
     RETURN NULL;
 END $$;
@@ -551,19 +564,33 @@ DECLARE
     f record;
     n int := 0;
 BEGIN
+    -- Each flow run on its own: one that cannot be handled (a defect) is said in its error
+    -- and looked at again a minute later, never a failure of the whole tick.
     FOR f IN SELECT id, deadline FROM sisy.flow_runs
               WHERE state = 'running' AND deadline <= now()
               ORDER BY deadline LIMIT batch
     LOOP
-        IF sisy.flow_stop(f.id, 'timed_out', format('flow_timeout passed (deadline %s)', f.deadline)) THEN
-            n := n + 1;
-        END IF;
+        BEGIN
+            IF sisy.flow_stop(f.id, 'timed_out', format('flow_timeout passed (deadline %s)', f.deadline)) THEN
+                n := n + 1;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            UPDATE sisy.flow_runs SET deadline = now() + interval '1 minute',
+                   error = format('timing out failed (%s); trying again', SQLERRM)
+             WHERE id = f.id;
+        END;
     END LOOP;
     FOR f IN SELECT id FROM sisy.flow_runs
               WHERE state = 'running' AND checked_at <= now() - recheck
               ORDER BY checked_at LIMIT batch
     LOOP
-        PERFORM sisy.flow_redecide(f.id);
+        BEGIN
+            PERFORM sisy.flow_redecide(f.id);
+        EXCEPTION WHEN OTHERS THEN
+            UPDATE sisy.flow_runs SET checked_at = now() + interval '1 minute',
+                   error = format('deciding failed (%s); trying again', SQLERRM)
+             WHERE id = f.id;
+        END;
         n := n + 1;
     END LOOP;
     RETURN n;

@@ -5,7 +5,8 @@
 -- runs already due (a deadline is due_at + ttl and ttl is positive, so a run whose deadline
 -- passed is due); the next run and the next job are the first of each pool in
 -- runs_pending_due and jobs_pool_next_due (LATERAL, as in runs_claim.sql: overdue jobs and
--- runs of pools this guardian does not serve are never read).
+-- runs of pools this guardian does not serve are never read). `flow_due_in` is when the flows'
+-- safety net has something to do (a flow run's deadline, a recheck): two index lookups.
 WITH expired AS (
     UPDATE sisy.runs
        SET state = 'expired', finished_at = now(),
@@ -46,4 +47,5 @@ SELECT (SELECT count(*) FROM expired) AS expired,
        (SELECT CASE WHEN at IS NULL THEN NULL WHEN isfinite(at) THEN extract(epoch FROM at - now())
                     WHEN at < now() THEN -1 ELSE 1e9 END FROM next_job)::float8 AS job_due_in,
        (SELECT CASE WHEN at IS NULL THEN NULL WHEN isfinite(at) THEN extract(epoch FROM at - now())
-                    WHEN at < now() THEN -1 ELSE 1e9 END FROM next_run)::float8 AS run_due_in
+                    WHEN at < now() THEN -1 ELSE 1e9 END FROM next_run)::float8 AS run_due_in,
+       sisy.flows_due_in() AS flow_due_in

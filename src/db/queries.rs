@@ -30,6 +30,8 @@ pub mod q {
     pub const RUNS_FINISH: &str = include_str!("../../sql/queries/runs_finish.sql");
     pub const RUNS_NOTE: &str = include_str!("../../sql/queries/runs_note.sql");
     pub const RUNS_PRUNE: &str = include_str!("../../sql/queries/runs_prune.sql");
+    pub const FLOW_RUNS_PRUNE: &str = include_str!("../../sql/queries/flow_runs_prune.sql");
+    pub const FLOWS_TEND: &str = include_str!("../../sql/queries/flows_tend.sql");
     pub const HOSTS_PRUNE: &str = include_str!("../../sql/queries/hosts_prune.sql");
     pub const RUNS_ORPHANED_BY_RESTART: &str =
         include_str!("../../sql/queries/runs_orphaned_by_restart.sql");

@@ -1,7 +1,8 @@
 //! The dispatcher: the guardian's main loop, from "something is due" to supervised processes.
 //!
 //! Each pass ([`Dispatcher::run_once`]): one tick statement (expires overdue pending runs, says
-//! whether jobs need seeding and when the next job and run fall due), the scheduler when a
+//! whether jobs need seeding and when the next job, run and flow deadline fall due), the
+//! flows' safety net when it is due (flow timeouts, re-decisions), the scheduler when a
 //! job is due, then a claim up to the free capacity and admission, and a supervisor task per
 //! started run. Between passes it sleeps until the next due time the database reported,
 //! a wake-up (LISTEN/NOTIFY, a finished run) or the safety poll, whichever comes first.
@@ -181,7 +182,24 @@ impl Dispatcher {
         let unseen: bool = tick.get("unseen");
         let job_due_in: Option<f64> = tick.get("job_due_in");
         let run_due_in: Option<f64> = tick.get("run_due_in");
+        let mut flow_due_in: Option<f64> = tick.get("flow_due_in");
         let mut pass = Outcome::default();
+        if flow_due_in.is_some_and(|s| s <= 0.0) {
+            // The flows' safety net: timeouts and re-decisions (see sql/queries/flows_tend.sql).
+            // Said and tried again at the next pass; never in the way of claiming.
+            let tend = db::within(pool, limit, "the flows' safety net", async {
+                let client = db::checkout(pool).await?;
+                client.execute(q::FLOWS_TEND, &[]).await?;
+                client.release();
+                Ok(())
+            })
+            .await;
+            if let Err(e) = tend {
+                tracing::warn!(error = %format!("{e:#}"), "the flows' safety net failed; trying again");
+                // Not at once: at the safety poll, rather than a busy loop on a lasting error.
+                flow_due_in = None;
+            }
+        }
         let mut progress = false;
         let job_due = job_due_in.is_some_and(|s| s <= 0.0);
         if unseen || job_due {
@@ -219,7 +237,7 @@ impl Dispatcher {
             // reason to look again: the finish of a run or a notification wakes us.
             let cannot_claim = self.free_capacity(cfg.capacity) == 0 || self.shared.draining.get();
             let run_due_in = run_due_in.filter(|s| !(cannot_claim && *s <= 0.0));
-            let mut next = [job_due_in, run_due_in]
+            let mut next = [job_due_in, run_due_in, flow_due_in]
                 .into_iter()
                 .flatten()
                 // Clamped: a far-off or odd due time is no reason to sleep past the poll.

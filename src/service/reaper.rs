@@ -1,6 +1,6 @@
 //! The reaper: housekeeping of history.
 //!
-//! Owns deleting finished runs older than `history_retention`, in batches of
+//! Owns deleting finished runs (and ended flow runs) older than `history_retention`, in batches of
 //! [`BATCH`] rows (each its own short statement, so no long lock and no huge transaction),
 //! and forgetting hosts dead for longer than the retention. Every guardian runs it every
 //! [`INTERVAL`]; SKIP LOCKED keeps several from contending. Does not touch pending or
@@ -35,6 +35,7 @@ const STATEMENT_LIMIT: Duration = Duration::from_secs(60);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     pub runs: u64,
+    pub flow_runs: u64,
     pub hosts: u64,
 }
 
@@ -56,8 +57,8 @@ impl Reaper {
                 _ = stopping.cancelled() => return,
             }
             match self.run_once().await {
-                Ok(o) if o.runs > 0 || o.hosts > 0 => {
-                    tracing::info!(runs = o.runs, hosts = o.hosts, "old history deleted")
+                Ok(o) if o.runs > 0 || o.flow_runs > 0 || o.hosts > 0 => {
+                    tracing::info!(runs = o.runs, flow_runs = o.flow_runs, hosts = o.hosts, "old history deleted")
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -87,6 +88,15 @@ pub async fn prune(db: &Pool, retention: Duration) -> Result<Outcome> {
             break;
         }
         // Let other work in between batches.
+        tokio::task::yield_now().await;
+    }
+    loop {
+        let batch = async { Ok(client.execute(q::FLOW_RUNS_PRUNE, &[&secs, &BATCH]).await?) };
+        let n = db::within(db, STATEMENT_LIMIT, "flow run pruning", batch).await?;
+        outcome.flow_runs += n;
+        if n < BATCH as u64 {
+            break;
+        }
         tokio::task::yield_now().await;
     }
     let hosts = async { Ok(client.execute(q::HOSTS_PRUNE, &[&secs]).await?) };
