@@ -269,9 +269,16 @@ BEGIN
     ON CONFLICT (root_job, scheduled_for) DO NOTHING
     RETURNING id INTO fr_id;
     IF fr_id IS NULL THEN
-        SELECT id INTO fr_id FROM sisy.flow_runs
+        -- Another run of this occurrence opened it (another host of a `target = 'all'`
+        -- root): this one joins it, and is skipped with it when overlap skipped it.
+        SELECT id, state INTO fr_id, why FROM sisy.flow_runs
          WHERE root_job = NEW.job_name AND scheduled_for = NEW.scheduled_for;
         NEW.flow_run_id := fr_id;
+        IF NEW.state = 'pending' AND why = 'skipped' THEN
+            NEW.state := 'skipped';
+            NEW.finished_at := now();
+            NEW.error := (SELECT error FROM sisy.flow_runs WHERE id = fr_id);
+        END IF;
         RETURN NEW;
     END IF;
     NEW.flow_run_id := fr_id;
