@@ -174,6 +174,10 @@ DECLARE
     old_job text;
     old_up text;
     cycle text[];
+    seen text[];
+    frontier text[];
+    parent jsonb := '{}';
+    step jsonb;
     up_roots text[];
     job_roots text[];
 BEGIN
@@ -181,6 +185,10 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         old_job := OLD.job;
         old_up := OLD.upstream;
+    END IF;
+    IF NEW.job IS NULL OR NEW.upstream IS NULL THEN
+        RAISE EXCEPTION 'sisy.dependencies.%: must not be NULL: name a job', CASE WHEN NEW.job IS NULL THEN 'job' ELSE 'upstream' END
+            USING ERRCODE = 'not_null_violation';
     END IF;
     IF NEW.job = NEW.upstream THEN
         RAISE EXCEPTION 'sisy.dependencies: job ''%'' cannot run after itself: remove this edge', NEW.job
@@ -199,16 +207,27 @@ BEGIN
         RAISE EXCEPTION 'sisy.dependencies: job ''%'' has a schedule (''%''), and a job that runs after another runs when its flow reaches it: set its schedule to NULL first, or schedule the flow''s root',
             NEW.job, j.schedule USING ERRCODE = 'check_violation';
     END IF;
-    -- A cycle: the upstream is already reachable downstream of the job.
-    WITH RECURSIVE down (job, path) AS (
-        SELECT NEW.job, ARRAY[NEW.job]
-        UNION ALL
-        SELECT d.job, down.path || d.job
-          FROM sisy.dependencies d JOIN down ON d.upstream = down.job
-         WHERE d.job <> ALL (down.path)
-           AND NOT (d.job IS NOT DISTINCT FROM old_job AND d.upstream IS NOT DISTINCT FROM old_up)
-    )
-    SELECT path INTO cycle FROM down WHERE job = NEW.upstream LIMIT 1;
+    -- A cycle: the upstream is already reachable downstream of the job. Breadth first, each
+    -- job visited once (a walk over paths would take 2^24 steps under a ladder of 24
+    -- layers); `parent` remembers how each job was reached, to show the cycle as one path.
+    seen := ARRAY[NEW.job];
+    frontier := ARRAY[NEW.job];
+    WHILE cardinality(frontier) > 0 AND NOT (NEW.upstream = ANY (seen)) LOOP
+        SELECT coalesce(array_agg(n.job), '{}'), coalesce(jsonb_object_agg(n.job, n.upstream), '{}')
+          INTO frontier, step
+          FROM (SELECT DISTINCT ON (d.job) d.job, d.upstream FROM sisy.dependencies d
+                 WHERE d.upstream = ANY (frontier) AND d.job <> ALL (seen)
+                   AND NOT (d.job IS NOT DISTINCT FROM old_job AND d.upstream IS NOT DISTINCT FROM old_up)
+                 ORDER BY d.job, d.upstream) n;
+        seen := seen || frontier;
+        parent := parent || step;
+    END LOOP;
+    IF NEW.upstream = ANY (seen) THEN
+        cycle := ARRAY[NEW.upstream];
+        WHILE cycle[1] <> NEW.job LOOP
+            cycle := (parent ->> cycle[1]) || cycle;
+        END LOOP;
+    END IF;
     IF cycle IS NOT NULL THEN
         RAISE EXCEPTION 'sisy.dependencies: this edge would make a cycle: % -> %: remove one of its edges',
             NEW.upstream, array_to_string(cycle, ' -> ') USING ERRCODE = 'check_violation';

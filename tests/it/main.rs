@@ -11,6 +11,7 @@ mod cli;
 mod core;
 mod events;
 mod faults;
+mod flows;
 mod housekeeping;
 mod import;
 mod kill;
