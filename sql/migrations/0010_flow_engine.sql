@@ -136,6 +136,8 @@ BEGIN
     UPDATE sisy.flow_run_members SET decided = true, first_attempt = attempt_, outcome = NULL
      WHERE flow_run_id = fr.id AND job = m.job;
 
+    -- By id: a job renamed since the flow run opened still runs. Its runs keep the name the
+    -- flow run knows it by (outcomes, retries and views find a member's runs by that name).
     SELECT * INTO j FROM sisy.jobs WHERE id = m.job_id;
     IF verdict = 'run' AND NOT FOUND THEN
         verdict := 'cancelled';
@@ -155,7 +157,7 @@ BEGIN
     IF j.target = 'all' THEN
         INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, target_host,
                                due_at, deadline, flow_run_id, inputs)
-        SELECT j.id, j.name, j.pool, fr.scheduled_for, why_run, attempt_, h.name,
+        SELECT j.id, m.job, j.pool, fr.scheduled_for, why_run, attempt_, h.name,
                now(), now() + least(j.ttl, interval '100 years'), fr.id, inputs
           FROM sisy.hosts h
          WHERE j.pool = ANY (h.pools) AND h.lease_until > now() AND NOT h.draining
@@ -164,7 +166,7 @@ BEGIN
         IF inserted = 0 THEN
             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
                                    state, finished_at, error, flow_run_id, inputs)
-            VALUES (j.id, j.name, j.pool, fr.scheduled_for, 'flow', attempt_, now(), now(), 'expired', now(),
+            VALUES (j.id, m.job, j.pool, fr.scheduled_for, 'flow', attempt_, now(), now(), 'expired', now(),
                     format('no live, undrained host of pool %s when its flow run reached it', quote_literal(j.pool)),
                     fr.id, inputs);
             RETURN true;
@@ -173,7 +175,7 @@ BEGIN
     END IF;
     INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
                            flow_run_id, inputs)
-    VALUES (j.id, j.name, j.pool, fr.scheduled_for, why_run, attempt_, now(),
+    VALUES (j.id, m.job, j.pool, fr.scheduled_for, why_run, attempt_, now(),
             now() + least(j.ttl, interval '100 years'), fr.id, inputs);
     RETURN false;
 END $$;

@@ -64,6 +64,18 @@ pub async fn member(client: &Client, fr: i64, job: &str) -> (String, String) {
         .unwrap_or(("none".into(), String::new()))
 }
 
+/// How many runs `job` has in flow run `fr`.
+pub async fn runs_of(client: &Client, fr: i64, job: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM sisy.runs WHERE flow_run_id = $1 AND job_name = $2",
+            &[&fr, &job],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The state of flow run `fr`.
 pub async fn flow_state(client: &Client, fr: i64) -> String {
     client
