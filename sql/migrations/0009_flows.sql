@@ -203,6 +203,15 @@ BEGIN
         RAISE EXCEPTION 'sisy.dependencies.upstream: no job named ''%'': create the job first', NEW.upstream
             USING ERRCODE = 'foreign_key_violation';
     END IF;
+    -- A condition is evaluated with no variables: one that names one (`$x`) could never be.
+    IF NEW.condition IS NOT NULL THEN
+        BEGIN
+            PERFORM jsonb_path_match('{}', NEW.condition, '{}', true);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'sisy.dependencies.condition: % cannot be evaluated: %: write a predicate over the upstream''s result, e.g. ''$.rows > 0''',
+                quote_literal(NEW.condition::text), SQLERRM USING ERRCODE = 'check_violation';
+        END;
+    END IF;
     IF j.schedule IS NOT NULL THEN
         RAISE EXCEPTION 'sisy.dependencies: job ''%'' has a schedule (''%''), and a job that runs after another runs when its flow reaches it: set its schedule to NULL first, or schedule the flow''s root',
             NEW.job, j.schedule USING ERRCODE = 'check_violation';
@@ -250,5 +259,5 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE TRIGGER dependencies_validate BEFORE INSERT OR UPDATE OF job, upstream ON sisy.dependencies
+CREATE TRIGGER dependencies_validate BEFORE INSERT OR UPDATE OF job, upstream, condition ON sisy.dependencies
     FOR EACH ROW EXECUTE FUNCTION sisy.dependencies_validate();

@@ -82,6 +82,8 @@ DECLARE
     ok int := 0;
     failed text[] := '{}';
     skipped text[] := '{}';
+    matched boolean;
+    notes text := '';
     verdict text;
     why text;
     attempt_ int;
@@ -96,9 +98,20 @@ BEGIN
         res := sisy.flow_member_result(fr.id, e.upstream, e.first_attempt);
         inputs := inputs || jsonb_build_object(e.upstream, res);
         outcome := e.outcome;
-        IF outcome = 'success' AND e.condition IS NOT NULL
-           AND NOT coalesce(jsonb_path_match(res, e.condition, '{}', true), false) THEN
-            outcome := 'skipped';
+        IF outcome = 'success' AND e.condition IS NOT NULL THEN
+            -- Silent mode does not cover everything (a `$variable`, a datetime compared
+            -- without a zone): an error here would fail the upstream's finishing write, so it
+            -- counts as a false condition, and the member's error says why.
+            BEGIN
+                matched := jsonb_path_match(res, e.condition, '{}', true);
+            EXCEPTION WHEN OTHERS THEN
+                matched := NULL;
+                notes := notes || format('; the condition %s on %s could not be evaluated: %s',
+                                         quote_literal(e.condition::text), quote_literal(e.upstream), SQLERRM);
+            END;
+            IF NOT coalesce(matched, false) THEN
+                outcome := 'skipped';
+            END IF;
         END IF;
         n := n + 1;
         IF outcome = 'success' THEN ok := ok + 1;
@@ -126,7 +139,7 @@ BEGIN
                     THEN 'no upstream failed (trigger_rule one_failed): nothing to fall back for'
                     ELSE format('upstream %s skipped or its condition false (trigger_rule %s)',
                                 array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(skipped) x), ', '),
-                                m.trigger_rule) END;
+                                m.trigger_rule) END || notes;
     END IF;
 
     -- A new decision's runs start after every attempt this occurrence of the job has had

@@ -52,7 +52,10 @@ async fn a_condition_that_cannot_be_evaluated_never_fails_the_upstream_s_finish(
         "INSERT INTO sisy.dependencies VALUES ('b', 'a', '$x > 0')",
     )
     .await;
-    assert!(e.contains("condition") && e.contains("$x"), "{e}");
+    assert!(
+        e.contains("condition") && e.contains("variable \"x\""),
+        "{e}"
+    );
     exec(
         &client,
         "INSERT INTO sisy.dependencies VALUES ('b', 'a', NULL)",
@@ -77,7 +80,7 @@ async fn a_condition_that_cannot_be_evaluated_never_fails_the_upstream_s_finish(
     let (state, error) = member(&client, fr, "b").await;
     assert_eq!(state, "skipped", "{error}");
     assert!(
-        error.contains("condition") && error.contains("$x"),
+        error.contains("condition") && error.contains("variable \"x\""),
         "{error}"
     );
     assert_eq!(flow_state(&client, fr).await, "succeeded");
