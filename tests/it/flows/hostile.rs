@@ -271,7 +271,8 @@ async fn editing_the_graph_mid_run_changes_later_flow_runs_only() {
     let (_db, client) = migrated_db().await;
     exec(
         &client,
-        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true'), ('c', 'true'), ('d', 'true');
+        "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('a', 'true', 'allow');
+         INSERT INTO sisy.jobs (name, command) VALUES ('b', 'true'), ('c', 'true'), ('d', 'true');
          INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('c', 'b');",
     )
     .await;
