@@ -499,8 +499,13 @@ BEGIN
      WHERE id = fr.id
     RETURNING * INTO fr;
 
+    -- Members kept whose end came after the flow run stopped (a run that still succeeded
+    -- after a cancel) have no outcome recorded: record it now, and decide what follows.
+    PERFORM sisy.flow_advance(fr, ARRAY(
+        SELECT job FROM sisy.flow_run_members m2
+         WHERE m2.flow_run_id = fr.id AND m2.decided AND m2.outcome IS NULL ORDER BY job));
     FOR m IN SELECT * FROM sisy.flow_run_members m2
-              WHERE m2.flow_run_id = fr.id AND m2.job = ANY (chosen)
+              WHERE m2.flow_run_id = fr.id AND m2.job = ANY (chosen) AND NOT m2.decided
                 AND NOT EXISTS (
                     SELECT 1 FROM sisy.flow_run_edges fe
                       JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
