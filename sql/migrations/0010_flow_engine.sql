@@ -263,13 +263,14 @@ END $$;
 -- one, or sisy.trigger of the root) opens the flow run of that occurrence, snapshotting the
 -- graph; the other runs of the same occurrence (the other hosts of a `target = 'all'` root)
 -- join it. With overlap = 'forbid' on the root, a flow run opened while an earlier one of
--- the root still runs is recorded `skipped`, and so is its root's run.
+-- the root still runs is recorded `skipped`, and so are its root's runs (every host's).
 CREATE FUNCTION sisy.runs_open_flow() RETURNS trigger LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j sisy.jobs;
     fr_id bigint;
     earlier bigint;
+    fr_state text;
     why text;
 BEGIN
     IF NEW.flow_run_id IS NOT NULL OR NEW.reason NOT IN ('schedule', 'manual') OR NEW.job_id IS NULL
@@ -284,9 +285,16 @@ BEGIN
     ON CONFLICT (root_job, scheduled_for) DO NOTHING
     RETURNING id INTO fr_id;
     IF fr_id IS NULL THEN
-        SELECT id INTO fr_id FROM sisy.flow_runs
+        SELECT id, state, error INTO fr_id, fr_state, why FROM sisy.flow_runs
          WHERE root_job = NEW.job_name AND scheduled_for = NEW.scheduled_for;
         NEW.flow_run_id := fr_id;
+        -- Another host's run of a flow run already ended (skipped by overlap, cancelled):
+        -- it does not run either.
+        IF fr_state <> 'running' AND NEW.state = 'pending' THEN
+            NEW.state := CASE WHEN fr_state = 'skipped' THEN 'skipped' ELSE 'cancelled' END;
+            NEW.finished_at := now();
+            NEW.error := coalesce(why, format('its flow run %s had already ended (%s)', fr_id, fr_state));
+        END IF;
         RETURN NEW;
     END IF;
     NEW.flow_run_id := fr_id;
