@@ -261,3 +261,32 @@ END $$;
 
 CREATE TRIGGER dependencies_validate BEFORE INSERT OR UPDATE OF job, upstream, condition ON sisy.dependencies
     FOR EACH ROW EXECUTE FUNCTION sisy.dependencies_validate();
+
+-- Removing an edge, or moving it with an UPDATE, can split a flow: R -> a -> c, R -> b -> c
+-- without a's edge from R makes a a second root of c. After the change (an AFTER trigger
+-- sees it), every job downstream of the edge's job must still have one root.
+CREATE FUNCTION sisy.dependencies_one_root() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('sisy.dependencies'));
+    WITH RECURSIVE down (job) AS (
+        SELECT OLD.job
+        UNION
+        SELECT d.job FROM sisy.dependencies d JOIN down ON d.upstream = down.job
+    )
+    SELECT down.job, r.roots INTO bad
+      FROM down, LATERAL (SELECT sisy.roots_of(down.job, NULL, NULL) AS roots) r
+     WHERE cardinality(r.roots) > 1
+     ORDER BY down.job LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'sisy.dependencies: % the edge % -> % would leave job ''%'' in two flows (roots %): a job belongs to one flow; change the edges of ''%'' first, or keep a common root',
+            CASE WHEN TG_OP = 'DELETE' THEN 'removing' ELSE 'moving' END, OLD.upstream, OLD.job,
+            bad.job, array_to_string(bad.roots, ', '), bad.job USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER dependencies_one_root AFTER DELETE OR UPDATE OF job, upstream ON sisy.dependencies
+    FOR EACH ROW EXECUTE FUNCTION sisy.dependencies_one_root();

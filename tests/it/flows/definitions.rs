@@ -282,3 +282,49 @@ async fn validating_an_edge_above_a_graph_with_millions_of_paths_stays_fast() {
         began.elapsed()
     );
 }
+
+/// Removing or moving an edge must not leave a job in two flows: R -> a -> c, R -> b -> c;
+/// dropping a's edge from R would make a a second root of c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_or_moving_an_edge_cannot_give_a_job_two_roots() {
+    let (_db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('r', 'true'), ('a', 'true'), ('b', 'true'),
+                                                      ('c', 'true'), ('s', 'true'), ('t', 'true');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('a', 'r'), ('b', 'r'), ('c', 'a'), ('c', 'b'), ('t', 's');",
+    )
+    .await;
+    let e = refused(
+        &client,
+        "DELETE FROM sisy.dependencies WHERE job = 'a' AND upstream = 'r'",
+    )
+    .await;
+    assert!(
+        e.contains("'c'") && e.contains("two flows") && e.contains("a, r"),
+        "{e}"
+    );
+    let e = refused(
+        &client,
+        "UPDATE sisy.dependencies SET upstream = 's' WHERE job = 'a' AND upstream = 'r'",
+    )
+    .await;
+    assert!(e.contains("'c'") && e.contains("two flows"), "{e}");
+    // Allowed: removing c's edge first, then a's; a leaf's edge; deleting a leaf job.
+    exec(
+        &client,
+        "DELETE FROM sisy.dependencies WHERE job = 'c' AND upstream = 'a'",
+    )
+    .await;
+    exec(
+        &client,
+        "DELETE FROM sisy.dependencies WHERE job = 'a' AND upstream = 'r'",
+    )
+    .await;
+    exec(&client, "DELETE FROM sisy.jobs WHERE name = 't'").await;
+    exec(
+        &client,
+        "UPDATE sisy.dependencies SET upstream = 'r' WHERE job = 'c'",
+    )
+    .await;
+}
