@@ -314,10 +314,15 @@ BEGIN
       FROM sisy.dependencies d
       JOIN sisy.flow_run_members m ON m.flow_run_id = fr_id AND m.job = d.job;
 
+    -- Still running means a run of it may still run: a flow run opened by a root's run
+    -- recorded final at once (missed occurrences) is moved on only when its statement ends,
+    -- and the scheduler inserts the next occurrence in that same statement.
     IF j.overlap = 'forbid' THEN
-        SELECT id INTO earlier FROM sisy.flow_runs
-         WHERE root_job = NEW.job_name AND state = 'running' AND id <> fr_id
-         ORDER BY id LIMIT 1;
+        SELECT f.id INTO earlier FROM sisy.flow_runs f
+         WHERE f.root_job = NEW.job_name AND f.state = 'running' AND f.id <> fr_id
+           AND EXISTS (SELECT 1 FROM sisy.runs r WHERE r.flow_run_id = f.id
+                          AND r.state IN ('pending', 'running'))
+         ORDER BY f.id LIMIT 1;
         IF earlier IS NOT NULL THEN
             why := format('flow run %s of %s was still running (overlap = forbid)', earlier, quote_literal(NEW.job_name));
             UPDATE sisy.flow_runs SET state = 'skipped', finished_at = now(), error = why WHERE id = fr_id;

@@ -9,6 +9,7 @@ mod definitions;
 mod guardians;
 mod hostile;
 mod rules;
+mod schedule;
 
 use tokio_postgres::Client;
 
