@@ -174,6 +174,10 @@ DECLARE
     old_job text;
     old_up text;
     cycle text[];
+    seen text[];
+    frontier text[];
+    parent jsonb := '{}';
+    step jsonb;
     up_roots text[];
     job_roots text[];
     other text;
@@ -182,6 +186,10 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         old_job := OLD.job;
         old_up := OLD.upstream;
+    END IF;
+    IF NEW.job IS NULL OR NEW.upstream IS NULL THEN
+        RAISE EXCEPTION 'sisy.dependencies.%: must not be NULL: name a job', CASE WHEN NEW.job IS NULL THEN 'job' ELSE 'upstream' END
+            USING ERRCODE = 'not_null_violation';
     END IF;
     IF NEW.job = NEW.upstream THEN
         RAISE EXCEPTION 'sisy.dependencies: job ''%'' cannot run after itself: remove this edge', NEW.job
@@ -196,20 +204,40 @@ BEGIN
         RAISE EXCEPTION 'sisy.dependencies.upstream: no job named ''%'': create the job first', NEW.upstream
             USING ERRCODE = 'foreign_key_violation';
     END IF;
+    -- A condition is evaluated with no variables: one that names one (`$x`) could never be.
+    IF NEW.condition IS NOT NULL THEN
+        BEGIN
+            PERFORM jsonb_path_match('{}', NEW.condition, '{}', true);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'sisy.dependencies.condition: % cannot be evaluated: %: write a predicate over the upstream''s result, e.g. ''$.rows > 0''',
+                quote_literal(NEW.condition::text), SQLERRM USING ERRCODE = 'check_violation';
+        END;
+    END IF;
     IF j.schedule IS NOT NULL THEN
         RAISE EXCEPTION 'sisy.dependencies: job ''%'' has a schedule (''%''), and a job that runs after another runs when its flow reaches it: set its schedule to NULL first, or schedule the flow''s root',
             NEW.job, j.schedule USING ERRCODE = 'check_violation';
     END IF;
-    -- A cycle: the upstream is already reachable downstream of the job.
-    WITH RECURSIVE down (job, path) AS (
-        SELECT NEW.job, ARRAY[NEW.job]
-        UNION ALL
-        SELECT d.job, down.path || d.job
-          FROM sisy.dependencies d JOIN down ON d.upstream = down.job
-         WHERE d.job <> ALL (down.path)
-           AND NOT (d.job IS NOT DISTINCT FROM old_job AND d.upstream IS NOT DISTINCT FROM old_up)
-    )
-    SELECT path INTO cycle FROM down WHERE job = NEW.upstream LIMIT 1;
+    -- A cycle: the upstream is already reachable downstream of the job. Breadth first, each
+    -- job visited once (a walk over paths would take 2^24 steps under a ladder of 24
+    -- layers); `parent` remembers how each job was reached, to show the cycle as one path.
+    seen := ARRAY[NEW.job];
+    frontier := ARRAY[NEW.job];
+    WHILE cardinality(frontier) > 0 AND NOT (NEW.upstream = ANY (seen)) LOOP
+        SELECT coalesce(array_agg(n.job), '{}'), coalesce(jsonb_object_agg(n.job, n.upstream), '{}')
+          INTO frontier, step
+          FROM (SELECT DISTINCT ON (d.job) d.job, d.upstream FROM sisy.dependencies d
+                 WHERE d.upstream = ANY (frontier) AND d.job <> ALL (seen)
+                   AND NOT (d.job IS NOT DISTINCT FROM old_job AND d.upstream IS NOT DISTINCT FROM old_up)
+                 ORDER BY d.job, d.upstream) n;
+        seen := seen || frontier;
+        parent := parent || step;
+    END LOOP;
+    IF NEW.upstream = ANY (seen) THEN
+        cycle := ARRAY[NEW.upstream];
+        WHILE cycle[1] <> NEW.job LOOP
+            cycle := (parent ->> cycle[1]) || cycle;
+        END LOOP;
+    END IF;
     IF cycle IS NOT NULL THEN
         RAISE EXCEPTION 'sisy.dependencies: this edge would make a cycle: % -> %: remove one of its edges',
             NEW.upstream, array_to_string(cycle, ' -> ') USING ERRCODE = 'check_violation';
@@ -233,5 +261,34 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE TRIGGER dependencies_validate BEFORE INSERT OR UPDATE OF job, upstream ON sisy.dependencies
+CREATE TRIGGER dependencies_validate BEFORE INSERT OR UPDATE OF job, upstream, condition ON sisy.dependencies
     FOR EACH ROW EXECUTE FUNCTION sisy.dependencies_validate();
+
+-- Removing an edge, or moving it with an UPDATE, can split a flow: R -> a -> c, R -> b -> c
+-- without a's edge from R makes a a second root of c. After the change (an AFTER trigger
+-- sees it), every job downstream of the edge's job must still have one root.
+CREATE FUNCTION sisy.dependencies_one_root() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('sisy.dependencies'));
+    WITH RECURSIVE down (job) AS (
+        SELECT OLD.job
+        UNION
+        SELECT d.job FROM sisy.dependencies d JOIN down ON d.upstream = down.job
+    )
+    SELECT down.job, r.roots INTO bad
+      FROM down, LATERAL (SELECT sisy.roots_of(down.job, NULL, NULL) AS roots) r
+     WHERE cardinality(r.roots) > 1
+     ORDER BY down.job LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'sisy.dependencies: % the edge % -> % would leave job ''%'' in two flows (roots %): a job belongs to one flow; change the edges of ''%'' first, or keep a common root',
+            CASE WHEN TG_OP = 'DELETE' THEN 'removing' ELSE 'moving' END, OLD.upstream, OLD.job,
+            bad.job, array_to_string(bad.roots, ', '), bad.job USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER dependencies_one_root AFTER DELETE OR UPDATE OF job, upstream ON sisy.dependencies
+    FOR EACH ROW EXECUTE FUNCTION sisy.dependencies_one_root();

@@ -82,6 +82,8 @@ DECLARE
     ok int := 0;
     failed text[] := '{}';
     skipped text[] := '{}';
+    matched boolean;
+    notes text := '';
     verdict text;
     why text;
     attempt_ int;
@@ -96,9 +98,20 @@ BEGIN
         res := sisy.flow_member_result(fr.id, e.upstream, e.first_attempt);
         inputs := inputs || jsonb_build_object(e.upstream, res);
         outcome := e.outcome;
-        IF outcome = 'success' AND e.condition IS NOT NULL
-           AND NOT coalesce(jsonb_path_match(res, e.condition, '{}', true), false) THEN
-            outcome := 'skipped';
+        IF outcome = 'success' AND e.condition IS NOT NULL THEN
+            -- Silent mode does not cover everything (a `$variable`, a datetime compared
+            -- without a zone): an error here would fail the upstream's finishing write, so it
+            -- counts as a false condition, and the member's error says why.
+            BEGIN
+                matched := jsonb_path_match(res, e.condition, '{}', true);
+            EXCEPTION WHEN OTHERS THEN
+                matched := NULL;
+                notes := notes || format('; the condition %s on %s could not be evaluated: %s',
+                                         quote_literal(e.condition::text), quote_literal(e.upstream), SQLERRM);
+            END;
+            IF NOT coalesce(matched, false) THEN
+                outcome := 'skipped';
+            END IF;
         END IF;
         n := n + 1;
         IF outcome = 'success' THEN ok := ok + 1;
@@ -126,7 +139,7 @@ BEGIN
                     THEN 'no upstream failed (trigger_rule one_failed): nothing to fall back for'
                     ELSE format('upstream %s skipped or its condition false (trigger_rule %s)',
                                 array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(skipped) x), ', '),
-                                m.trigger_rule) END;
+                                m.trigger_rule) END || notes;
     END IF;
 
     -- A new decision's runs start after every attempt this occurrence of the job has had
@@ -136,6 +149,8 @@ BEGIN
     UPDATE sisy.flow_run_members SET decided = true, first_attempt = attempt_, outcome = NULL
      WHERE flow_run_id = fr.id AND job = m.job;
 
+    -- By id: a job renamed since the flow run opened still runs. Its runs keep the name the
+    -- flow run knows it by (outcomes, retries and views find a member's runs by that name).
     SELECT * INTO j FROM sisy.jobs WHERE id = m.job_id;
     IF verdict = 'run' AND NOT FOUND THEN
         verdict := 'cancelled';
@@ -155,7 +170,7 @@ BEGIN
     IF j.target = 'all' THEN
         INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, target_host,
                                due_at, deadline, flow_run_id, inputs)
-        SELECT j.id, j.name, j.pool, fr.scheduled_for, why_run, attempt_, h.name,
+        SELECT j.id, m.job, j.pool, fr.scheduled_for, why_run, attempt_, h.name,
                now(), now() + least(j.ttl, interval '100 years'), fr.id, inputs
           FROM sisy.hosts h
          WHERE j.pool = ANY (h.pools) AND h.lease_until > now() AND NOT h.draining
@@ -164,7 +179,7 @@ BEGIN
         IF inserted = 0 THEN
             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
                                    state, finished_at, error, flow_run_id, inputs)
-            VALUES (j.id, j.name, j.pool, fr.scheduled_for, 'flow', attempt_, now(), now(), 'expired', now(),
+            VALUES (j.id, m.job, j.pool, fr.scheduled_for, 'flow', attempt_, now(), now(), 'expired', now(),
                     format('no live, undrained host of pool %s when its flow run reached it', quote_literal(j.pool)),
                     fr.id, inputs);
             RETURN true;
@@ -173,7 +188,7 @@ BEGIN
     END IF;
     INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
                            flow_run_id, inputs)
-    VALUES (j.id, j.name, j.pool, fr.scheduled_for, why_run, attempt_, now(),
+    VALUES (j.id, m.job, j.pool, fr.scheduled_for, why_run, attempt_, now(),
             now() + least(j.ttl, interval '100 years'), fr.id, inputs);
     RETURN false;
 END $$;
@@ -248,13 +263,14 @@ END $$;
 -- one, or sisy.trigger of the root) opens the flow run of that occurrence, snapshotting the
 -- graph; the other runs of the same occurrence (the other hosts of a `target = 'all'` root)
 -- join it. With overlap = 'forbid' on the root, a flow run opened while an earlier one of
--- the root still runs is recorded `skipped`, and so is its root's run.
+-- the root still runs is recorded `skipped`, and so are its root's runs (every host's).
 CREATE FUNCTION sisy.runs_open_flow() RETURNS trigger LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j sisy.jobs;
     fr_id bigint;
     earlier bigint;
+    fr_state text;
     why text;
 BEGIN
     IF NEW.flow_run_id IS NOT NULL OR NEW.reason NOT IN ('schedule', 'manual') OR NEW.job_id IS NULL
@@ -269,15 +285,15 @@ BEGIN
     ON CONFLICT (root_job, scheduled_for) DO NOTHING
     RETURNING id INTO fr_id;
     IF fr_id IS NULL THEN
-        -- Another run of this occurrence opened it (another host of a `target = 'all'`
-        -- root): this one joins it, and is skipped with it when overlap skipped it.
-        SELECT id, state INTO fr_id, why FROM sisy.flow_runs
+        SELECT id, state, error INTO fr_id, fr_state, why FROM sisy.flow_runs
          WHERE root_job = NEW.job_name AND scheduled_for = NEW.scheduled_for;
         NEW.flow_run_id := fr_id;
-        IF NEW.state = 'pending' AND why = 'skipped' THEN
-            NEW.state := 'skipped';
+        -- Another host's run of a flow run already ended (skipped by overlap, cancelled):
+        -- it does not run either.
+        IF fr_state <> 'running' AND NEW.state = 'pending' THEN
+            NEW.state := CASE WHEN fr_state = 'skipped' THEN 'skipped' ELSE 'cancelled' END;
             NEW.finished_at := now();
-            NEW.error := (SELECT error FROM sisy.flow_runs WHERE id = fr_id);
+            NEW.error := coalesce(why, format('its flow run %s had already ended (%s)', fr_id, fr_state));
         END IF;
         RETURN NEW;
     END IF;
@@ -298,10 +314,15 @@ BEGIN
       FROM sisy.dependencies d
       JOIN sisy.flow_run_members m ON m.flow_run_id = fr_id AND m.job = d.job;
 
+    -- Still running means a run of it may still run: a flow run opened by a root's run
+    -- recorded final at once (missed occurrences) is moved on only when its statement ends,
+    -- and the scheduler inserts the next occurrence in that same statement.
     IF j.overlap = 'forbid' THEN
-        SELECT id INTO earlier FROM sisy.flow_runs
-         WHERE root_job = NEW.job_name AND state = 'running' AND id <> fr_id
-         ORDER BY id LIMIT 1;
+        SELECT f.id INTO earlier FROM sisy.flow_runs f
+         WHERE f.root_job = NEW.job_name AND f.state = 'running' AND f.id <> fr_id
+           AND EXISTS (SELECT 1 FROM sisy.runs r WHERE r.flow_run_id = f.id
+                          AND r.state IN ('pending', 'running'))
+         ORDER BY f.id LIMIT 1;
         IF earlier IS NOT NULL THEN
             why := format('flow run %s of %s was still running (overlap = forbid)', earlier, quote_literal(NEW.job_name));
             UPDATE sisy.flow_runs SET state = 'skipped', finished_at = now(), error = why WHERE id = fr_id;
@@ -504,8 +525,13 @@ BEGIN
      WHERE id = fr.id
     RETURNING * INTO fr;
 
+    -- Members kept whose end came after the flow run stopped (a run that still succeeded
+    -- after a cancel) have no outcome recorded: record it now, and decide what follows.
+    PERFORM sisy.flow_advance(fr, ARRAY(
+        SELECT job FROM sisy.flow_run_members m2
+         WHERE m2.flow_run_id = fr.id AND m2.decided AND m2.outcome IS NULL ORDER BY job));
     FOR m IN SELECT * FROM sisy.flow_run_members m2
-              WHERE m2.flow_run_id = fr.id AND m2.job = ANY (chosen)
+              WHERE m2.flow_run_id = fr.id AND m2.job = ANY (chosen) AND NOT m2.decided
                 AND NOT EXISTS (
                     SELECT 1 FROM sisy.flow_run_edges fe
                       JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream

@@ -12,6 +12,7 @@ mod core;
 mod events;
 mod faults;
 mod flows_readme;
+mod flows;
 mod housekeeping;
 mod import;
 mod kill;

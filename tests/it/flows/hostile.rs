@@ -1,0 +1,302 @@
+//! Careless and hostile uses of flows, decided by the database with run states driven by
+//! SQL: a member renamed while its flow run runs, conditions that cannot be evaluated or are
+//! not predicates, results that are arrays or strings, `sisy.retry` of a member's run, a
+//! chain of 200 members, housekeeping during a flow run, the graph edited mid-run.
+
+use std::time::{Duration, Instant};
+
+use super::{drive, exec, flow_state, member, message, open, refused, runs_of};
+use crate::util::migrated_db;
+
+/// A member renamed while its flow run runs: the flow run still reaches it, finishes it
+/// and ends (it goes by the snapshot's name), and the next flow run uses the new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_member_while_its_flow_run_runs_does_not_hang_it() {
+    let (_db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true'), ('c', 'true');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('c', 'b');",
+    )
+    .await;
+    let fr = open(&client, "a").await;
+    exec(&client, "UPDATE sisy.jobs SET name = 'b2' WHERE name = 'b'").await;
+    drive(&client, fr, "a", "succeeded", None).await;
+    assert_eq!(
+        member(&client, fr, "b").await.0,
+        "pending",
+        "b is reached by its snapshot name"
+    );
+    drive(&client, fr, "b", "succeeded", None).await;
+    drive(&client, fr, "c", "succeeded", None).await;
+    assert_eq!(flow_state(&client, fr).await, "succeeded");
+    let fr2 = open(&client, "a").await;
+    drive(&client, fr2, "a", "succeeded", None).await;
+    assert_eq!(member(&client, fr2, "b2").await.0, "pending");
+}
+
+/// A condition naming a jsonpath variable (`$x`) cannot be evaluated: it is refused when
+/// the edge is written, and one already there (written before this check, or by a role that
+/// bypasses it) never makes the upstream's finishing write fail: the edge counts as skipped,
+/// with the reason in the member's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_condition_that_cannot_be_evaluated_never_fails_the_upstream_s_finish() {
+    let (_db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true');",
+    )
+    .await;
+    let e = refused(
+        &client,
+        "INSERT INTO sisy.dependencies VALUES ('b', 'a', '$x > 0')",
+    )
+    .await;
+    assert!(
+        e.contains("condition") && e.contains("variable \"x\""),
+        "{e}"
+    );
+    exec(
+        &client,
+        "INSERT INTO sisy.dependencies VALUES ('b', 'a', NULL)",
+    )
+    .await;
+    let e = refused(
+        &client,
+        "UPDATE sisy.dependencies SET condition = '$x > 0' WHERE job = 'b'",
+    )
+    .await;
+    assert!(e.contains("condition"), "{e}");
+    // One that got in anyway (triggers off, as a restore does).
+    exec(
+        &client,
+        "ALTER TABLE sisy.dependencies DISABLE TRIGGER USER;
+         UPDATE sisy.dependencies SET condition = '$x > 0' WHERE job = 'b';
+         ALTER TABLE sisy.dependencies ENABLE TRIGGER USER;",
+    )
+    .await;
+    let fr = open(&client, "a").await;
+    drive(&client, fr, "a", "succeeded", Some("{\"rows\": 3}")).await;
+    let (state, error) = member(&client, fr, "b").await;
+    assert_eq!(state, "skipped", "{error}");
+    assert!(
+        error.contains("condition") && error.contains("variable \"x\""),
+        "{error}"
+    );
+    assert_eq!(flow_state(&client, fr).await, "succeeded");
+}
+
+/// Conditions over results of every shape: a path that is not a predicate, a result that is
+/// an array, a string, a number, JSON null, a timestamp compared without a zone. No error,
+/// ever; the edge counts as skipped unless the predicate is true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_over_results_of_every_shape_never_fail_and_skip_unless_true() {
+    let (_db, client) = migrated_db().await;
+    let cases = [
+        ("$.rows", "{\"rows\": 3}", "skipped"),
+        ("$.ok", "{\"ok\": true}", "pending"),
+        ("$.rows > 0", "[1, 2, 3]", "skipped"),
+        ("$[*] > 2", "[1, 2, 3]", "pending"),
+        ("$.rows > 0", "\"just text\"", "skipped"),
+        ("$ == \"just text\"", "\"just text\"", "pending"),
+        ("$ > 2", "7", "pending"),
+        ("$.rows > 0", "null", "skipped"),
+        ("$.rows / 0 > 1", "{\"rows\": 3}", "skipped"),
+        (
+            "$.at.datetime() < \"2030-01-01\".datetime()",
+            "{\"at\": \"2026-01-01T00:00:00+01:00\"}",
+            "skipped",
+        ),
+        (
+            "$.rows like_regex \"^[0-9]+$\"",
+            "{\"rows\": \"12\"}",
+            "pending",
+        ),
+    ];
+    for (i, (condition, _, _)) in cases.iter().enumerate() {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO sisy.jobs (name, command) VALUES ('r{i}', 'true'), ('m{i}', 'true');"
+            ))
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO sisy.dependencies VALUES ($1, $2, $3::text::jsonpath)",
+                &[&format!("m{i}"), &format!("r{i}"), condition],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{condition}: {}", message(&e)));
+    }
+    for (i, (condition, result, want)) in cases.iter().enumerate() {
+        let fr = open(&client, &format!("r{i}")).await;
+        drive(&client, fr, &format!("r{i}"), "succeeded", Some(result)).await;
+        let (state, error) = member(&client, fr, &format!("m{i}")).await;
+        assert_eq!(&state, want, "{condition} over {result}: {error}");
+    }
+}
+
+/// `sisy.retry` of a member's run is refused with the way to run it again in its flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sisy_retry_of_a_member_s_run_points_to_rerun_flow() {
+    let (_db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a');",
+    )
+    .await;
+    let fr = open(&client, "a").await;
+    drive(&client, fr, "a", "succeeded", None).await;
+    drive(&client, fr, "b", "failed", None).await;
+    let id: i64 = client
+        .query_one("SELECT id FROM sisy.runs WHERE job_name = 'b'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let e = refused(&client, &format!("SELECT sisy.retry({id})")).await;
+    assert!(
+        e.contains(&format!("sisy.rerun_flow({fr}, 'b')")) && e.contains("sisy.trigger('b')"),
+        "{e}"
+    );
+    assert_eq!(runs_of(&client, fr, "b").await, 1);
+    // Outside the flow, the job still runs alone.
+    let alone = crate::util::trigger(&client, "b").await;
+    let flow: Option<i64> = client
+        .query_one("SELECT flow_run_id FROM sisy.runs WHERE id = $1", &[&alone])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(flow, None);
+}
+
+/// A chain of 200 members: each decision is quick (it follows the edges of the member
+/// decided), and a failure at the top records upstream_failed all the way down in one
+/// transaction, without recursion in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_200_members_decides_fast_and_cascades_upstream_failed_to_the_bottom() {
+    let (_db, client) = migrated_db().await;
+    let n = 200;
+    let mut sql = "INSERT INTO sisy.jobs (name, command) SELECT 'c' || i, 'true' FROM generate_series(0, 199) i;".to_string();
+    sql += "INSERT INTO sisy.dependencies (job, upstream) SELECT 'c' || i, 'c' || (i - 1) FROM generate_series(1, 199) i;";
+    exec(&client, &sql).await;
+
+    // All succeed: 200 decisions, the slowest measured.
+    let fr = open(&client, "c0").await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..n {
+        let began = Instant::now();
+        drive(&client, fr, &format!("c{i}"), "succeeded", None).await;
+        slowest = slowest.max(began.elapsed());
+    }
+    eprintln!("chain of {n}: slowest finish-and-decide {slowest:?}");
+    assert_eq!(flow_state(&client, fr).await, "succeeded");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+
+    // The top fails: 199 upstream_failed in the finishing transaction.
+    let fr = open(&client, "c0").await;
+    let began = Instant::now();
+    drive(&client, fr, "c0", "failed", None).await;
+    eprintln!(
+        "cascade of {} upstream_failed: {:?}",
+        n - 1,
+        began.elapsed()
+    );
+    let cascaded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sisy.runs WHERE flow_run_id = $1 AND state = 'upstream_failed'",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cascaded, n - 1);
+    let (_, error) = member(&client, fr, "c199").await;
+    assert!(error.contains("'c198'"), "{error}");
+    assert_eq!(flow_state(&client, fr).await, "failed");
+}
+
+/// Housekeeping never deletes runs of a flow run that still runs (its members' outcomes
+/// and results are read from them), however old; once the flow run ended, they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_never_prunes_runs_of_a_running_flow_run() {
+    let (db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true'), ('c', 'true');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('c', 'b');",
+    )
+    .await;
+    let fr = open(&client, "a").await;
+    drive(&client, fr, "a", "succeeded", Some("{\"rows\": 1}")).await;
+    // Finished long ago, as far as the retention can tell.
+    exec(
+        &client,
+        &format!("UPDATE sisy.runs SET finished_at = now() - interval '400 days' WHERE flow_run_id = {fr}"),
+    )
+    .await;
+    let pool = sisyphus::db::pool(&db.url, 2).unwrap();
+    let retention = Duration::from_secs(30 * 86_400);
+    sisyphus::service::reaper::prune(&pool, retention)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs_of(&client, fr, "a").await,
+        1,
+        "a run of a running flow run was pruned"
+    );
+    drive(&client, fr, "b", "succeeded", None).await;
+    drive(&client, fr, "c", "succeeded", None).await;
+    assert_eq!(flow_state(&client, fr).await, "succeeded");
+    let inputs: serde_json::Value = client
+        .query_one(
+            &format!("SELECT inputs FROM sisy.runs WHERE flow_run_id = {fr} AND job_name = 'b'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inputs, serde_json::json!({"a": {"rows": 1}}));
+    // Ended: its old runs go like any.
+    sisyphus::service::reaper::prune(&pool, retention)
+        .await
+        .unwrap();
+    assert_eq!(runs_of(&client, fr, "a").await, 0);
+}
+
+/// Editing the graph while a flow run runs changes later flow runs only: the running one
+/// follows the snapshot it opened with (members, edges, rules, conditions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_graph_mid_run_changes_later_flow_runs_only() {
+    let (_db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('a', 'true', 'allow');
+         INSERT INTO sisy.jobs (name, command) VALUES ('b', 'true'), ('c', 'true'), ('d', 'true');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('c', 'b');",
+    )
+    .await;
+    let first = open(&client, "a").await;
+    exec(
+        &client,
+        "DELETE FROM sisy.dependencies WHERE job = 'c';
+         INSERT INTO sisy.dependencies (job, upstream, condition) VALUES ('c', 'a', '$.never == true'), ('d', 'b', NULL);
+         UPDATE sisy.jobs SET trigger_rule = 'one_failed' WHERE name = 'b';",
+    )
+    .await;
+    let second = open(&client, "a").await;
+    // The first: a -> b -> c, b all_success, no d.
+    drive(&client, first, "a", "succeeded", None).await;
+    assert_eq!(member(&client, first, "b").await.0, "pending");
+    assert_eq!(member(&client, first, "c").await.0, "none");
+    drive(&client, first, "b", "succeeded", None).await;
+    drive(&client, first, "c", "succeeded", None).await;
+    assert_eq!(member(&client, first, "d").await.0, "none");
+    assert_eq!(flow_state(&client, first).await, "succeeded");
+    // The second: b is a fallback now (skipped), c's condition is false, d follows b.
+    drive(&client, second, "a", "succeeded", None).await;
+    assert_eq!(member(&client, second, "b").await.0, "skipped");
+    assert_eq!(member(&client, second, "c").await.0, "skipped");
+    assert_eq!(member(&client, second, "d").await.0, "skipped");
+    assert_eq!(flow_state(&client, second).await, "succeeded");
+}
