@@ -10,7 +10,8 @@
 --   `flow_run_members` also holds each member's progress: `decided` (its run or its verdict
 --   exists), `first_attempt` (the attempt its current decision started with: runs below it
 --   belong to an earlier decision, before a rerun), `outcome` (success | failure | skipped,
---   once final, as its downstream reads it).
+--   once final, as its downstream reads it), `open_upstreams` (its upstreams without an
+--   outcome: kept under the flow run's lock, recounted by a rerun and by the safety net).
 
 ALTER TABLE sisy.jobs
     ADD COLUMN trigger_rule text NOT NULL DEFAULT 'all_success',
@@ -58,6 +59,8 @@ CREATE TABLE sisy.flow_run_members (
     continue_on_failure boolean NOT NULL,
     decided             boolean NOT NULL DEFAULT false,
     first_attempt       int NOT NULL DEFAULT 1,
+    -- How many of its upstreams have no outcome yet: it is decided when this reaches 0.
+    open_upstreams      int NOT NULL DEFAULT 0,
     outcome             text CHECK (outcome IN ('success', 'failure', 'skipped')),
     PRIMARY KEY (flow_run_id, job)
 );

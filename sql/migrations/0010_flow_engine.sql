@@ -34,20 +34,6 @@ CREATE FUNCTION sisy.flow_member_outcome(fr_id bigint, member text, since int, k
       FROM latest
 $$;
 
--- The result a member passes down: its last attempt's `result`; for a `target = 'all'`
--- member an object {host: result}.
-CREATE FUNCTION sisy.flow_member_result(fr_id bigint, member text, since int)
-    RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH latest AS (
-        SELECT DISTINCT ON (target_host) target_host, result FROM sisy.runs
-         WHERE flow_run_id = fr_id AND job_name = member AND attempt >= since
-         ORDER BY target_host, attempt DESC
-    )
-    SELECT CASE WHEN bool_and(target_host IS NULL) THEN (array_agg(result))[1]
-                ELSE jsonb_object_agg(coalesce(target_host, ''), result) END
-      FROM latest
-$$;
-
 -- Publishes a flow run's state change on sisy_events, like a run's.
 CREATE FUNCTION sisy.flow_runs_state_changed() RETURNS trigger LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -65,6 +51,23 @@ CREATE TRIGGER flow_runs_state_changed AFTER UPDATE OF state ON sisy.flow_runs
     FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION sisy.flow_runs_state_changed();
 
+-- Whether an edge's condition fails over its upstream's result: NULL when it holds, '' when
+-- it is false or the result is NULL, a note when it cannot be evaluated. Silent mode does not
+-- cover everything (a `$variable`, a datetime compared without a zone): an error here would
+-- fail the upstream's finishing write, so it counts as a false condition, and the member's
+-- error says why.
+CREATE FUNCTION sisy.flow_condition_fails(res jsonb, cond jsonpath, upstream text) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(jsonb_path_match(res, cond, '{}', true), false) THEN
+        RETURN NULL;
+    END IF;
+    RETURN '';
+EXCEPTION WHEN OTHERS THEN
+    RETURN format('; the condition %s on %s could not be evaluated: %s',
+                  quote_literal(cond::text), quote_literal(upstream), SQLERRM);
+END $$;
+
 -- Decides one member whose upstreams are all final (the caller holds the flow run's lock):
 -- applies its trigger rule to its upstreams' outcomes (an edge whose condition is false, or
 -- whose upstream has no result, counts as skipped), freezes its inputs, and inserts either
@@ -73,52 +76,42 @@ CREATE TRIGGER flow_runs_state_changed AFTER UPDATE OF state ON sisy.flow_runs
 CREATE FUNCTION sisy.flow_decide(fr sisy.flow_runs, m sisy.flow_run_members, why_run text DEFAULT 'flow')
     RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    e record;
     j sisy.jobs;
-    res jsonb;
-    outcome text;
-    inputs jsonb := '{}';
-    n int := 0;
-    ok int := 0;
-    failed text[] := '{}';
-    skipped text[] := '{}';
-    matched boolean;
-    notes text := '';
+    inputs jsonb;
+    n int;
+    ok int;
+    failed text[];
+    skipped text[];
+    notes text;
     verdict text;
     why text;
     attempt_ int;
     inserted int;
 BEGIN
-    FOR e IN SELECT fe.upstream, fe.condition, um.outcome, um.first_attempt
-               FROM sisy.flow_run_edges fe
-               JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
-              WHERE fe.flow_run_id = fr.id AND fe.job = m.job
-              ORDER BY fe.upstream
-    LOOP
-        res := sisy.flow_member_result(fr.id, e.upstream, e.first_attempt);
-        inputs := inputs || jsonb_build_object(e.upstream, res);
-        outcome := e.outcome;
-        IF outcome = 'success' AND e.condition IS NOT NULL THEN
-            -- Silent mode does not cover everything (a `$variable`, a datetime compared
-            -- without a zone): an error here would fail the upstream's finishing write, so it
-            -- counts as a false condition, and the member's error says why.
-            BEGIN
-                matched := jsonb_path_match(res, e.condition, '{}', true);
-            EXCEPTION WHEN OTHERS THEN
-                matched := NULL;
-                notes := notes || format('; the condition %s on %s could not be evaluated: %s',
-                                         quote_literal(e.condition::text), quote_literal(e.upstream), SQLERRM);
-            END;
-            IF NOT coalesce(matched, false) THEN
-                outcome := 'skipped';
-            END IF;
-        END IF;
-        n := n + 1;
-        IF outcome = 'success' THEN ok := ok + 1;
-        ELSIF outcome = 'failure' THEN failed := failed || e.upstream;
-        ELSE skipped := skipped || e.upstream;
-        END IF;
-    END LOOP;
+    -- One statement over the member's edges: each upstream's outcome (a condition that does
+    -- not hold makes it skipped) and result. The decision costs the member's edges.
+    SELECT count(*), count(*) FILTER (WHERE e.o = 'success'),
+           coalesce(array_agg(e.upstream ORDER BY e.upstream) FILTER (WHERE e.o = 'failure'), '{}'),
+           coalesce(array_agg(e.upstream ORDER BY e.upstream) FILTER (WHERE e.o = 'skipped'), '{}'),
+           coalesce(jsonb_object_agg(e.upstream, e.res), '{}'),
+           coalesce(string_agg(e.note, '' ORDER BY e.upstream), '')
+      INTO n, ok, failed, skipped, inputs, notes
+      FROM (SELECT c.upstream, c.res, c.note,
+                   CASE WHEN c.note IS NOT NULL THEN 'skipped' ELSE c.outcome END AS o
+              FROM (SELECT fe.upstream, um.outcome, r.res,
+                           CASE WHEN um.outcome = 'success' AND fe.condition IS NOT NULL
+                                THEN sisy.flow_condition_fails(r.res, fe.condition, fe.upstream) END AS note
+                      FROM sisy.flow_run_edges fe
+                      JOIN sisy.flow_run_members um
+                        ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
+                     CROSS JOIN LATERAL (
+                           SELECT CASE WHEN bool_and(l.target_host IS NULL) THEN (array_agg(l.result))[1]
+                                       ELSE jsonb_object_agg(coalesce(l.target_host, ''), l.result) END AS res
+                             FROM (SELECT DISTINCT ON (target_host) target_host, result FROM sisy.runs
+                                    WHERE flow_run_id = fr.id AND job_name = fe.upstream
+                                      AND attempt >= um.first_attempt
+                                    ORDER BY target_host, attempt DESC) l) r
+                     WHERE fe.flow_run_id = fr.id AND fe.job = m.job) c) e;
 
     IF m.job = fr.root_job THEN
         verdict := 'run';
@@ -193,6 +186,27 @@ BEGIN
     RETURN false;
 END $$;
 
+-- Recounts every member's open upstreams from the recorded outcomes (when a flow run opens,
+-- when a rerun reopens it, and in the safety net): the count flow_advance keeps is then
+-- exact whatever happened before.
+CREATE FUNCTION sisy.flow_recount(fr_id bigint) RETURNS void LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp AS $$
+    WITH open_ AS (
+        SELECT fe.job, count(*) AS n
+          FROM sisy.flow_run_edges fe
+          JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
+         WHERE fe.flow_run_id = fr_id AND um.outcome IS NULL
+         GROUP BY fe.job
+    ), counted AS (
+        SELECT m.job, coalesce(open_.n, 0) AS n
+          FROM sisy.flow_run_members m LEFT JOIN open_ ON open_.job = m.job
+         WHERE m.flow_run_id = fr_id
+    )
+    UPDATE sisy.flow_run_members m SET open_upstreams = counted.n
+      FROM counted
+     WHERE m.flow_run_id = fr_id AND m.job = counted.job AND m.open_upstreams <> counted.n;
+$$;
+
 -- Moves a flow run on from members that may have become final (the caller holds the flow
 -- run's lock and has checked it is running): records each one's outcome, decides the
 -- downstream members whose upstreams are now all final (and on from those recorded final at
@@ -216,15 +230,15 @@ BEGIN
         o := sisy.flow_member_outcome(fr.id, m.job, m.first_attempt, m.continue_on_failure);
         CONTINUE WHEN o IS NULL;
         UPDATE sisy.flow_run_members SET outcome = o WHERE flow_run_id = fr.id AND job = x;
-        FOR d IN SELECT dm.* FROM sisy.flow_run_edges fe
-                   JOIN sisy.flow_run_members dm ON dm.flow_run_id = fe.flow_run_id AND dm.job = fe.job
-                  WHERE fe.flow_run_id = fr.id AND fe.upstream = x AND NOT dm.decided
-                  ORDER BY dm.job
+        -- Its downstream members have one open upstream less; those left with none are
+        -- decided (the UPDATE runs to completion before the loop: plpgsql keeps its rows).
+        FOR d IN UPDATE sisy.flow_run_members dm SET open_upstreams = dm.open_upstreams - 1
+                   FROM sisy.flow_run_edges fe
+                  WHERE fe.flow_run_id = fr.id AND fe.upstream = x
+                    AND dm.flow_run_id = fr.id AND dm.job = fe.job
+                 RETURNING dm.*
         LOOP
-            CONTINUE WHEN EXISTS (
-                SELECT 1 FROM sisy.flow_run_edges fe
-                  JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
-                 WHERE fe.flow_run_id = fr.id AND fe.job = d.job AND um.outcome IS NULL);
+            CONTINUE WHEN d.decided OR d.open_upstreams > 0;
             IF sisy.flow_decide(fr, d) THEN
                 todo := todo || d.job;
             END IF;
@@ -313,6 +327,10 @@ BEGIN
     SELECT fr_id, d.job, d.upstream, d.condition
       FROM sisy.dependencies d
       JOIN sisy.flow_run_members m ON m.flow_run_id = fr_id AND m.job = d.job;
+    -- Nothing has an outcome yet: every edge into a member is open.
+    UPDATE sisy.flow_run_members m SET open_upstreams = c.n
+      FROM (SELECT job, count(*) AS n FROM sisy.flow_run_edges WHERE flow_run_id = fr_id GROUP BY job) c
+     WHERE m.flow_run_id = fr_id AND m.job = c.job;
 
     -- Still running means a run of it may still run: a flow run opened by a root's run
     -- recorded final at once (missed occurrences) is moved on only when its statement ends,
@@ -527,15 +545,13 @@ BEGIN
 
     -- Members kept whose end came after the flow run stopped (a run that still succeeded
     -- after a cancel) have no outcome recorded: record it now, and decide what follows.
+    PERFORM sisy.flow_recount(fr.id);
     PERFORM sisy.flow_advance(fr, ARRAY(
         SELECT job FROM sisy.flow_run_members m2
          WHERE m2.flow_run_id = fr.id AND m2.decided AND m2.outcome IS NULL ORDER BY job));
     FOR m IN SELECT * FROM sisy.flow_run_members m2
               WHERE m2.flow_run_id = fr.id AND m2.job = ANY (chosen) AND NOT m2.decided
-                AND NOT EXISTS (
-                    SELECT 1 FROM sisy.flow_run_edges fe
-                      JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
-                     WHERE fe.flow_run_id = fr.id AND fe.job = m2.job AND um.outcome IS NULL)
+                AND m2.open_upstreams = 0
               ORDER BY m2.job
     LOOP
         IF sisy.flow_decide(fr, m, CASE WHEN m.job = fr.root_job THEN 'retry' ELSE 'flow' END) THEN
@@ -561,6 +577,7 @@ BEGIN
         RETURN;
     END IF;
     UPDATE sisy.flow_runs SET checked_at = now() WHERE id = fr.id;
+    PERFORM sisy.flow_recount(fr.id);
     SELECT coalesce(array_agg(job ORDER BY job), '{}') INTO todo FROM sisy.flow_run_members
      WHERE flow_run_id = fr.id AND decided AND outcome IS NULL;
     PERFORM sisy.flow_advance(fr, todo);
@@ -568,11 +585,7 @@ BEGIN
     LOOP
         EXIT WHEN fr.state <> 'running';
         SELECT * INTO m FROM sisy.flow_run_members m2
-         WHERE m2.flow_run_id = fr.id AND NOT m2.decided
-           AND NOT EXISTS (
-               SELECT 1 FROM sisy.flow_run_edges fe
-                 JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
-                WHERE fe.flow_run_id = fr.id AND fe.job = m2.job AND um.outcome IS NULL)
+         WHERE m2.flow_run_id = fr.id AND NOT m2.decided AND m2.open_upstreams = 0
          ORDER BY m2.job LIMIT 1;
         EXIT WHEN NOT FOUND;
         IF sisy.flow_decide(fr, m) THEN
@@ -681,7 +694,9 @@ END $$;
 -- engine's inner functions are called by the triggers above and by nobody else.
 REVOKE EXECUTE ON FUNCTION sisy.cancel_flow(bigint), sisy.rerun_flow(bigint, text),
     sisy.flows_tend(interval, int), sisy.flows_due_in(interval),
-    sisy.flow_member_outcome(bigint, text, int, boolean), sisy.flow_member_result(bigint, text, int),
+    sisy.flow_member_outcome(bigint, text, int, boolean),
+    sisy.flow_condition_fails(jsonb, jsonpath, text),
     sisy.flow_decide(sisy.flow_runs, sisy.flow_run_members, text),
     sisy.flow_advance(sisy.flow_runs, text[]), sisy.flow_member_finished(bigint, text),
-    sisy.flow_stop(bigint, text, text), sisy.flow_redecide(bigint) FROM PUBLIC;
+    sisy.flow_stop(bigint, text, text), sisy.flow_redecide(bigint), sisy.flow_recount(bigint)
+    FROM PUBLIC;
