@@ -349,6 +349,9 @@ DECLARE
     delay interval;
     limit_ constant interval := interval '100 years';
     since int := 1;
+    tries int;
+    next_attempt int;
+    inserted int;
     retried boolean := false;
 BEGIN
     PERFORM pg_notify('sisy_events', json_build_object(
@@ -373,23 +376,37 @@ BEGIN
         OR (NEW.state = 'killed' AND NEW.kill_requested_at IS NULL))
        AND (NEW.flow_run_id IS NULL
             OR EXISTS (SELECT 1 FROM sisy.flow_runs WHERE id = NEW.flow_run_id AND state = 'running')) THEN
+        tries := NEW.attempt;
+        next_attempt := NEW.attempt + 1;
         IF NEW.flow_run_id IS NOT NULL THEN
+            -- In a flow run, attempts count from the member's current decision, and the next
+            -- attempt number follows every run of the occurrence: the same job may have runs
+            -- at the same logical time in another flow run (moved between two flows whose
+            -- roots share a schedule), numbered in between.
             SELECT coalesce(max(first_attempt), 1) INTO since FROM sisy.flow_run_members
              WHERE flow_run_id = NEW.flow_run_id AND job = NEW.job_name;
+            SELECT count(*) INTO tries FROM sisy.runs
+             WHERE flow_run_id = NEW.flow_run_id AND job_name = NEW.job_name AND attempt >= since
+               AND target_host IS NOT DISTINCT FROM NEW.target_host;
+            SELECT max(attempt) + 1 INTO next_attempt FROM sisy.runs
+             WHERE job_name = NEW.job_name AND scheduled_for = NEW.scheduled_for
+               AND target_host IS NOT DISTINCT FROM NEW.target_host;
         END IF;
         SELECT * INTO j FROM sisy.jobs WHERE id = NEW.job_id;
-        IF FOUND AND NEW.attempt - since + 1 <= j.max_retries THEN
+        IF FOUND AND tries <= j.max_retries THEN
             -- Doubling per attempt, at most 2^16 times and at most the limit: no count of
             -- retries and no delay can overflow the interval or the timestamps below.
             delay := least(least(j.retry_delay, limit_)
-                           * power(2, least(greatest(NEW.attempt - since, 0), 16))::int, limit_);
+                           * power(2, least(greatest(tries - 1, 0), 16))::int, limit_);
             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt,
                                    target_host, due_at, deadline, flow_run_id, inputs)
-            VALUES (NEW.job_id, NEW.job_name, j.pool, NEW.scheduled_for, 'retry', NEW.attempt + 1,
+            VALUES (NEW.job_id, NEW.job_name, j.pool, NEW.scheduled_for, 'retry', next_attempt,
                     NEW.target_host, now() + delay, now() + delay + least(j.ttl, limit_),
                     NEW.flow_run_id, NEW.inputs)
             ON CONFLICT ON CONSTRAINT runs_occurrence_key DO NOTHING;
-            retried := true;
+            -- Only a retry that exists is waited for.
+            GET DIAGNOSTICS inserted = ROW_COUNT;
+            retried := inserted > 0;
         END IF;
     END IF;
 
