@@ -603,7 +603,7 @@ DECLARE
 BEGIN
     FOR f IN SELECT id, deadline FROM sisy.flow_runs
               WHERE state = 'running' AND deadline <= now()
-              ORDER BY deadline LIMIT batch
+              ORDER BY deadline LIMIT greatest(batch, 0)
     LOOP
         IF sisy.flow_stop(f.id, 'timed_out', format('flow_timeout passed (deadline %s)', f.deadline)) THEN
             n := n + 1;
@@ -611,7 +611,7 @@ BEGIN
     END LOOP;
     FOR f IN SELECT id FROM sisy.flow_runs
               WHERE state = 'running' AND checked_at <= now() - recheck
-              ORDER BY checked_at LIMIT batch
+              ORDER BY checked_at LIMIT greatest(batch, 0)
     LOOP
         PERFORM sisy.flow_redecide(f.id);
         n := n + 1;

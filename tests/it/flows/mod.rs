@@ -10,6 +10,7 @@ mod guardians;
 mod hostile;
 mod rules;
 mod schedule;
+mod tend;
 
 use tokio_postgres::Client;
 
