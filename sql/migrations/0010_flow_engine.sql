@@ -7,9 +7,10 @@
 --   there, and the second (READ COMMITTED: its next statement sees the first's commit) finds
 --   the member already decided. Without that lock each would see the other still running
 --   and nobody would decide the member: the flow would hang.
--- * Lock order everywhere: run rows, then the flow run. A finishing run holds its row and
---   then takes the flow run; cancel and timeout lock the flow run's open runs in id order
---   first. Decisions only insert runs, never wait on existing run rows.
+-- * Lock order everywhere: run rows, then the flow run; several flow runs in id order. A
+--   statement that ended runs holds their rows and then takes their flow runs (once per
+--   statement, in id order: runs_move_flows); cancel and timeout lock the flow run's open
+--   runs in id order first. Decisions only insert runs, never wait on existing run rows.
 -- * Nothing is decided in a flow run that has ended (until sisy.rerun_flow reopens it).
 -- * Retries carry the flow run and the frozen inputs; a member's outcome reads its last
 --   attempt, so a member waits for its upstream's last attempt.
@@ -341,7 +342,8 @@ CREATE TRIGGER runs_open_flow BEFORE INSERT ON sisy.runs
 
 -- As in 0007, with flows: the event carries the flow run; a retry carries the flow run and
 -- the frozen inputs, counts its attempts from its member's current decision, and is not made
--- in a flow run that has ended; a member's final state moves its flow run on.
+-- in a flow run that has ended; a root's run recorded final at insert moves its (new) flow
+-- run on here, any other end in runs_move_flows below.
 CREATE OR REPLACE FUNCTION sisy.runs_state_changed() RETURNS trigger LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -351,8 +353,6 @@ DECLARE
     since int := 1;
     tries int;
     next_attempt int;
-    inserted int;
-    retried boolean := false;
 BEGIN
     PERFORM pg_notify('sisy_events', json_build_object(
         'run_id', NEW.id, 'job', left(NEW.job_name, 1000),
@@ -404,17 +404,42 @@ BEGIN
                     NEW.target_host, now() + delay, now() + delay + least(j.ttl, limit_),
                     NEW.flow_run_id, NEW.inputs)
             ON CONFLICT ON CONSTRAINT runs_occurrence_key DO NOTHING;
-            -- Only a retry that exists is waited for.
-            GET DIAGNOSTICS inserted = ROW_COUNT;
-            retried := inserted > 0;
         END IF;
     END IF;
-
-    IF NEW.flow_run_id IS NOT NULL AND NOT retried AND NEW.state NOT IN ('pending', 'running') THEN
-        PERFORM sisy.flow_member_finished(NEW.flow_run_id, NEW.job_name);
-    END IF;
+    -- The flow run moves on in runs_move_flows, once per statement (a retry pending makes
+    -- its member's outcome wait).
     RETURN NULL;
 END $$;
+
+-- A statement that ended runs of flow runs (a guardian's result, a heartbeat declaring a
+-- dead host's runs lost, a tick expiring pending runs) moves each of those flow runs on,
+-- after the rows' own triggers (retries) and in flow run id order: two statements ending
+-- runs of the same flow runs lock them in the same order, never in opposite orders
+-- (a deadlock, one statement aborted). An AFTER STATEMENT trigger, because a row trigger
+-- locks in the order the rows happen to be updated.
+CREATE FUNCTION sisy.runs_move_flows() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f record;
+    fr sisy.flow_runs;
+BEGIN
+    FOR f IN SELECT n.flow_run_id, array_agg(DISTINCT n.job_name ORDER BY n.job_name) AS jobs
+               FROM new_runs n JOIN old_runs o ON o.id = n.id
+              WHERE n.flow_run_id IS NOT NULL AND n.state IS DISTINCT FROM o.state
+                AND n.state NOT IN ('pending', 'running')
+              GROUP BY n.flow_run_id ORDER BY n.flow_run_id
+    LOOP
+        SELECT * INTO fr FROM sisy.flow_runs WHERE id = f.flow_run_id FOR UPDATE;
+        IF FOUND AND fr.state = 'running' THEN
+            PERFORM sisy.flow_advance(fr, f.jobs);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER runs_move_flows AFTER UPDATE ON sisy.runs
+    REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION sisy.runs_move_flows();
 
 -- Stops a running flow run (cancel, timeout): locks its open runs in id order, then the flow
 -- run; pending members `cancelled`, running ones asked to die (`killed`, never retried: the
@@ -674,4 +699,5 @@ REVOKE EXECUTE ON FUNCTION sisy.cancel_flow(bigint), sisy.rerun_flow(bigint, tex
     sisy.flow_member_outcome(bigint, text, int, boolean), sisy.flow_member_result(bigint, text, int),
     sisy.flow_decide(sisy.flow_runs, sisy.flow_run_members, text),
     sisy.flow_advance(sisy.flow_runs, text[]), sisy.flow_member_finished(bigint, text),
+    sisy.runs_move_flows(),
     sisy.flow_stop(bigint, text, text), sisy.flow_redecide(bigint) FROM PUBLIC;

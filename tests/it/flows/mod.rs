@@ -8,6 +8,7 @@ mod control;
 mod definitions;
 mod guardians;
 mod hostile;
+mod locks;
 mod rules;
 mod schedule;
 mod tend;

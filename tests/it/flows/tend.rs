@@ -17,17 +17,9 @@ async fn flows_tend_decides_what_a_final_but_undecided_member_left_waiting() {
     )
     .await;
     let fr = open(&client, "a").await;
-    exec(
-        &client,
-        "ALTER TABLE sisy.runs DISABLE TRIGGER runs_state_changed",
-    )
-    .await;
+    exec(&client, "ALTER TABLE sisy.runs DISABLE TRIGGER USER").await;
     drive(&client, fr, "a", "succeeded", None).await;
-    exec(
-        &client,
-        "ALTER TABLE sisy.runs ENABLE TRIGGER runs_state_changed",
-    )
-    .await;
+    exec(&client, "ALTER TABLE sisy.runs ENABLE TRIGGER USER").await;
     assert_eq!(runs_of(&client, fr, "b").await, 0);
     // Not due yet: looked at less than `recheck` ago.
     let n: i32 = client
@@ -47,17 +39,9 @@ async fn flows_tend_decides_what_a_final_but_undecided_member_left_waiting() {
     }
     assert_eq!(runs_of(&client, fr, "b").await, 1);
     assert_eq!(member(&client, fr, "b").await.0, "pending");
-    exec(
-        &client,
-        "ALTER TABLE sisy.runs DISABLE TRIGGER runs_state_changed",
-    )
-    .await;
+    exec(&client, "ALTER TABLE sisy.runs DISABLE TRIGGER USER").await;
     drive(&client, fr, "b", "succeeded", None).await;
-    exec(
-        &client,
-        "ALTER TABLE sisy.runs ENABLE TRIGGER runs_state_changed",
-    )
-    .await;
+    exec(&client, "ALTER TABLE sisy.runs ENABLE TRIGGER USER").await;
     exec(&client, "SELECT sisy.flows_tend(interval '0 s')").await;
     drive(&client, fr, "c", "succeeded", None).await;
     assert_eq!(flow_state(&client, fr).await, "succeeded");

@@ -1,0 +1,85 @@
+//! Lock order between statements that end runs of several flow runs at once (a heartbeat
+//! declaring a dead host's runs lost, a tick expiring pending runs, the safety net timing
+//! flow runs out): each takes the flow runs' locks, so two of them taking the same flow
+//! runs in opposite orders would deadlock, and PostgreSQL would abort one of them.
+
+use std::time::Duration;
+
+use super::{drive, exec, message, open};
+use crate::util::migrated_db;
+
+/// The id of `job`'s run in flow run `fr`.
+async fn run(client: &tokio_postgres::Client, fr: i64, job: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT id FROM sisy.runs WHERE flow_run_id = $1 AND job_name = $2",
+            &[&fr, &job],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Two statements, each ending one run of flow run 1 and one of flow run 2, the first in
+/// the order (1, 2), the second (2, 1), both queued behind a third session holding flow run
+/// 1: once it lets go, both must complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_statements_ending_runs_of_the_same_flow_runs_in_opposite_orders_both_complete() {
+    let (db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('a', 'true', 'allow');
+         INSERT INTO sisy.jobs (name, command) VALUES ('p', 'true'), ('q', 'true'), ('s', 'true'), ('z', 'true');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('p', 'a'), ('q', 'a'), ('s', 'a'), ('z', 's');",
+    )
+    .await;
+    let f1 = open(&client, "a").await;
+    let f2 = open(&client, "a").await;
+    drive(&client, f1, "a", "succeeded", None).await;
+    drive(&client, f2, "a", "succeeded", None).await;
+    // z of flow run 1 is decided last: its run id is above those of flow run 2.
+    drive(&client, f1, "s", "succeeded", None).await;
+    exec(
+        &client,
+        "UPDATE sisy.runs SET state = 'running', host = 'h' WHERE state = 'pending'",
+    )
+    .await;
+    let (p1, p2) = (run(&client, f1, "p").await, run(&client, f2, "p").await);
+    let (q2, z1) = (run(&client, f2, "q").await, run(&client, f1, "z").await);
+    assert!(p1 < p2 && q2 < z1, "{p1} {p2} {q2} {z1}");
+
+    let holder = db.connect().await;
+    exec(&holder, "BEGIN").await;
+    exec(
+        &holder,
+        &format!("SELECT 1 FROM sisy.flow_runs WHERE id = {f1} FOR UPDATE"),
+    )
+    .await;
+    let end = |ids: [i64; 2]| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let c = db.connect().await;
+            c.batch_execute(&format!(
+                "UPDATE sisy.runs SET state = 'lost', finished_at = now() WHERE id IN ({}, {})",
+                ids[0], ids[1]
+            ))
+            .await
+            .map_err(|e| message(&e))
+        })
+    };
+    let first = end([p1, p2]);
+    // Let the first queue on flow run 1 before the second takes flow run 2.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = end([q2, z1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    exec(&holder, "COMMIT").await;
+    let first = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_ok() && second.is_ok(), "{first:?} {second:?}");
+}
