@@ -83,3 +83,85 @@ async fn two_statements_ending_runs_of_the_same_flow_runs_in_opposite_orders_bot
         .unwrap();
     assert!(first.is_ok() && second.is_ok(), "{first:?} {second:?}");
 }
+
+/// Twelve sessions end twelve upstreams at the same instant (a barrier, then one UPDATE
+/// each), round after round, and in every other round a thirteenth cancels the flow run
+/// meanwhile: never a deadlock or an error, the join decided at most once (exactly once
+/// when not cancelled), and a cancelled flow run left with nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_concurrent_finishes_and_a_cancel_never_deadlock_and_decide_the_join_once() {
+    let (db, client) = migrated_db().await;
+    let mut sql =
+        "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('start', 'true', 'allow');
+                   INSERT INTO sisy.jobs (name, command) VALUES ('join', 'true');"
+            .to_string();
+    for i in 0..12 {
+        sql += &format!(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('u{i}', 'true');
+             INSERT INTO sisy.dependencies (job, upstream) VALUES ('u{i}', 'start'), ('join', 'u{i}');"
+        );
+    }
+    exec(&client, &sql).await;
+    let mut sessions = Vec::new();
+    for _ in 0..13 {
+        sessions.push(std::sync::Arc::new(db.connect().await));
+    }
+    for round in 0..20 {
+        let fr = open(&client, "start").await;
+        drive(&client, fr, "start", "succeeded", None).await;
+        exec(
+            &client,
+            &format!("UPDATE sisy.runs SET state = 'running', host = 'h' WHERE flow_run_id = {fr} AND state = 'pending'"),
+        )
+        .await;
+        let cancel = round % 2 == 1;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(if cancel { 13 } else { 12 }));
+        let mut tasks = Vec::new();
+        for (i, session) in sessions
+            .iter()
+            .enumerate()
+            .take(if cancel { 13 } else { 12 })
+        {
+            let (session, barrier) = (session.clone(), barrier.clone());
+            let sql = if i == 12 {
+                format!("SELECT sisy.cancel_flow({fr})")
+            } else {
+                format!(
+                    "UPDATE sisy.runs SET state = 'succeeded', finished_at = now()
+                      WHERE flow_run_id = {fr} AND job_name = 'u{i}' AND state = 'running'"
+                )
+            };
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                session.batch_execute(&sql).await.map_err(|e| message(&e))
+            }));
+        }
+        for task in tasks {
+            let r = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(r.is_ok(), "round {round}: {r:?}");
+        }
+        let joins = super::runs_of(&client, fr, "join").await;
+        let state = super::flow_state(&client, fr).await;
+        if cancel {
+            assert!(joins <= 1, "round {round}: {joins} runs of the join");
+            assert_eq!(state, "cancelled", "round {round}");
+            let pending: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM sisy.runs WHERE flow_run_id = $1 AND state = 'pending'",
+                    &[&fr],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(pending, 0, "round {round}");
+        } else {
+            assert_eq!(joins, 1, "round {round}");
+            assert_eq!(state, "running", "round {round}: the join is pending");
+            drive(&client, fr, "join", "succeeded", None).await;
+            assert_eq!(super::flow_state(&client, fr).await, "succeeded");
+        }
+    }
+}
