@@ -280,9 +280,26 @@ BEGIN
         RETURN NEW;
     END IF;
     SELECT * INTO j FROM sisy.jobs WHERE id = NEW.job_id;
-    INSERT INTO sisy.flow_runs (root_job, scheduled_for, deadline)
+    -- overlap = 'forbid': decided before the flow run is inserted, so that a skipped one is
+    -- inserted skipped (its one event says so, not `running` then `skipped`). Still running
+    -- means a run of it may still run: a flow run opened by a root's run recorded final at
+    -- once (missed occurrences) is moved on only when its statement ends, and the scheduler
+    -- inserts the next occurrence in that same statement.
+    IF j.overlap = 'forbid' THEN
+        SELECT f.id INTO earlier FROM sisy.flow_runs f
+         WHERE f.root_job = NEW.job_name AND f.state = 'running' AND f.scheduled_for <> NEW.scheduled_for
+           AND EXISTS (SELECT 1 FROM sisy.runs r WHERE r.flow_run_id = f.id
+                          AND r.state IN ('pending', 'running'))
+         ORDER BY f.id LIMIT 1;
+        IF earlier IS NOT NULL THEN
+            why := format('flow run %s of %s was still running (overlap = forbid)', earlier, quote_literal(NEW.job_name));
+        END IF;
+    END IF;
+    INSERT INTO sisy.flow_runs (root_job, scheduled_for, deadline, state, finished_at, error)
     VALUES (NEW.job_name, NEW.scheduled_for,
-            CASE WHEN j.flow_timeout IS NOT NULL THEN now() + least(j.flow_timeout, interval '100 years') END)
+            CASE WHEN j.flow_timeout IS NOT NULL THEN now() + least(j.flow_timeout, interval '100 years') END,
+            CASE WHEN earlier IS NULL THEN 'running' ELSE 'skipped' END,
+            CASE WHEN earlier IS NOT NULL THEN now() END, why)
     ON CONFLICT (root_job, scheduled_for) DO NOTHING
     RETURNING id INTO fr_id;
     IF fr_id IS NULL THEN
@@ -315,24 +332,10 @@ BEGIN
       FROM sisy.dependencies d
       JOIN sisy.flow_run_members m ON m.flow_run_id = fr_id AND m.job = d.job;
 
-    -- Still running means a run of it may still run: a flow run opened by a root's run
-    -- recorded final at once (missed occurrences) is moved on only when its statement ends,
-    -- and the scheduler inserts the next occurrence in that same statement.
-    IF j.overlap = 'forbid' THEN
-        SELECT f.id INTO earlier FROM sisy.flow_runs f
-         WHERE f.root_job = NEW.job_name AND f.state = 'running' AND f.id <> fr_id
-           AND EXISTS (SELECT 1 FROM sisy.runs r WHERE r.flow_run_id = f.id
-                          AND r.state IN ('pending', 'running'))
-         ORDER BY f.id LIMIT 1;
-        IF earlier IS NOT NULL THEN
-            why := format('flow run %s of %s was still running (overlap = forbid)', earlier, quote_literal(NEW.job_name));
-            UPDATE sisy.flow_runs SET state = 'skipped', finished_at = now(), error = why WHERE id = fr_id;
-            IF NEW.state = 'pending' THEN
-                NEW.state := 'skipped';
-                NEW.finished_at := now();
-                NEW.error := why;
-            END IF;
-        END IF;
+    IF earlier IS NOT NULL AND NEW.state = 'pending' THEN
+        NEW.state := 'skipped';
+        NEW.finished_at := now();
+        NEW.error := why;
     END IF;
     RETURN NEW;
 END $$;
