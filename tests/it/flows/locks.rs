@@ -165,3 +165,44 @@ async fn twelve_concurrent_finishes_and_a_cancel_never_deadlock_and_decide_the_j
         }
     }
 }
+
+/// Runs ended by one of several data-modifying CTEs of one statement (as the heartbeat
+/// renews its own runs and declares a dead host's lost in one statement) move their flow
+/// runs on, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_ended_inside_a_statement_with_several_updates_move_their_flow_runs_on() {
+    let (_db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('a', 'true', 'allow');
+         INSERT INTO sisy.jobs (name, command) VALUES ('b', 'true'), ('c', 'true');
+         INSERT INTO sisy.jobs (name, command, trigger_rule) VALUES ('after', 'true', 'all_done');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('c', 'a'), ('after', 'b'), ('after', 'c');",
+    )
+    .await;
+    let fr = open(&client, "a").await;
+    drive(&client, fr, "a", "succeeded", None).await;
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.runs SET state = 'running', host = 'dead' WHERE flow_run_id = {fr} AND job_name = 'b';
+             UPDATE sisy.runs SET state = 'running', host = 'alive' WHERE flow_run_id = {fr} AND job_name = 'c';"
+        ),
+    )
+    .await;
+    exec(
+        &client,
+        "WITH mine AS (
+             UPDATE sisy.runs SET heartbeat_at = now() WHERE host = 'alive' AND state = 'running' RETURNING id
+         ), lost AS (
+             UPDATE sisy.runs SET state = 'lost', finished_at = now() WHERE host = 'dead' AND state = 'running' RETURNING id
+         )
+         SELECT (SELECT count(*) FROM mine), (SELECT count(*) FROM lost)",
+    )
+    .await;
+    assert_eq!(super::member(&client, fr, "b").await.0, "lost");
+    // b's outcome was recorded by that statement: c's end now decides the member after both.
+    super::finish(&client, fr, "c", "succeeded", None).await;
+    assert_eq!(super::runs_of(&client, fr, "after").await, 1);
+    assert_eq!(super::member(&client, fr, "after").await.0, "pending");
+}
