@@ -7,9 +7,10 @@
 --   there, and the second (READ COMMITTED: its next statement sees the first's commit) finds
 --   the member already decided. Without that lock each would see the other still running
 --   and nobody would decide the member: the flow would hang.
--- * Lock order everywhere: run rows, then the flow run. A finishing run holds its row and
---   then takes the flow run; cancel and timeout lock the flow run's open runs in id order
---   first. Decisions only insert runs, never wait on existing run rows.
+-- * Lock order everywhere: run rows, then the flow run; several flow runs in id order. A
+--   statement that ended runs holds their rows and then takes their flow runs (once per
+--   statement, in id order: runs_move_flows); cancel and timeout lock the flow run's open
+--   runs in id order first. Decisions only insert runs, never wait on existing run rows.
 -- * Nothing is decided in a flow run that has ended (until sisy.rerun_flow reopens it).
 -- * Retries carry the flow run and the frozen inputs; a member's outcome reads its last
 --   attempt, so a member waits for its upstream's last attempt.
@@ -293,9 +294,26 @@ BEGIN
         RETURN NEW;
     END IF;
     SELECT * INTO j FROM sisy.jobs WHERE id = NEW.job_id;
-    INSERT INTO sisy.flow_runs (root_job, scheduled_for, deadline)
+    -- overlap = 'forbid': decided before the flow run is inserted, so that a skipped one is
+    -- inserted skipped (its one event says so, not `running` then `skipped`). Still running
+    -- means a run of it may still run: a flow run opened by a root's run recorded final at
+    -- once (missed occurrences) is moved on only when its statement ends, and the scheduler
+    -- inserts the next occurrence in that same statement.
+    IF j.overlap = 'forbid' THEN
+        SELECT f.id INTO earlier FROM sisy.flow_runs f
+         WHERE f.root_job = NEW.job_name AND f.state = 'running' AND f.scheduled_for <> NEW.scheduled_for
+           AND EXISTS (SELECT 1 FROM sisy.runs r WHERE r.flow_run_id = f.id
+                          AND r.state IN ('pending', 'running'))
+         ORDER BY f.id LIMIT 1;
+        IF earlier IS NOT NULL THEN
+            why := format('flow run %s of %s was still running (overlap = forbid)', earlier, quote_literal(NEW.job_name));
+        END IF;
+    END IF;
+    INSERT INTO sisy.flow_runs (root_job, scheduled_for, deadline, state, finished_at, error)
     VALUES (NEW.job_name, NEW.scheduled_for,
-            CASE WHEN j.flow_timeout IS NOT NULL THEN now() + least(j.flow_timeout, interval '100 years') END)
+            CASE WHEN j.flow_timeout IS NOT NULL THEN now() + least(j.flow_timeout, interval '100 years') END,
+            CASE WHEN earlier IS NULL THEN 'running' ELSE 'skipped' END,
+            CASE WHEN earlier IS NOT NULL THEN now() END, why)
     ON CONFLICT (root_job, scheduled_for) DO NOTHING
     RETURNING id INTO fr_id;
     IF fr_id IS NULL THEN
@@ -332,24 +350,10 @@ BEGIN
       FROM (SELECT job, count(*) AS n FROM sisy.flow_run_edges WHERE flow_run_id = fr_id GROUP BY job) c
      WHERE m.flow_run_id = fr_id AND m.job = c.job;
 
-    -- Still running means a run of it may still run: a flow run opened by a root's run
-    -- recorded final at once (missed occurrences) is moved on only when its statement ends,
-    -- and the scheduler inserts the next occurrence in that same statement.
-    IF j.overlap = 'forbid' THEN
-        SELECT f.id INTO earlier FROM sisy.flow_runs f
-         WHERE f.root_job = NEW.job_name AND f.state = 'running' AND f.id <> fr_id
-           AND EXISTS (SELECT 1 FROM sisy.runs r WHERE r.flow_run_id = f.id
-                          AND r.state IN ('pending', 'running'))
-         ORDER BY f.id LIMIT 1;
-        IF earlier IS NOT NULL THEN
-            why := format('flow run %s of %s was still running (overlap = forbid)', earlier, quote_literal(NEW.job_name));
-            UPDATE sisy.flow_runs SET state = 'skipped', finished_at = now(), error = why WHERE id = fr_id;
-            IF NEW.state = 'pending' THEN
-                NEW.state := 'skipped';
-                NEW.finished_at := now();
-                NEW.error := why;
-            END IF;
-        END IF;
+    IF earlier IS NOT NULL AND NEW.state = 'pending' THEN
+        NEW.state := 'skipped';
+        NEW.finished_at := now();
+        NEW.error := why;
     END IF;
     RETURN NEW;
 END $$;
@@ -359,7 +363,8 @@ CREATE TRIGGER runs_open_flow BEFORE INSERT ON sisy.runs
 
 -- As in 0007, with flows: the event carries the flow run; a retry carries the flow run and
 -- the frozen inputs, counts its attempts from its member's current decision, and is not made
--- in a flow run that has ended; a member's final state moves its flow run on.
+-- in a flow run that has ended; a root's run recorded final at insert moves its (new) flow
+-- run on here, any other end in runs_move_flows below.
 CREATE OR REPLACE FUNCTION sisy.runs_state_changed() RETURNS trigger LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -367,7 +372,8 @@ DECLARE
     delay interval;
     limit_ constant interval := interval '100 years';
     since int := 1;
-    retried boolean := false;
+    tries int;
+    next_attempt int;
 BEGIN
     PERFORM pg_notify('sisy_events', json_build_object(
         'run_id', NEW.id, 'job', left(NEW.job_name, 1000),
@@ -396,39 +402,78 @@ BEGIN
         OR (NEW.state = 'killed' AND NEW.kill_requested_at IS NULL))
        AND (NEW.flow_run_id IS NULL
             OR EXISTS (SELECT 1 FROM sisy.flow_runs WHERE id = NEW.flow_run_id AND state = 'running')) THEN
+        tries := NEW.attempt;
+        next_attempt := NEW.attempt + 1;
         IF NEW.flow_run_id IS NOT NULL THEN
+            -- In a flow run, attempts count from the member's current decision, and the next
+            -- attempt number follows every run of the occurrence: the same job may have runs
+            -- at the same logical time in another flow run (moved between two flows whose
+            -- roots share a schedule), numbered in between.
             SELECT coalesce(max(first_attempt), 1) INTO since FROM sisy.flow_run_members
              WHERE flow_run_id = NEW.flow_run_id AND job = NEW.job_name;
+            SELECT count(*) INTO tries FROM sisy.runs
+             WHERE flow_run_id = NEW.flow_run_id AND job_name = NEW.job_name AND attempt >= since
+               AND target_host IS NOT DISTINCT FROM NEW.target_host;
+            SELECT max(attempt) + 1 INTO next_attempt FROM sisy.runs
+             WHERE job_name = NEW.job_name AND scheduled_for = NEW.scheduled_for
+               AND target_host IS NOT DISTINCT FROM NEW.target_host;
         END IF;
         SELECT * INTO j FROM sisy.jobs WHERE id = NEW.job_id;
-        IF FOUND AND NEW.attempt - since + 1 <= j.max_retries THEN
+        IF FOUND AND tries <= j.max_retries THEN
             -- Doubling per attempt, at most 2^16 times and at most the limit: no count of
             -- retries and no delay can overflow the interval or the timestamps below.
             delay := least(least(j.retry_delay, limit_)
-                           * power(2, least(greatest(NEW.attempt - since, 0), 16))::int, limit_);
+                           * power(2, least(greatest(tries - 1, 0), 16))::int, limit_);
             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt,
                                    target_host, due_at, deadline, flow_run_id, inputs)
-            VALUES (NEW.job_id, NEW.job_name, j.pool, NEW.scheduled_for, 'retry', NEW.attempt + 1,
+            VALUES (NEW.job_id, NEW.job_name, j.pool, NEW.scheduled_for, 'retry', next_attempt,
                     NEW.target_host, now() + delay, now() + delay + least(j.ttl, limit_),
                     NEW.flow_run_id, NEW.inputs)
             ON CONFLICT ON CONSTRAINT runs_occurrence_key DO NOTHING;
-            retried := true;
         END IF;
     END IF;
-
-    IF NEW.flow_run_id IS NOT NULL AND NOT retried AND NEW.state NOT IN ('pending', 'running') THEN
-        -- A decision that fails must not fail the statement recording this run's end (the
-        -- run's own result would never land, and the statement may be a heartbeat or a tick
-        -- serving a whole pool): it is said in the server log and left to the safety net.
-        BEGIN
-            PERFORM sisy.flow_member_finished(NEW.flow_run_id, NEW.job_name);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'sisy: flow run % could not decide after run % (%): %; the guardians'' safety net tries again',
-                NEW.flow_run_id, NEW.id, NEW.job_name, SQLERRM;
-        END;
-    END IF;
+    -- The flow run moves on in runs_move_flows, once per statement (a retry pending makes
+    -- its member's outcome wait).
     RETURN NULL;
 END $$;
+
+-- A statement that ended runs of flow runs (a guardian's result, a heartbeat declaring a
+-- dead host's runs lost, a tick expiring pending runs) moves each of those flow runs on,
+-- after the rows' own triggers (retries) and in flow run id order: two statements ending
+-- runs of the same flow runs lock them in the same order, never in opposite orders
+-- (a deadlock, one statement aborted). An AFTER STATEMENT trigger, because a row trigger
+-- locks in the order the rows happen to be updated.
+CREATE FUNCTION sisy.runs_move_flows() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f record;
+    fr sisy.flow_runs;
+BEGIN
+    FOR f IN SELECT n.flow_run_id, array_agg(DISTINCT n.job_name ORDER BY n.job_name) AS jobs
+               FROM new_runs n JOIN old_runs o ON o.id = n.id
+              WHERE n.flow_run_id IS NOT NULL AND n.state IS DISTINCT FROM o.state
+                AND n.state NOT IN ('pending', 'running')
+              GROUP BY n.flow_run_id ORDER BY n.flow_run_id
+    LOOP
+        -- A decision that fails must not fail the statement recording these runs' ends (their
+        -- results would never land, and the statement may be a heartbeat or a tick serving a
+        -- whole pool): it is said in the server log and left to the safety net.
+        BEGIN
+            SELECT * INTO fr FROM sisy.flow_runs WHERE id = f.flow_run_id FOR UPDATE;
+            IF FOUND AND fr.state = 'running' THEN
+                PERFORM sisy.flow_advance(fr, f.jobs);
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'sisy: flow run % could not decide after % ended: %; the guardians'' safety net tries again',
+                f.flow_run_id, array_to_string(f.jobs, ', '), SQLERRM;
+        END;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER runs_move_flows AFTER UPDATE ON sisy.runs
+    REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION sisy.runs_move_flows();
 
 -- Stops a running flow run (cancel, timeout): locks its open runs in id order, then the flow
 -- run; pending members `cancelled`, running ones asked to die (`killed`, never retried: the
@@ -614,7 +659,7 @@ BEGIN
     -- and looked at again a minute later, never a failure of the whole tick.
     FOR f IN SELECT id, deadline FROM sisy.flow_runs
               WHERE state = 'running' AND deadline <= now()
-              ORDER BY deadline LIMIT batch
+              ORDER BY deadline LIMIT greatest(batch, 0)
     LOOP
         BEGIN
             IF sisy.flow_stop(f.id, 'timed_out', format('flow_timeout passed (deadline %s)', f.deadline)) THEN
@@ -628,7 +673,7 @@ BEGIN
     END LOOP;
     FOR f IN SELECT id FROM sisy.flow_runs
               WHERE state = 'running' AND checked_at <= now() - recheck
-              ORDER BY checked_at LIMIT batch
+              ORDER BY checked_at LIMIT greatest(batch, 0)
     LOOP
         BEGIN
             PERFORM sisy.flow_redecide(f.id);
@@ -698,5 +743,6 @@ REVOKE EXECUTE ON FUNCTION sisy.cancel_flow(bigint), sisy.rerun_flow(bigint, tex
     sisy.flow_condition_fails(jsonb, jsonpath, text),
     sisy.flow_decide(sisy.flow_runs, sisy.flow_run_members, text),
     sisy.flow_advance(sisy.flow_runs, text[]), sisy.flow_member_finished(bigint, text),
+    sisy.runs_move_flows(),
     sisy.flow_stop(bigint, text, text), sisy.flow_redecide(bigint), sisy.flow_recount(bigint)
     FROM PUBLIC;

@@ -2,14 +2,12 @@
 //! released at one instant under three guardians decide their join exactly once (round after
 //! round), a lost upstream's retry is waited for (dkron #285), an upstream killed by
 //! `sisy.kill`, suspended and deleted members, `target = 'all'` members and upstreams,
-//! `overlap = 'forbid'`, flow_timeout and cancel leaving no process behind, and the events.
+//! and the helpers the other real-guardian tests share (guardians_control.rs).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
-use serde_json::Value;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{exec, flow_state, member, open, runs_of};
 use crate::util::{
@@ -17,10 +15,10 @@ use crate::util::{
     wait_for, wait_until,
 };
 
-const LONG: Duration = Duration::from_secs(60);
+pub(super) const LONG: Duration = Duration::from_secs(60);
 
 /// Waits until flow run `fr` has ended; its state.
-async fn ended(client: &Client, fr: i64) -> String {
+pub(super) async fn ended(client: &Client, fr: i64) -> String {
     wait_until(
         client,
         &format!("flow run {fr} to end"),
@@ -32,7 +30,7 @@ async fn ended(client: &Client, fr: i64) -> String {
 }
 
 /// Waits until `job` has a run in flow run `fr` whose process runs; its pid.
-async fn running(client: &Client, fr: i64, job: &str) -> i32 {
+pub(super) async fn running(client: &Client, fr: i64, job: &str) -> i32 {
     wait_until(
         client,
         &format!("{job} to run in flow run {fr}"),
@@ -49,7 +47,7 @@ async fn running(client: &Client, fr: i64, job: &str) -> i32 {
 }
 
 /// (started_at, finished_at) of `job`'s runs in `fr`: the earliest start, the latest end.
-async fn span(client: &Client, fr: i64, job: &str) -> (DateTime<Utc>, DateTime<Utc>) {
+pub(super) async fn span(client: &Client, fr: i64, job: &str) -> (DateTime<Utc>, DateTime<Utc>) {
     let row = client
         .query_one(
             "SELECT min(started_at), max(finished_at) FROM sisy.runs
@@ -62,7 +60,7 @@ async fn span(client: &Client, fr: i64, job: &str) -> (DateTime<Utc>, DateTime<U
 }
 
 /// Kills what is left of the jobs tagged `tag` (a job a test left waiting).
-fn reap(tag: &str) {
+pub(super) fn reap(tag: &str) {
     for (pid, _) in processes_with_env("FLOW_TAG", tag) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -350,203 +348,4 @@ async fn target_all_upstreams_and_members_wait_for_every_host() {
     assert!(wider.0 >= wide.1, "wide {wide:?} wider {wider:?}");
     assert!(z.0 >= wider.1, "wider {wider:?} z {z:?}");
     assert_eq!(runs_of(&client, fr, "z").await, 1);
-}
-
-/// overlap = 'forbid' on a root whose previous flow run still runs: the new flow run is
-/// skipped and its root's process never starts; the earlier one carries on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlap_forbid_skips_a_flow_run_while_the_previous_one_runs() {
-    let (db, client) = migrated_db().await;
-    let dir = shared_dir();
-    let flag = dir.path().join("go");
-    let _g = Guardian::start(&db, "g1", "capacity = 4");
-    exec(
-        &client,
-        &format!(
-            "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', '{}');
-             INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a');",
-            until_file(&flag)
-        ),
-    )
-    .await;
-    let first = open(&client, "a").await;
-    running(&client, first, "b").await;
-    let second = open(&client, "a").await;
-    assert_eq!(flow_state(&client, second).await, "skipped");
-    let row = client
-        .query_one(
-            "SELECT state, started_at IS NULL FROM sisy.runs WHERE flow_run_id = $1",
-            &[&second],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, bool>(1)),
-        ("skipped".into(), true)
-    );
-    std::fs::write(&flag, "").unwrap();
-    assert_eq!(ended(&client, first).await, "succeeded");
-    assert_eq!(flow_state(&client, second).await, "skipped");
-}
-
-/// flow_timeout: once the deadline passed, the safety net (sisy.flows_tend, the guardians'
-/// tick) times the flow run out, its running member is killed and its process is gone, and
-/// nothing after it runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_timeout_kills_the_running_member_and_leaves_no_process() {
-    let (db, client) = migrated_db().await;
-    let tag = format!("timeout-{}", db.name);
-    let _g = Guardian::start(&db, "g1", "capacity = 4");
-    exec(
-        &client,
-        &format!(
-            "INSERT INTO sisy.jobs (name, command, flow_timeout) VALUES ('a', 'true', '2 seconds');
-             INSERT INTO sisy.jobs (name, command, kill_grace, max_retries, env)
-                VALUES ('b', 'trap \"\" TERM; sleep 600', '1 second', 2, '{{\"FLOW_TAG\": \"{tag}\"}}');
-             INSERT INTO sisy.jobs (name, command, trigger_rule) VALUES ('cleanup', 'true', 'all_done');
-             INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('cleanup', 'b');"
-        ),
-    )
-    .await;
-    let fr = open(&client, "a").await;
-    let pid = running(&client, fr, "b").await;
-    // The guardian's tick calls sisy.flows_tend; the test calls it too, so that it does not
-    // depend on that wiring.
-    wait_until(
-        &client,
-        "the flow run to time out",
-        LONG,
-        || format!("SELECT CASE WHEN sisy.flows_tend() >= 0 THEN state END FROM sisy.flow_runs WHERE id = {fr}"),
-        |s: String| s == "timed_out",
-    )
-    .await;
-    let state = crate::util::wait_finished(
-        &client,
-        client
-            .query_one(
-                "SELECT id FROM sisy.runs WHERE flow_run_id = $1 AND job_name = 'b'",
-                &[&fr],
-            )
-            .await
-            .unwrap()
-            .get(0),
-        LONG,
-    )
-    .await;
-    assert_eq!(state, "killed");
-    wait_for("b's process to be gone", LONG, || process_gone(pid)).await;
-    assert!(processes_with_env("FLOW_TAG", &tag).is_empty());
-    assert_eq!(
-        runs_of(&client, fr, "b").await,
-        1,
-        "a killed member was retried"
-    );
-    assert_eq!(
-        runs_of(&client, fr, "cleanup").await,
-        0,
-        "decided after the flow run ended"
-    );
-    let error: String = client
-        .query_one("SELECT error FROM sisy.flow_runs WHERE id = $1", &[&fr])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(error.contains("flow_timeout"), "{error}");
-}
-
-/// cancel_flow with a real process: killed, gone, nothing after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_flow_kills_the_running_member_and_leaves_no_process() {
-    let (db, client) = migrated_db().await;
-    let tag = format!("cancel-{}", db.name);
-    let _g = Guardian::start(&db, "g1", "capacity = 4");
-    exec(
-        &client,
-        &format!(
-            "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true');
-             INSERT INTO sisy.jobs (name, command, env) VALUES ('b', 'sleep 600', '{{\"FLOW_TAG\": \"{tag}\"}}');
-             INSERT INTO sisy.jobs (name, command, trigger_rule) VALUES ('c', 'true', 'all_done');
-             INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('c', 'b');"
-        ),
-    )
-    .await;
-    let fr = open(&client, "a").await;
-    let pid = running(&client, fr, "b").await;
-    exec(&client, &format!("SELECT sisy.cancel_flow({fr})")).await;
-    assert_eq!(flow_state(&client, fr).await, "cancelled");
-    wait_for("b's process to be gone", LONG, || process_gone(pid)).await;
-    let id: i64 = client
-        .query_one(
-            "SELECT id FROM sisy.runs WHERE flow_run_id = $1 AND job_name = 'b'",
-            &[&fr],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        crate::util::wait_finished(&client, id, LONG).await,
-        "killed"
-    );
-    assert_eq!(runs_of(&client, fr, "c").await, 0);
-    assert!(processes_with_env("FLOW_TAG", &tag).is_empty());
-}
-
-/// Flow run state changes are published on sisy_events with the flow run's id, and every
-/// run's event carries its flow run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_run_state_changes_are_published_with_their_flow_run_id() {
-    let (db, client) = migrated_db().await;
-    let (listener, mut connection) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = msg {
-                let _ = tx.send(serde_json::from_str::<Value>(n.payload()).unwrap());
-            }
-        }
-    });
-    listener.batch_execute("LISTEN sisy_events").await.unwrap();
-    let _g = Guardian::start(&db, "g1", "");
-    exec(
-        &client,
-        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'exit 1');
-         INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a');",
-    )
-    .await;
-    let fr = open(&client, "a").await;
-    let mut flow_events = Vec::new();
-    let mut run_events = Vec::new();
-    while flow_events.last().map(|e: &Value| e["new_state"].clone()) != Some(Value::from("failed"))
-    {
-        let event = tokio::time::timeout(LONG, rx.recv())
-            .await
-            .expect("an event within a minute")
-            .expect("the listener is alive");
-        if event.get("run_id").is_some() {
-            run_events.push(event);
-        } else {
-            flow_events.push(event);
-        }
-    }
-    let transitions: Vec<(Value, Value)> = flow_events
-        .iter()
-        .map(|e| (e["old_state"].clone(), e["new_state"].clone()))
-        .collect();
-    assert_eq!(
-        transitions,
-        [
-            (Value::Null, "running".into()),
-            ("running".into(), "failed".into())
-        ]
-    );
-    for e in &flow_events {
-        assert_eq!(e["flow_run_id"], fr);
-        assert_eq!(e["root"], "a");
-    }
-    assert!(run_events.len() >= 6, "{run_events:?}");
-    for e in &run_events {
-        assert_eq!(e["flow_run_id"], fr, "{e}");
-    }
-    drop(listener);
 }

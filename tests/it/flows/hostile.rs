@@ -300,3 +300,60 @@ async fn editing_the_graph_mid_run_changes_later_flow_runs_only() {
     assert_eq!(member(&client, second, "d").await.0, "skipped");
     assert_eq!(flow_state(&client, second).await, "succeeded");
 }
+
+/// A job moved from one flow to another whose flow run has the same logical time (two roots
+/// scheduled at 03:00): its runs in both flow runs share the occurrence's attempt numbers.
+/// A retry in the first must not collide with the second's run and be lost (the first flow
+/// run then waited for a retry that did not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_never_collides_with_the_same_job_s_run_in_another_flow_run() {
+    let (_db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('r1', 'true'), ('r2', 'true');
+         INSERT INTO sisy.jobs (name, command, max_retries, retry_delay) VALUES ('x', 'true', 1, '0');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('x', 'r1');",
+    )
+    .await;
+    let at = "'2026-11-22 03:00:00+00'";
+    let root = |job: &str| {
+        format!(
+            "INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline)
+             SELECT id, name, pool, {at}, 'schedule', now(), now() + interval '1 hour' FROM sisy.jobs WHERE name = '{job}'"
+        )
+    };
+    exec(&client, &root("r1")).await;
+    exec(
+        &client,
+        "DELETE FROM sisy.dependencies WHERE job = 'x';
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('x', 'r2');",
+    )
+    .await;
+    exec(&client, &root("r2")).await;
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM sisy.flow_runs ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (f1, f2) = (ids[0], ids[1]);
+    drive(&client, f1, "r1", "succeeded", None).await;
+    drive(&client, f2, "r2", "succeeded", None).await;
+    drive(&client, f1, "x", "failed", None).await;
+    assert_eq!(
+        member(&client, f1, "x").await.0,
+        "pending",
+        "x's retry in the first flow run"
+    );
+    drive(&client, f1, "x", "succeeded", None).await;
+    assert_eq!(flow_state(&client, f1).await, "succeeded");
+    drive(&client, f2, "x", "failed", None).await;
+    drive(&client, f2, "x", "failed", None).await;
+    assert_eq!(
+        runs_of(&client, f2, "x").await,
+        2,
+        "one retry, as max_retries says"
+    );
+    assert_eq!(flow_state(&client, f2).await, "failed");
+}

@@ -7,9 +7,13 @@
 mod control;
 mod definitions;
 mod guardians;
+mod guardians_control;
 mod hostile;
+mod locks;
 mod rules;
 mod schedule;
+mod targets;
+mod tend;
 
 use tokio_postgres::Client;
 

@@ -1,6 +1,7 @@
 //! Flow runs opened by the guardians' scheduler: a scheduled root opens one flow run per
 //! occurrence (members carry the root's logical time), and the scheduler's own insert of a
-//! missed occurrence with the next one does not make the next one skip.
+//! missed occurrence with the next one does not make the next one skip; a flow run skipped
+//! by overlap is published once, as skipped.
 
 use std::time::Duration;
 
@@ -105,4 +106,66 @@ async fn a_scheduled_root_opens_one_flow_run_per_occurrence() {
         assert_eq!(row.get::<_, i64>(3), 2);
         assert_eq!(flow_state(&client, row.get(0)).await, "succeeded");
     }
+}
+
+/// A flow run skipped by overlap = 'forbid' is published once, as skipped: a listener never
+/// sees it `running` (an alert on "flow started" would fire for a flow that never ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_run_skipped_by_overlap_is_published_once_as_skipped() {
+    use futures_util::StreamExt;
+    let (db, client) = migrated_db().await;
+    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let _ = tx.send(serde_json::from_str::<serde_json::Value>(n.payload()).unwrap());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN sisy_events").await.unwrap();
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a');",
+    )
+    .await;
+    let first = super::open(&client, "a").await;
+    let second = super::open(&client, "a").await;
+    assert_eq!(flow_state(&client, second).await, "skipped");
+    // A marker after everything: all events before it have arrived.
+    exec(
+        &client,
+        "SELECT pg_notify('sisy_events', '{\"marker\": true}')",
+    )
+    .await;
+    let mut events = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the marker within 10 s")
+            .unwrap();
+        if e.get("marker").is_some() {
+            break;
+        }
+        if e.get("run_id").is_none() {
+            events.push((
+                e["flow_run_id"].clone(),
+                e["old_state"].clone(),
+                e["new_state"].clone(),
+            ));
+        }
+    }
+    use serde_json::Value;
+    assert_eq!(
+        events,
+        [
+            (Value::from(first), Value::Null, Value::from("running")),
+            (Value::from(second), Value::Null, Value::from("skipped")),
+        ]
+    );
+    drop(listener);
 }
