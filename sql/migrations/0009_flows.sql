@@ -45,8 +45,11 @@ CREATE TABLE sisy.flow_runs (
 -- The safety net reads running flow runs only: by deadline, and by when it last looked.
 CREATE INDEX flow_runs_deadline ON sisy.flow_runs (deadline) WHERE state = 'running' AND deadline IS NOT NULL;
 CREATE INDEX flow_runs_checked ON sisy.flow_runs (checked_at) WHERE state = 'running';
--- Listings per root, newest first; overlap = 'forbid' looks for a running one.
+-- Listings per root, newest first.
 CREATE INDEX flow_runs_root ON sisy.flow_runs (root_job, id DESC);
+-- overlap = 'forbid' looks for a running flow run of the root at every occurrence: through
+-- the running ones only, not the root's history.
+CREATE INDEX flow_runs_running_root ON sisy.flow_runs (root_job) WHERE state = 'running';
 -- Housekeeping deletes old finished flow runs.
 CREATE INDEX flow_runs_finished ON sisy.flow_runs (finished_at) WHERE finished_at IS NOT NULL;
 
