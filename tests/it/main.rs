@@ -20,6 +20,7 @@ mod outages;
 mod package;
 mod pg;
 mod privilege;
+mod results;
 mod security;
 mod smoke;
 mod time;
