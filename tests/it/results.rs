@@ -442,3 +442,53 @@ async fn a_job_that_nests_directories_30000_deep_beside_its_result_cannot_crash_
     );
     assert!(!g.log().contains("overflow"), "{}", g.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_inputs_exceed_what_exec_takes_is_refused_with_what_to_do() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "");
+    // Three upstream results of 50,000 bytes each: together more than Linux passes in one
+    // variable (128 KiB), each well under the 64 KiB a result may hold.
+    let write = format!(
+        r#"{{ printf '"'; {}; printf '"'; }} > "$SISY_RESULT""#,
+        bytes(50_000, 'x')
+    );
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES
+                ('start', 'true'), ('a', $1), ('b', $1), ('c', $1), ('join', 'true')",
+            &[&write],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO sisy.dependencies (job, upstream) VALUES
+                ('a', 'start'), ('b', 'start'), ('c', 'start'),
+                ('join', 'a'), ('join', 'b'), ('join', 'c')",
+            &[],
+        )
+        .await
+        .unwrap();
+    trigger(&client, "start").await;
+    let join: i64 = wait_until(
+        &client,
+        "the join's run",
+        LONG,
+        || "SELECT coalesce(max(id), 0) FROM sisy.runs WHERE job_name = 'join'".into(),
+        |id: i64| id > 0,
+    )
+    .await;
+    assert_eq!(
+        wait_finished(&client, join, LONG).await,
+        "failed",
+        "{}",
+        g.log()
+    );
+    let error = ended(&client, join).await.2.unwrap_or_default();
+    assert!(
+        error.contains("SISY_INPUTS (the results of this run's upstream jobs)")
+            && error.contains("put the paths in their results"),
+        "{error}"
+    );
+}
