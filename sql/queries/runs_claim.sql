@@ -27,4 +27,7 @@ UPDATE sisy.runs r
 RETURNING r.id, r.job_id, r.job_name, r.scheduled_for, r.attempt, r.target_host, r.due_at,
           j.command, j.run_as, j.env, j.workdir, j.overlap,
           extract(epoch FROM j.max_runtime)::float8 AS max_runtime,
-          extract(epoch FROM j.kill_grace)::float8 AS kill_grace
+          extract(epoch FROM j.kill_grace)::float8 AS kill_grace,
+          -- A member's frozen inputs as text: handed to the job as they are, never decoded
+          -- (a depth the guardian's JSON reader refuses cannot stop the run).
+          r.flow_run_id, r.inputs::text AS inputs

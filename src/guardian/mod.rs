@@ -173,6 +173,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
             outage,
             recorder: Arc::new(recorder),
             registry: state.registry.clone(),
+            results: state.results.clone(),
             failure: g.failure.clone(),
         }),
     );

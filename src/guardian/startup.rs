@@ -10,6 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -24,6 +25,7 @@ use crate::migrate;
 use crate::outage::{self, Outage};
 use crate::run::orphans::Registry;
 use crate::run::recorder::Recorder;
+use crate::run::result::Room;
 use crate::run::spool::Spool;
 
 /// How long one start-up step may wait for the database: a lease, the time after which a
@@ -188,6 +190,8 @@ pub(super) struct StateDir {
     _lock: Flock<File>,
     pub spool: Spool,
     pub registry: Registry,
+    /// The room of the runs' `SISY_RESULT` directories, made fresh (the previous one removed).
+    pub results: Arc<Room>,
 }
 
 impl StateDir {
@@ -237,6 +241,12 @@ impl StateDir {
             _lock: lock,
             spool: Spool::open(dir).with_context(context)?,
             registry: Registry::open(dir).with_context(context)?,
+            results: Arc::new(Room::open(dir).with_context(|| {
+                format!(
+                    "cannot make the directory for the runs' SISY_RESULT files in {}: make it writable for the guardian's user, or point TMPDIR elsewhere",
+                    std::env::temp_dir().display()
+                )
+            })?),
         })
     }
 }

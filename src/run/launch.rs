@@ -2,15 +2,20 @@
 //! environment.
 //!
 //! Owns the cron-like environment (`HOME`, `USER`, `LOGNAME`, `SHELL`, `PATH`), the job's
-//! `env` over it and the `SISY_*` variables over both (a job cannot fake its own run id).
+//! `env` over it and the `SISY_*` variables over both (a job cannot fake its own run id, its
+//! flow's inputs nor where its result goes): `SISY_RESULT` for every run (its directory made
+//! here, see [`crate::run::result`]), `SISY_INPUTS` and `SISY_FLOW_RUN_ID` for a member of a
+//! flow run only.
 //! Every refusal is a sentence for the run's `error`, with whether a retry could help; an
 //! environment `execve` would refuse is one, caught here rather than in the shim.
 //! Does not start anything (supervisor) nor decide the user policy (users).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::run::ClaimedRun;
 use crate::run::Spec;
+use crate::run::result::{self, Room};
 use crate::run::users::Policy;
 
 /// systemd's default PATH: what a job finds without setting its own.
@@ -29,8 +34,14 @@ pub struct Refusal {
 pub const MAX_COMMAND_BYTES: usize = 32 * 4096;
 
 /// Builds the process spec for `run`, or says why it cannot start on this host. The user
-/// lookup runs on a blocking thread, bounded (`Policy::resolve_bounded`).
-pub async fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Result<Spec, Refusal> {
+/// lookup runs on a blocking thread, bounded (`Policy::resolve_bounded`); so does making the
+/// run's result directory in `room`, which a refusal after it removes again.
+pub async fn spec(
+    run: &ClaimedRun,
+    policy: &Policy,
+    output_limit: usize,
+    room: &Arc<Room>,
+) -> Result<Spec, Refusal> {
     if let Some(error) = &run.defect {
         return Err(Refusal {
             error: error.clone(),
@@ -57,31 +68,28 @@ pub async fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Res
     // Not looked at here: the guardian may be root, and the workdir is the job's to name.
     // The shim changes to it after the switch of user and words the failure.
     let workdir = run.workdir.clone().unwrap_or_else(|| identity.home.clone());
-    let mut env: Vec<(String, String)> = vec![
-        ("HOME".into(), identity.home.clone()),
-        ("USER".into(), identity.name.clone()),
-        ("LOGNAME".into(), identity.name.clone()),
-        ("SHELL".into(), "/bin/sh".into()),
-        ("PATH".into(), DEFAULT_PATH.into()),
-    ];
-    for (key, value) in job_env(&run.env).map_err(|error| Refusal {
-        error,
-        final_: true,
-    })? {
-        set(&mut env, key, value);
-    }
-    set(&mut env, "SISY_JOB".into(), run.job_name.clone());
-    set(&mut env, "SISY_RUN_ID".into(), run.id.to_string());
-    set(
-        &mut env,
-        "SISY_SCHEDULED_FOR".into(),
-        run.scheduled_for.to_rfc3339(),
-    );
-    set(&mut env, "SISY_ATTEMPT".into(), run.attempt.to_string());
-    check_exec_size(&run.command, &env, arg_max()).map_err(|error| Refusal {
-        error,
-        final_: true,
-    })?;
+    let owner = identity.switch.as_ref().map(|s| (s.uid, s.gid));
+    let result_path = room
+        .prepare_off_runtime(run.id, owner)
+        .await
+        .map_err(|e| Refusal {
+            error: format!(
+                "cannot make the directory for the run's SISY_RESULT file in {} ({e}): make room there, or point TMPDIR of the guardian elsewhere",
+                std::env::temp_dir().display()
+            ),
+            final_: false,
+        })?;
+    let built = environment(run, &identity, &result_path);
+    let env = match built {
+        Ok(env) => env,
+        Err(error) => {
+            result::discard(&result_path);
+            return Err(Refusal {
+                error,
+                final_: true,
+            });
+        }
+    };
     Ok(Spec {
         run_id: run.id,
         job_name: run.job_name.clone(),
@@ -93,8 +101,52 @@ pub async fn spec(run: &ClaimedRun, policy: &Policy, output_limit: usize) -> Res
         max_runtime: run.max_runtime,
         kill_grace: run.kill_grace.max(Duration::from_millis(1)),
         output_limit,
+        result: result_path,
     })
 }
+
+/// The run's environment (see the module doc), or why `execve` would refuse it.
+fn environment(
+    run: &ClaimedRun,
+    identity: &crate::run::users::Identity,
+    result_path: &std::path::Path,
+) -> Result<Vec<(String, String)>, String> {
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), identity.home.clone()),
+        ("USER".into(), identity.name.clone()),
+        ("LOGNAME".into(), identity.name.clone()),
+        ("SHELL".into(), "/bin/sh".into()),
+        ("PATH".into(), DEFAULT_PATH.into()),
+    ];
+    for (key, value) in job_env(&run.env)? {
+        set(&mut env, key, value);
+    }
+    set(&mut env, "SISY_JOB".into(), run.job_name.clone());
+    set(&mut env, "SISY_RUN_ID".into(), run.id.to_string());
+    set(
+        &mut env,
+        "SISY_SCHEDULED_FOR".into(),
+        run.scheduled_for.to_rfc3339(),
+    );
+    set(&mut env, "SISY_ATTEMPT".into(), run.attempt.to_string());
+    set(
+        &mut env,
+        "SISY_RESULT".into(),
+        result_path.display().to_string(),
+    );
+    // Only the flow engine's word counts: outside a flow run, a job's env cannot pretend.
+    env.retain(|(k, _)| k != INPUTS && k != "SISY_FLOW_RUN_ID");
+    if let Some(flow_run_id) = run.flow_run_id {
+        let inputs = run.inputs.clone().unwrap_or_else(|| "{}".into());
+        set(&mut env, INPUTS.into(), inputs);
+        set(&mut env, "SISY_FLOW_RUN_ID".into(), flow_run_id.to_string());
+    }
+    check_exec_size(&run.command, &env, arg_max())?;
+    Ok(env)
+}
+
+/// The variable that carries a member's upstream results.
+const INPUTS: &str = "SISY_INPUTS";
 
 /// What `execve` accepts on this host for arguments and environment together: a quarter of
 /// the stack limit, at least 128 KiB (glibc's `sysconf(_SC_ARG_MAX)` follows the kernel).
@@ -118,6 +170,13 @@ fn check_exec_size(command: &str, env: &[(String, String)], arg_max: usize) -> R
         .sum::<usize>();
     for (key, value) in env {
         let bytes = key.len() + 1 + value.len();
+        if bytes >= MAX_COMMAND_BYTES && key == INPUTS {
+            return Err(too_large_inputs(
+                bytes,
+                MAX_COMMAND_BYTES - 1,
+                "for one variable",
+            ));
+        }
         if bytes >= MAX_COMMAND_BYTES {
             return Err(format!(
                 "the job's env variable {key} is {bytes} bytes, more than the {} bytes Linux allows for one variable: put the value in a file and pass its path",
@@ -126,12 +185,30 @@ fn check_exec_size(command: &str, env: &[(String, String)], arg_max: usize) -> R
         }
         total += bytes + 1 + pointer;
     }
+    if total > arg_max
+        && let Some((_, inputs)) = env.iter().find(|(k, _)| k == INPUTS)
+        && inputs.len() > arg_max / 2
+    {
+        return Err(too_large_inputs(
+            INPUTS.len() + 1 + inputs.len(),
+            arg_max,
+            "for a process's command and environment together",
+        ));
+    }
     if total > arg_max {
         return Err(format!(
             "the job's command and env take {total} bytes, more than the {arg_max} bytes this host allows a process to start with: put large values in files"
         ));
     }
     Ok(())
+}
+
+/// The refusal of a member whose upstream results are too large to hand it in its environment:
+/// a retry would see the same frozen inputs, so the upstreams must pass less.
+fn too_large_inputs(bytes: usize, limit: usize, scope: &str) -> String {
+    format!(
+        "SISY_INPUTS (the results of this run's upstream jobs) is {bytes} bytes, more than the {limit} bytes Linux allows {scope}: have the upstream jobs write large data to files and put the paths in their results"
+    )
 }
 
 fn set(env: &mut Vec<(String, String)>, key: String, value: String) {
@@ -198,6 +275,22 @@ mod tests {
         let all = check_exec_size("true", &many, 1 << 21).unwrap_err();
         assert!(all.contains("command and env take"), "{all}");
         assert!(check_exec_size(&"x".repeat(1 << 20), &[], 1 << 20).is_err());
+    }
+
+    #[test]
+    fn inputs_too_large_for_exec_are_refused_with_what_to_do() {
+        let inputs = |n: usize| vec![(INPUTS.to_string(), "x".repeat(n))];
+        let one = check_exec_size("true", &inputs(MAX_COMMAND_BYTES), 1 << 30).unwrap_err();
+        assert!(
+            one.contains("SISY_INPUTS (the results of this run's upstream jobs)")
+                && one.contains("put the paths in their results"),
+            "{one}"
+        );
+        let all = check_exec_size("true", &inputs(125_000), 120_000).unwrap_err();
+        assert!(
+            all.contains("SISY_INPUTS") && all.contains("together"),
+            "{all}"
+        );
     }
 
     #[test]

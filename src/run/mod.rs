@@ -16,6 +16,7 @@ pub(crate) mod launch;
 pub(crate) mod orphans;
 pub(crate) mod proc;
 pub(crate) mod recorder;
+pub(crate) mod result;
 pub mod shim;
 pub(crate) mod spool;
 pub(crate) mod supervisor;
@@ -40,6 +41,11 @@ pub struct ClaimedRun {
     pub overlap: Overlap,
     pub max_runtime: Option<Duration>,
     pub kill_grace: Duration,
+    /// The flow run this run belongs to (a member's run, the root's included); None outside
+    /// flows.
+    pub flow_run_id: Option<i64>,
+    /// The member's frozen inputs as JSON text (`sisy.runs.inputs`), handed over as they are.
+    pub inputs: Option<String>,
     /// A value of the row the guardian could not read (an `env` nested too deep for the
     /// JSON decoder): the run is refused with this sentence instead of started.
     pub defect: Option<String>,
@@ -66,6 +72,8 @@ pub struct Spec {
     pub max_runtime: Option<Duration>,
     pub kill_grace: Duration,
     pub output_limit: usize,
+    /// The run's `SISY_RESULT` file (see [`result`]), read once the job's processes are gone.
+    pub result: std::path::PathBuf,
 }
 
 /// Why the supervisor stopped a run that had not ended by itself.
@@ -97,4 +105,6 @@ pub struct Outcome {
     /// The shim's watchdog killed the job: the guardian had stopped renewing its lease.
     pub unresponsive: bool,
     pub duration: Duration,
+    /// What the job left in its `SISY_RESULT` file.
+    pub result: result::Stored,
 }

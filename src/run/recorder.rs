@@ -8,6 +8,8 @@
 //! guardian restarts. A run that is no longer running here when its result arrives (it was
 //! declared lost meanwhile) keeps that verdict; the recorder then appends what this host saw
 //! (fencing, the watchdog, or the late result) to its `error`.
+//! The run's `SISY_RESULT` travels with its outcome (database, spool, replay alike): its
+//! note joins the `error`, and a result over the limit fails a run that had succeeded.
 //! Does not decide retries: the database trigger on `sisy.runs` does, for whoever writes.
 
 use std::sync::Arc;
@@ -30,8 +32,25 @@ pub struct Verdict {
     pub no_retry: bool,
 }
 
-/// The state a run ends in, from how its process on `host` ended.
+/// The state a run ends in, from how its process on `host` ended and what it left in its
+/// `SISY_RESULT` file.
 pub fn verdict(outcome: &Outcome, max_runtime: Option<Duration>, host: &str) -> Verdict {
+    let mut verdict = process_verdict(outcome, max_runtime, host);
+    let result = &outcome.result;
+    if result.too_big && verdict.state == "succeeded" {
+        verdict.state = "failed";
+    }
+    if let Some(note) = &result.note {
+        verdict.error = Some(match verdict.error.take() {
+            Some(error) => format!("{error}; {note}"),
+            None => note.clone(),
+        });
+    }
+    verdict
+}
+
+/// [`verdict`] from the process alone.
+fn process_verdict(outcome: &Outcome, max_runtime: Option<Duration>, host: &str) -> Verdict {
     let v = |state, error: Option<String>| Verdict {
         state,
         error,
@@ -133,6 +152,7 @@ pub fn entry(
         output: outcome.output.clone(),
         output_bytes: outcome.output_bytes,
         pid: outcome.pid,
+        result: outcome.result.json.clone(),
     }
 }
 
@@ -238,6 +258,7 @@ async fn write(db: &Pool, e: &Entry) -> Result<Written> {
                 &e.error,
                 &e.no_retry,
                 &pid,
+                &e.result,
             ],
         )
         .await?;
@@ -324,5 +345,31 @@ mod tests {
         let v = verdict(&paused, None, "web-1");
         assert_eq!(v.state, "lost");
         assert!(v.error.unwrap().contains("stopped renewing its lease"));
+    }
+
+    #[test]
+    fn a_result_over_the_limit_fails_a_run_and_notes_join_the_error() {
+        let big = crate::run::result::Stored {
+            json: None,
+            note: Some("SISY_RESULT is 70000 bytes".into()),
+            too_big: true,
+        };
+        let mut ok = ended(Some(0), None);
+        ok.result = big.clone();
+        let v = verdict(&ok, None, "h");
+        assert_eq!(
+            (v.state, v.error.as_deref()),
+            ("failed", Some("SISY_RESULT is 70000 bytes"))
+        );
+        let mut failed = ended(Some(3), None);
+        failed.result = big;
+        let v = verdict(&failed, None, "h");
+        assert_eq!(
+            v.error.as_deref(),
+            Some("exited with code 3; SISY_RESULT is 70000 bytes")
+        );
+        let mut text = ended(Some(0), None);
+        text.result.note = Some("stored as a JSON string".into());
+        assert_eq!(verdict(&text, None, "h").state, "succeeded");
     }
 }

@@ -37,6 +37,11 @@ pub struct Entry {
     /// The process id, when it started (absent in files spooled by older versions).
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The run's `SISY_RESULT` as JSON text for `sisy.runs.result`, None for NULL (absent in
+    /// files spooled by older versions). Text, not a JSON value: a result as deep as the
+    /// reader allows must still be readable one level down, inside its entry.
+    #[serde(default)]
+    pub result: Option<String>,
 }
 
 /// The spool directory.
@@ -155,6 +160,7 @@ mod tests {
             signal: None,
             output: "out\n".into(),
             output_bytes: 4,
+            result: Some(format!("{{\"n\":{run_id}}}")),
         }
     }
 
@@ -172,5 +178,18 @@ mod tests {
         assert!(!dir.path().join("spool/5.tmp").exists());
         again.remove(3);
         assert_eq!(again.load(), vec![entry(9)]);
+    }
+
+    #[test]
+    fn an_entry_spooled_by_an_older_version_still_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        std::fs::write(
+            dir.path().join("spool/4.json"),
+            r#"{"run_id":4,"host":"h","job_name":"j","state":"succeeded","error":null,"no_retry":false,"exit_code":0,"signal":null,"output":"","output_bytes":0}"#,
+        )
+        .unwrap();
+        let loaded = spool.load();
+        assert_eq!((loaded[0].run_id, &loaded[0].result), (4, &None));
     }
 }

@@ -9,7 +9,8 @@
 //! `max_runtime`; stop requests (kill, replace, shutdown: SIGTERM to the whole tree and
 //! SIGKILL after `kill_grace`; fencing: SIGKILL at once); forwarding the watchdog deadline
 //! the heartbeat renews. Once the shell has exited, the shim gives whatever it left behind
-//! the same SIGTERM-then-SIGKILL treatment, so no job process outlives its run.
+//! the same SIGTERM-then-SIGKILL treatment, so no job process outlives its run. Then, with
+//! no job process left to change it, the run's `SISY_RESULT` file is taken ([`result`]).
 //! Does not own the database: the caller records the [`Outcome`]. Does not decide *who*
 //! may run as whom (that is [`crate::run::users`]); it only passes on a resolved identity.
 
@@ -24,6 +25,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::run::orphans::Registry;
 use crate::run::proc;
+use crate::run::result;
 use crate::run::shim::{self, Report};
 use crate::run::{Outcome, Spec, StopReason};
 
@@ -40,8 +42,21 @@ pub struct Supervision {
 }
 
 /// Runs `spec` to its end through a run shim (see `shim`), which owns the job's process
-/// tree; this side forwards stop requests and watchdog renewals and reads the output.
-pub async fn run(spec: Spec, mut sup: Supervision) -> Outcome {
+/// tree; this side forwards stop requests and watchdog renewals and reads the output, then
+/// the result file (also after a failed start: its directory goes either way).
+pub async fn run(spec: Spec, sup: Supervision) -> Outcome {
+    let path = spec.result.clone();
+    let uid = match &spec.identity.switch {
+        Some(switch) => switch.uid,
+        None => nix::unistd::geteuid().as_raw(),
+    };
+    let mut outcome = run_process(spec, sup).await;
+    outcome.result = result::take_off_runtime(path, uid).await;
+    outcome
+}
+
+/// [`run`] up to the end of the job's processes.
+async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
     let began = Instant::now();
     let (reader, writer) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,

@@ -202,6 +202,8 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {
         overlap: parse_overlap(&overlap),
         max_runtime: max_runtime.map(|s| db::secs(Some(s))),
         kill_grace: db::secs(field(row, "kill_grace", &mut defect)),
+        flow_run_id: field(row, "flow_run_id", &mut defect),
+        inputs: field(row, "inputs", &mut defect),
         defect,
     }
 }
@@ -289,6 +291,8 @@ mod tests {
             overlap,
             max_runtime: None,
             kill_grace: Duration::from_secs(1),
+            flow_run_id: None,
+            inputs: None,
             defect: None,
         }
     }

@@ -31,6 +31,7 @@ use crate::run::ClaimedRun;
 use crate::run::launch;
 use crate::run::orphans::Registry;
 use crate::run::recorder::{self, Recorder, Verdict, Written};
+use crate::run::result::Room;
 use crate::run::supervisor::{self, Supervision};
 use crate::run::table::{RunTable, Started};
 use crate::run::users::Policy;
@@ -77,6 +78,8 @@ pub struct Handles {
     pub outage: Arc<Outage>,
     pub recorder: Arc<Recorder>,
     pub registry: Registry,
+    /// Where the runs' `SISY_RESULT` files go.
+    pub results: Arc<Room>,
     /// Told when a supervisor task panics: the guardian stops.
     pub failure: Arc<Failure>,
 }
@@ -396,7 +399,7 @@ async fn supervise_run(
             .map(|e| format!("{e} before it started (its process never ran)"));
         (outcome, verdict)
     } else {
-        match launch::spec(&run, &shared.policy(), cfg.output_limit).await {
+        match launch::spec(&run, &shared.policy(), cfg.output_limit, &shared.results).await {
             Ok(spec) => {
                 tracing::info!(
                     job = %run.job_name, run_id = run.id, attempt = run.attempt, host = %host,

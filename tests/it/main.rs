@@ -22,6 +22,7 @@ mod outages;
 mod package;
 mod pg;
 mod privilege;
+mod results;
 mod security;
 mod smoke;
 mod time;
