@@ -194,7 +194,9 @@ BEGIN
         RAISE EXCEPTION 'sisy.dependencies: job ''%'' cannot run after itself: remove this edge', NEW.job
             USING ERRCODE = 'check_violation';
     END IF;
-    SELECT * INTO j FROM sisy.jobs WHERE name = NEW.job;
+    -- Locked: a schedule given to the job meanwhile waits for this edge (and then sees it),
+    -- or this edge waits for the schedule (and sees it).
+    SELECT * INTO j FROM sisy.jobs WHERE name = NEW.job FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'sisy.dependencies.job: no job named ''%'': create the job first', NEW.job
             USING ERRCODE = 'foreign_key_violation';
