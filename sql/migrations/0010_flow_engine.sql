@@ -222,10 +222,15 @@ BEGIN
                   WHERE fe.flow_run_id = fr.id AND fe.upstream = x AND NOT dm.decided
                   ORDER BY dm.job
         LOOP
+            -- Each upstream's outcome by its key, not a join: a join let the planner scan
+            -- the open members' partial index once per edge, and that index keeps an entry
+            -- for every member whose outcome this transaction recorded (one statement
+            -- ending 1,000 upstreams of a join took 30 s).
             CONTINUE WHEN EXISTS (
                 SELECT 1 FROM sisy.flow_run_edges fe
-                  JOIN sisy.flow_run_members um ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
-                 WHERE fe.flow_run_id = fr.id AND fe.job = d.job AND um.outcome IS NULL);
+                 WHERE fe.flow_run_id = fr.id AND fe.job = d.job
+                   AND (SELECT um.outcome FROM sisy.flow_run_members um
+                         WHERE um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream) IS NULL);
             IF sisy.flow_decide(fr, d) THEN
                 todo := todo || d.job;
             END IF;
