@@ -78,7 +78,9 @@ DECLARE
     j sisy.jobs;
     res jsonb;
     outcome text;
-    inputs jsonb := '{}';
+    inputs jsonb;
+    names text[] := '{}';
+    results jsonb[] := '{}';
     n int := 0;
     ok int := 0;
     failed text[] := '{}';
@@ -97,7 +99,11 @@ BEGIN
               ORDER BY fe.upstream
     LOOP
         res := sisy.flow_member_result(fr.id, e.upstream, e.first_attempt);
-        inputs := inputs || jsonb_build_object(e.upstream, res);
+        -- Gathered, and made into one object after the loop: `inputs || {upstream: res}`
+        -- here copied the growing object once per upstream (a join of 1,000 upstreams with
+        -- 32 KiB results took 20 s to decide).
+        names := names || e.upstream;
+        results := results || res;
         outcome := e.outcome;
         IF outcome = 'success' AND e.condition IS NOT NULL THEN
             -- Silent mode does not cover everything (a `$variable`, a datetime compared
@@ -120,6 +126,9 @@ BEGIN
         ELSE skipped := skipped || e.upstream;
         END IF;
     END LOOP;
+
+    SELECT coalesce(jsonb_object_agg(u.name, u.result), '{}') INTO inputs
+      FROM unnest(names, results) AS u (name, result);
 
     IF m.job = fr.root_job THEN
         verdict := 'run';

@@ -364,6 +364,17 @@ async fn a_retry_never_collides_with_the_same_job_s_run_in_another_flow_run() {
 /// from every upstream's result) takes well under a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_after_1000_upstreams_with_results_is_decided_quickly() {
+    join_after_1000_upstreams(4096).await;
+}
+
+/// The same with 32 KiB results (32 MB of inputs): freezing the inputs copies them once, not
+/// once per upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_after_1000_upstreams_with_large_results_is_decided_quickly() {
+    join_after_1000_upstreams(32 * 1024).await;
+}
+
+async fn join_after_1000_upstreams(result_size: i32) {
     let (_db, client) = migrated_db().await;
     let began = Instant::now();
     exec(
@@ -385,7 +396,7 @@ async fn a_join_after_1000_upstreams_with_results_is_decided_quickly() {
         &format!(
             "UPDATE sisy.runs SET state = 'running', host = 'h' WHERE flow_run_id = {fr} AND state = 'pending';
              UPDATE sisy.runs SET state = 'succeeded', finished_at = now(),
-                    result = jsonb_build_object('blob', repeat('x', 4096))
+                    result = jsonb_build_object('blob', repeat('x', {result_size}))
               WHERE flow_run_id = {fr} AND job_name <> 'u999';"
         ),
     )
@@ -397,7 +408,7 @@ async fn a_join_after_1000_upstreams_with_results_is_decided_quickly() {
     let began = Instant::now();
     super::finish(&client, fr, "u999", "succeeded", Some("{\"last\": true}")).await;
     let took = began.elapsed();
-    eprintln!("deciding a join after 1,000 upstreams with 4 KiB results: {took:?}");
+    eprintln!("deciding a join after 1,000 upstreams with {result_size}-byte results: {took:?}");
     assert_eq!(member(&client, fr, "join").await.0, "pending");
     let keys: i64 = client
         .query_one(
