@@ -184,9 +184,9 @@ DECLARE
     frontier text[];
     parent jsonb := '{}';
     step jsonb;
+    other text;
     up_roots text[];
     job_roots text[];
-    other text;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('sisy.dependencies'));
     IF TG_OP = 'UPDATE' THEN
@@ -201,7 +201,9 @@ BEGIN
         RAISE EXCEPTION 'sisy.dependencies: job ''%'' cannot run after itself: remove this edge', NEW.job
             USING ERRCODE = 'check_violation';
     END IF;
-    SELECT * INTO j FROM sisy.jobs WHERE name = NEW.job;
+    -- Locked: a schedule given to the job meanwhile waits for this edge (and then sees it),
+    -- or this edge waits for the schedule (and sees it).
+    SELECT * INTO j FROM sisy.jobs WHERE name = NEW.job FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'sisy.dependencies.job: no job named ''%'': create the job first', NEW.job
             USING ERRCODE = 'foreign_key_violation';
@@ -248,14 +250,15 @@ BEGIN
         RAISE EXCEPTION 'sisy.dependencies: this edge would make a cycle: % -> %: remove one of its edges',
             NEW.upstream, array_to_string(cycle, ' -> ') USING ERRCODE = 'check_violation';
     END IF;
-    -- One flow per job: the job's other upstreams must lead to the same root. Every job has
-    -- one root (this check keeps it so), so one other upstream tells the job's root: the
-    -- check walks up from two jobs, however many upstreams the job has.
+    -- One flow per job: the new upstream must lead to the root the job's other upstreams lead
+    -- to. Every edge was validated so, so each job has one root and one other upstream tells
+    -- it: one walk up per edge, not one per other upstream (adding the 1,000th upstream of a
+    -- join walked up from the 999 others; building the join took minutes).
     SELECT d.upstream INTO other FROM sisy.dependencies d
      WHERE d.job = NEW.job AND d.upstream <> NEW.upstream
        AND NOT (d.job IS NOT DISTINCT FROM old_job AND d.upstream IS NOT DISTINCT FROM old_up)
-     LIMIT 1;
-    IF other IS NOT NULL THEN
+     ORDER BY d.upstream LIMIT 1;
+    IF FOUND THEN
         up_roots := sisy.roots_of(NEW.upstream, old_job, old_up);
         job_roots := sisy.roots_of(other, old_job, old_up);
         IF up_roots IS DISTINCT FROM job_roots THEN

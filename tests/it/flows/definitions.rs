@@ -328,3 +328,49 @@ async fn removing_or_moving_an_edge_cannot_give_a_job_two_roots() {
     )
     .await;
 }
+
+/// One session gives a job an upstream while another gives it a schedule, both in open
+/// transactions: exactly one succeeds, whichever goes first (a job with both would run on its
+/// own schedule and in its flow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_and_a_schedule_given_at_once_to_a_job_cannot_both_succeed() {
+    let (db, client) = migrated_db().await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true')",
+    )
+    .await;
+    let edge = "INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a')";
+    let schedule = "UPDATE sisy.jobs SET schedule = '0 3 * * *' WHERE name = 'b'";
+    for (first, second) in [(edge, schedule), (schedule, edge)] {
+        exec(
+            &client,
+            "DELETE FROM sisy.dependencies; UPDATE sisy.jobs SET schedule = NULL",
+        )
+        .await;
+        let one = db.connect().await;
+        let two = db.connect().await;
+        exec(&one, "BEGIN").await;
+        exec(&two, "BEGIN").await;
+        exec(&one, first).await;
+        let second_sql = second.to_string();
+        let later = tokio::spawn(async move {
+            let r = match two.batch_execute(&second_sql).await {
+                Ok(()) => two.batch_execute("COMMIT").await.map_err(|e| message(&e)),
+                Err(e) => {
+                    two.batch_execute("ROLLBACK").await.unwrap();
+                    Err(message(&e))
+                }
+            };
+            (r, two)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        exec(&one, "COMMIT").await;
+        let (r, _two) = tokio::time::timeout(Duration::from_secs(30), later)
+            .await
+            .expect("the second session ends once the first commits")
+            .unwrap();
+        let e = r.expect_err(&format!("both '{first}' and '{second}' were committed"));
+        assert!(e.contains("schedule"), "{e}");
+    }
+}

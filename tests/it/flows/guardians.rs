@@ -349,3 +349,36 @@ async fn target_all_upstreams_and_members_wait_for_every_host() {
     assert!(z.0 >= wider.1, "wider {wider:?} z {z:?}");
     assert_eq!(runs_of(&client, fr, "z").await, 1);
 }
+
+/// A lost upstream without retries, declared lost by another guardian's heartbeat: the
+/// heartbeat's statement decides what follows (upstream_failed, and the fallback runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_upstream_without_retries_is_decided_by_the_heartbeat_that_declared_it() {
+    let (db, client) = migrated_db().await;
+    let dir = shared_dir();
+    let flag = dir.path().join("go");
+    let tag = format!("lost0-{}", db.name);
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO sisy.jobs (name, command, pool) VALUES ('a', 'true', 'one'), ('c', 'true', 'two');
+             INSERT INTO sisy.jobs (name, command, pool, env)
+                VALUES ('b', '{}', 'one', '{{\"FLOW_TAG\": \"{tag}\"}}');
+             INSERT INTO sisy.jobs (name, command, pool, trigger_rule) VALUES ('hook', 'true', 'two', 'one_failed');
+             INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a'), ('c', 'b'), ('hook', 'b');",
+            until_file(&flag)
+        ),
+    )
+    .await;
+    let mut g1 = Guardian::start(&db, "g1", "pools = [\"one\"]");
+    let _g2 = Guardian::start(&db, "g2", "pools = [\"two\"]");
+    let fr = open(&client, "a").await;
+    running(&client, fr, "b").await;
+    g1.kill();
+    assert_eq!(ended(&client, fr).await, "failed");
+    assert_eq!(member(&client, fr, "b").await.0, "lost");
+    assert_eq!(member(&client, fr, "c").await.0, "upstream_failed");
+    assert_eq!(member(&client, fr, "hook").await.0, "succeeded");
+    std::fs::write(&flag, "").unwrap();
+    reap(&tag);
+}

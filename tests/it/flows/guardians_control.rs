@@ -1,5 +1,6 @@
 //! Control of flow runs with real guardians and real processes: `overlap = 'forbid'`,
-//! flow_timeout and cancel_flow leaving no process behind, and the events on sisy_events.
+//! flow_timeout and cancel_flow leaving no process behind, the events on sisy_events, a
+//! condition over a missing result, and the graph edited mid-run.
 
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -209,4 +210,69 @@ async fn flow_run_state_changes_are_published_with_their_flow_run_id() {
         assert_eq!(e["flow_run_id"], fr, "{e}");
     }
     drop(listener);
+}
+
+/// Conditions with real runs: a job that writes no result has a NULL result, so an edge
+/// with a condition counts as skipped; a `none_failed` join after that branch and one
+/// without a condition runs; the flow run succeeds; flow_status counts it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_condition_over_a_missing_result_skips_its_branch_and_the_join_runs() {
+    let (db, client) = migrated_db().await;
+    let _g = Guardian::start(&db, "g1", "capacity = 4");
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('check', 'true'), ('full', 'true'), ('delta', 'true');
+         INSERT INTO sisy.jobs (name, command, trigger_rule) VALUES ('join', 'true', 'none_failed');
+         INSERT INTO sisy.dependencies VALUES ('full', 'check', '$.changed > 100'), ('delta', 'check', NULL),
+                                              ('join', 'full', NULL), ('join', 'delta', NULL);",
+    )
+    .await;
+    let fr = open(&client, "check").await;
+    assert_eq!(ended(&client, fr).await, "succeeded");
+    let (state, error) = super::member(&client, fr, "full").await;
+    assert_eq!(state, "skipped");
+    assert!(error.contains("'check'"), "{error}");
+    assert_eq!(super::member(&client, fr, "join").await.0, "succeeded");
+    let row = client
+        .query_one(
+            "SELECT members, succeeded, skipped, failed, failed_members FROM sisy.flow_status WHERE id = $1",
+            &[&fr],
+        )
+        .await
+        .unwrap();
+    let counts: Vec<i64> = (0..4).map(|i| row.get(i)).collect();
+    assert_eq!(counts, [4, 3, 1, 0]);
+    assert!(row.get::<_, Vec<String>>(4).is_empty());
+}
+
+/// Editing the graph while a real flow run runs: a member added below the running one is
+/// not part of it, and is part of the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_mid_run_joins_the_next_flow_run_only() {
+    let (db, client) = migrated_db().await;
+    let dir = shared_dir();
+    let flag = dir.path().join("go");
+    let _g = Guardian::start(&db, "g1", "capacity = 4");
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', '{}'), ('c', 'true');
+             INSERT INTO sisy.dependencies (job, upstream) VALUES ('b', 'a');",
+            until_file(&flag)
+        ),
+    )
+    .await;
+    let first = open(&client, "a").await;
+    running(&client, first, "b").await;
+    exec(
+        &client,
+        "INSERT INTO sisy.dependencies (job, upstream) VALUES ('c', 'b')",
+    )
+    .await;
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(ended(&client, first).await, "succeeded");
+    assert_eq!(runs_of(&client, first, "c").await, 0);
+    let second = open(&client, "a").await;
+    assert_eq!(ended(&client, second).await, "succeeded");
+    assert_eq!(super::member(&client, second, "c").await.0, "succeeded");
 }

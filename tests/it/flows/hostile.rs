@@ -357,3 +357,67 @@ async fn a_retry_never_collides_with_the_same_job_s_run_in_another_flow_run() {
     );
     assert_eq!(flow_state(&client, f2).await, "failed");
 }
+
+/// A join after 1,000 upstreams, each with a 4 KiB result: building it is quick (each edge's
+/// validation walks up once), one statement ending 999 of them is quick (each upstream's
+/// readiness check follows the join's edges by key), and the join's decision (inputs frozen
+/// from every upstream's result) takes well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_after_1000_upstreams_with_results_is_decided_quickly() {
+    join_after_1000_upstreams(4096).await;
+}
+
+/// The same with 32 KiB results (32 MB of inputs): freezing the inputs copies them once, not
+/// once per upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_after_1000_upstreams_with_large_results_is_decided_quickly() {
+    join_after_1000_upstreams(32 * 1024).await;
+}
+
+async fn join_after_1000_upstreams(result_size: i32) {
+    let (_db, client) = migrated_db().await;
+    let began = Instant::now();
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command) VALUES ('root', 'true'), ('join', 'true');
+         INSERT INTO sisy.jobs (name, command) SELECT 'u' || i, 'true' FROM generate_series(0, 999) i;
+         INSERT INTO sisy.dependencies (job, upstream) SELECT 'u' || i, 'root' FROM generate_series(0, 999) i;
+         INSERT INTO sisy.dependencies (job, upstream) SELECT 'join', 'u' || i FROM generate_series(0, 999) i;",
+    )
+    .await;
+    let built = began.elapsed();
+    eprintln!("a join of 1,000 upstreams built in {built:?}");
+    assert!(built < Duration::from_secs(15), "{built:?}");
+    let fr = open(&client, "root").await;
+    drive(&client, fr, "root", "succeeded", None).await;
+    let began = Instant::now();
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.runs SET state = 'running', host = 'h' WHERE flow_run_id = {fr} AND state = 'pending';
+             UPDATE sisy.runs SET state = 'succeeded', finished_at = now(),
+                    result = jsonb_build_object('blob', repeat('x', {result_size}))
+              WHERE flow_run_id = {fr} AND job_name <> 'u999';"
+        ),
+    )
+    .await;
+    let bulk = began.elapsed();
+    eprintln!("one statement ending 999 upstreams: {bulk:?}");
+    assert!(bulk < Duration::from_secs(10), "{bulk:?}");
+    assert_eq!(runs_of(&client, fr, "join").await, 0);
+    let began = Instant::now();
+    super::finish(&client, fr, "u999", "succeeded", Some("{\"last\": true}")).await;
+    let took = began.elapsed();
+    eprintln!("deciding a join after 1,000 upstreams with {result_size}-byte results: {took:?}");
+    assert_eq!(member(&client, fr, "join").await.0, "pending");
+    let keys: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sisy.runs r, jsonb_object_keys(r.inputs) WHERE flow_run_id = $1 AND job_name = 'join'",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 1000);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
