@@ -114,9 +114,6 @@ BEGIN
                                     ORDER BY target_host, attempt DESC) l) r
                      WHERE fe.flow_run_id = fr.id AND fe.job = m.job) c) e;
 
-    SELECT coalesce(jsonb_object_agg(u.name, u.result), '{}') INTO inputs
-      FROM unnest(names, results) AS u (name, result);
-
     IF m.job = fr.root_job THEN
         verdict := 'run';
     ELSIF m.trigger_rule = 'all_done'
