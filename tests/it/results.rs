@@ -391,16 +391,17 @@ async fn a_flow_member_gets_its_upstreams_results_and_flow_run_and_its_env_canno
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_that_nests_directories_30000_deep_beside_its_result_cannot_crash_the_guardian() {
+async fn a_job_that_nests_directories_20000_deep_beside_its_result_cannot_crash_the_guardian() {
     let (db, client) = migrated_db().await;
     let g = Guardian::start(&db, "g1", "");
-    // 31 × 1,000 levels: `mkdir -p` a chain of 1,000, then move the tree so far to its bottom
+    // 20 × 1,000 levels: `mkdir -p` a chain of 1,000, then move the tree so far to its bottom
     // (each path stays under PATH_MAX). A removal that recurses once per level overflows the
-    // stack of the thread that does it, long before this depth.
+    // 2 MiB stack of the thread that does it from about 12,000 levels (std's remove_dir_all
+    // did). Building and removing it takes seconds: the deadline is a loaded machine's.
     let nest = r#"cd "$(dirname "$SISY_RESULT")" || exit 1
         chain=$(i=0; while [ $i -lt 1000 ]; do printf 'd/'; i=$((i+1)); done)
         mkdir -p "t/$chain" || exit 1
-        i=0; while [ $i -lt 30 ]; do mkdir -p "n/$chain" && mv t "n/$chain" && mv n t || exit 1; i=$((i+1)); done
+        i=1; while [ $i -lt 20 ]; do mkdir -p "n/$chain" && mv t "n/$chain" && mv n t || exit 1; i=$((i+1)); done
         echo '"deep"' > "$SISY_RESULT"; echo "$SISY_RESULT""#;
     client
         .execute(
@@ -410,7 +411,7 @@ async fn a_job_that_nests_directories_30000_deep_beside_its_result_cannot_crash_
         .await
         .unwrap();
     let id = trigger(&client, "nest").await;
-    let deadline = std::time::Instant::now() + LONG;
+    let deadline = std::time::Instant::now() + 3 * LONG;
     while ended(&client, id).await.0 == "running" || ended(&client, id).await.0 == "pending" {
         assert!(
             std::time::Instant::now() < deadline,

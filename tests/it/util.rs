@@ -200,6 +200,12 @@ impl Drop for Guardian {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The room of its runs' result files, in the system's temporary directory: a next
+        // start would remove it, but a test's guardian has none. `rm`, not remove_dir_all:
+        // a test's job may have nested directories deeper than this thread's stack.
+        if let Ok(room) = std::fs::read_to_string(self.dir.path().join("results-room")) {
+            let _ = Command::new("rm").args(["-rf", "--", room.trim()]).status();
+        }
     }
 }
 
