@@ -89,8 +89,16 @@ async fn cancel_flow_cancels_pending_kills_running_and_decides_nothing_afterward
     );
     let e = refused(&client, "SELECT sisy.cancel_flow(987654)").await;
     assert_eq!(e, "no flow run with id 987654");
-    let e = refused(&client, "SELECT sisy.cancel_flow(NULL)").await;
-    assert!(e.contains("flow run"), "{e}");
+    for call in [
+        "SELECT sisy.cancel_flow(NULL)",
+        "SELECT sisy.rerun_flow(NULL)",
+    ] {
+        let e = refused(&client, call).await;
+        assert!(
+            e.contains("flow_run_id must not be NULL") && !e.contains("<NULL>"),
+            "{e}"
+        );
+    }
 }
 
 /// A member that fails while running, then ran again by rerun_flow: new attempts of what
