@@ -509,6 +509,10 @@ CREATE FUNCTION sisy.cancel_flow(flow_run_id bigint) RETURNS void LANGUAGE plpgs
 DECLARE
     fr sisy.flow_runs;
 BEGIN
+    IF cancel_flow.flow_run_id IS NULL THEN
+        RAISE EXCEPTION 'sisy.cancel_flow: flow_run_id must not be NULL: give the id of a flow run (sisy.flow_status.id)'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO fr FROM sisy.flow_runs WHERE id = cancel_flow.flow_run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no flow run with id %', cancel_flow.flow_run_id USING ERRCODE = 'no_data_found';
@@ -533,6 +537,10 @@ DECLARE
     todo text[] := '{}';
     root_timeout interval;
 BEGIN
+    IF rerun_flow.flow_run_id IS NULL THEN
+        RAISE EXCEPTION 'sisy.rerun_flow: flow_run_id must not be NULL: give the id of a flow run (sisy.flow_status.id)'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     PERFORM 1 FROM sisy.runs WHERE runs.flow_run_id = rerun_flow.flow_run_id
        AND state IN ('pending', 'running') ORDER BY id FOR UPDATE;
     SELECT * INTO fr FROM sisy.flow_runs WHERE id = rerun_flow.flow_run_id FOR UPDATE;

@@ -71,6 +71,16 @@ async fn cancel_flow_cancels_pending_kills_running_and_decides_nothing_afterward
     exec(&client, "SELECT sisy.flows_tend(interval '0 s')").await;
     assert_eq!(runs_of(&client, fr, "cleanup").await, 0);
     assert_eq!(flow_state(&client, fr).await, "cancelled");
+    // Never reached, and never will be: flow_members says so.
+    let cleanup: String = client
+        .query_one(
+            "SELECT state FROM sisy.flow_members WHERE flow_run_id = $1 AND job = 'cleanup'",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cleanup, "not_reached");
 
     let e = refused(&client, &format!("SELECT sisy.cancel_flow({fr})")).await;
     assert!(
@@ -79,8 +89,16 @@ async fn cancel_flow_cancels_pending_kills_running_and_decides_nothing_afterward
     );
     let e = refused(&client, "SELECT sisy.cancel_flow(987654)").await;
     assert_eq!(e, "no flow run with id 987654");
-    let e = refused(&client, "SELECT sisy.cancel_flow(NULL)").await;
-    assert!(e.contains("flow run"), "{e}");
+    for call in [
+        "SELECT sisy.cancel_flow(NULL)",
+        "SELECT sisy.rerun_flow(NULL)",
+    ] {
+        let e = refused(&client, call).await;
+        assert!(
+            e.contains("flow_run_id must not be NULL") && !e.contains("<NULL>"),
+            "{e}"
+        );
+    }
 }
 
 /// A member that fails while running, then ran again by rerun_flow: new attempts of what
