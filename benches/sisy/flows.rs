@@ -260,7 +260,9 @@ async fn decision_cost(cluster: &Cluster) -> Result<Value> {
     let db = cluster.database().await?;
     // Baseline: a plain run's end, no flow.
     db.client
-        .batch_execute("INSERT INTO sisy.jobs (name, command, overlap) VALUES ('plain', 'true', 'allow')")
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('plain', 'true', 'allow')",
+        )
         .await?;
     let mut plain = Vec::new();
     for _ in 0..200 {
@@ -270,7 +272,10 @@ async fn decision_cost(cluster: &Cluster) -> Result<Value> {
             .await?
             .get(0);
         db.client
-            .execute("UPDATE sisy.runs SET state = 'running', host = 'bench' WHERE id = $1", &[&id])
+            .execute(
+                "UPDATE sisy.runs SET state = 'running', host = 'bench' WHERE id = $1",
+                &[&id],
+            )
             .await?;
         plain.push(finish(&db, id).await?);
     }

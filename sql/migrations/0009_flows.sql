@@ -301,3 +301,14 @@ END $$;
 
 CREATE TRIGGER dependencies_one_root AFTER DELETE OR UPDATE OF job, upstream ON sisy.dependencies
     FOR EACH ROW EXECUTE FUNCTION sisy.dependencies_one_root();
+
+-- A result as the job wrote it: JSON text the guardian parsed (no NUL in it), stored as jsonb
+-- with every digit of its numbers; a number jsonb cannot hold (1e-20000) makes the whole text
+-- a JSON string rather than fail the statement that records the run's end.
+CREATE FUNCTION sisy.result_jsonb(raw text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN raw::jsonb;
+EXCEPTION WHEN OTHERS THEN
+    RETURN to_jsonb(rtrim(raw, E'\n\r'));
+END $$;

@@ -4,10 +4,10 @@
 -- the second finds the row already so and changes nothing that matters.
 -- The pid is written here too: a run shorter than a heartbeat would otherwise have none.
 --   $1 id  $2 host  $3 state  $4 exit code  $5 signal  $6 output  $7 output bytes  $8 error
---   $9 no_retry  $10 pid  $11 result (JSON text the guardian made sure jsonb takes, or NULL)
+--   $9 no_retry  $10 pid  $11 result (JSON text as the job wrote it, or NULL)
 UPDATE sisy.runs
    SET state = $3, exit_code = $4, signal = $5, output = $6, output_bytes = $7,
-       result = $11::text::jsonb,
+       result = sisy.result_jsonb($11::text),
        pid = coalesce($10, pid),
        error = CASE WHEN $3 = 'killed' THEN coalesce(error, $8) ELSE $8 END,
        no_retry = $9, finished_at = CASE WHEN state = 'running' THEN now() ELSE finished_at END

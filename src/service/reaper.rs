@@ -58,7 +58,12 @@ impl Reaper {
             }
             match self.run_once().await {
                 Ok(o) if o.runs > 0 || o.flow_runs > 0 || o.hosts > 0 => {
-                    tracing::info!(runs = o.runs, flow_runs = o.flow_runs, hosts = o.hosts, "old history deleted")
+                    tracing::info!(
+                        runs = o.runs,
+                        flow_runs = o.flow_runs,
+                        hosts = o.hosts,
+                        "old history deleted"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => {

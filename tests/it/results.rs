@@ -96,9 +96,45 @@ async fn results_are_stored_by_kind_and_a_result_over_64_kib_fails_the_run() {
             "too-big",
             format!(r#"{} > "$SISY_RESULT""#, bytes(70000, 'x')),
         ),
+        // Numbers keep their digits (an id beyond 2^64, a long decimal); one jsonb cannot
+        // hold makes the text a string rather than fail the run's finishing write.
+        (
+            "digits",
+            r#"echo '{"id": 123456789012345678901234567890, "x": 0.1000000000000000055511151231257827}' > "$SISY_RESULT""#.to_string(),
+        ),
+        (
+            "tiny",
+            r#"echo '{"x": 1e-20000}' > "$SISY_RESULT""#.to_string(),
+        ),
     ];
     let ids = run_all(&client, &jobs).await;
     let got = |i: usize| ended(&client, ids[i]);
+
+    let digits = ids[jobs.len() - 2];
+    wait_finished(&client, digits, LONG).await;
+    let text: String = client
+        .query_one(
+            "SELECT result::text FROM sisy.runs WHERE id = $1",
+            &[&digits],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        text,
+        r#"{"x": 0.1000000000000000055511151231257827, "id": 123456789012345678901234567890}"#
+    );
+    let tiny = ids[jobs.len() - 1];
+    assert_eq!(wait_finished(&client, tiny, LONG).await, "succeeded");
+    let text: String = client
+        .query_one(
+            "SELECT result #>> '{}' FROM sisy.runs WHERE id = $1",
+            &[&tiny],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(text.trim(), r#"{"x": 1e-20000}"#);
 
     let (state, result, error, _) = got(0).await;
     assert_eq!((state.as_str(), error), ("succeeded", None));

@@ -261,16 +261,20 @@ fn too_big(size: u64) -> Stored {
     }
 }
 
-/// The bytes of a result file as the value to store: JSON as it is (re-serialized, so that
-/// jsonb takes it), anything else as a JSON string with a note; nothing (empty or blank).
+/// The bytes of a result file as the value to store: JSON as the job wrote it (its numbers
+/// keep their digits: `sisy.result_jsonb` stores it, and only a number jsonb cannot hold
+/// makes it a string), anything else as a JSON string with a note; nothing (empty or blank).
 pub fn interpret(bytes: &[u8]) -> Stored {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Stored::default();
     }
     let why = match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(value) if !has_nul(&value) => {
+            // Parsed JSON is UTF-8 throughout (serde refuses anything else).
+            let text = std::str::from_utf8(bytes)
+                .map_or_else(|_| value.to_string(), |t| t.trim_end().to_string());
             return Stored {
-                json: Some(value.to_string()),
+                json: Some(text),
                 ..Stored::default()
             };
         }
@@ -307,7 +311,12 @@ mod tests {
     #[test]
     fn json_is_kept_text_becomes_a_string_and_blank_is_nothing() {
         let json = interpret(b"{\"rows\": 3}\n");
-        assert_eq!(json.json.as_deref(), Some("{\"rows\":3}"));
+        assert_eq!(json.json.as_deref(), Some("{\"rows\": 3}"));
+        let digits = interpret(b"[123456789012345678901234567890, 0.10000000000000000555]");
+        assert_eq!(
+            digits.json.as_deref(),
+            Some("[123456789012345678901234567890, 0.10000000000000000555]")
+        );
         assert_eq!(json.note, None);
         let text = interpret(b"hello\n");
         assert_eq!(text.json.as_deref(), Some("\"hello\""));
