@@ -71,16 +71,28 @@ async fn flow_timeout_kills_the_running_member_and_leaves_no_process() {
     .await;
     let fr = open(&client, "a").await;
     let pid = running(&client, fr, "b").await;
-    // The guardian's tick calls sisy.flows_tend; the test calls it too, so that it does not
-    // depend on that wiring.
+    // The guardian's tick sleeps until the deadline and calls sisy.flows_tend: nothing else
+    // times the flow run out here.
     wait_until(
         &client,
         "the flow run to time out",
         LONG,
-        || format!("SELECT CASE WHEN sisy.flows_tend() >= 0 THEN state END FROM sisy.flow_runs WHERE id = {fr}"),
+        || format!("SELECT state FROM sisy.flow_runs WHERE id = {fr}"),
         |s: String| s == "timed_out",
     )
     .await;
+    let late: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM finished_at - deadline)::float8 FROM sisy.flow_runs WHERE id = $1",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (0.0..5.0).contains(&late),
+        "timed out {late} s after its deadline: not within a heartbeat"
+    );
     let state = crate::util::wait_finished(
         &client,
         client
