@@ -849,3 +849,100 @@ async fn a_flow_runs_end_to_end_under_a_guardian_and_cancel_kills_its_running_me
         "{states:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_commands_work_for_the_roles_that_may_use_them() {
+    let (db, owner) = migrated_db().await;
+    ok(&db, &["db", "roles"]);
+    let (reader_url, _reader) = crate::security::login_as(&db, &owner, "sisy_reader").await;
+    let (admin_url, _admin) = crate::security::login_as(&db, &owner, "sisy_admin").await;
+    let as_role = |url: &str| TestDb {
+        name: db.name.clone(),
+        url: url.to_string(),
+    };
+    let (reader, admin) = (as_role(&reader_url), as_role(&admin_url));
+
+    // An admin declares and edits the flow, and controls its runs.
+    ok(&admin, &["jobs", "add", "first", "--command", "true"]);
+    ok(
+        &admin,
+        &[
+            "jobs",
+            "add",
+            "second",
+            "--command",
+            "true",
+            "--after",
+            "first",
+        ],
+    );
+    ok(
+        &admin,
+        &[
+            "jobs",
+            "add",
+            "third",
+            "--command",
+            "true",
+            "--after",
+            "first",
+        ],
+    );
+    ok(
+        &admin,
+        &[
+            "jobs",
+            "edit",
+            "third",
+            "--after",
+            "second",
+            "--trigger-rule",
+            "all_done",
+        ],
+    );
+    assert_eq!(upstreams(&owner, "third").await, ["second"]);
+    let flow = start_flow(&admin, &owner, "first").await;
+    let id = flow.to_string();
+
+    // A reader watches it and draws it, and may not control it.
+    for args in [
+        &["flows", "list"][..],
+        &["flows", "show", &id],
+        &["flows", "plot", &id],
+        &["flows", "plot", "first", "--format", "svg"],
+        &["jobs", "show", "second"],
+    ] {
+        ok(&reader, args);
+    }
+    assert_eq!(
+        json(&reader, &["jobs", "show", "second"])["downstreams"][0]["job"],
+        "third"
+    );
+    fails(
+        &reader,
+        &["flows", "cancel", &id],
+        1,
+        &["permission denied"],
+    );
+    fails(
+        &reader,
+        &[
+            "jobs",
+            "add",
+            "fourth",
+            "--command",
+            "true",
+            "--after",
+            "third",
+        ],
+        1,
+        &["permission denied"],
+    );
+
+    ok(&admin, &["flows", "cancel", &id]);
+    assert_eq!(flow_state(&owner, flow).await, "cancelled");
+    fails(&reader, &["flows", "rerun", &id], 1, &["permission denied"]);
+    let rerun = json(&admin, &["flows", "rerun", &id]);
+    assert_eq!(rerun["requeued"], 3);
+    assert_eq!(flow_state(&owner, flow).await, "running");
+}
