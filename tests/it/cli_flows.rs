@@ -389,6 +389,30 @@ async fn jobs_add_after_declares_a_flow_and_refused_edges_leave_nothing_behind()
         ],
     );
     assert_eq!(upstreams(&client, "other_child").await, ["other"]);
+
+    // An edge kept by a new --after list keeps its condition.
+    ok(
+        &db,
+        &[
+            "jobs", "edit", "right", "--after", "extract", "--after", "extract",
+        ],
+    );
+    let kept = json(&db, &["jobs", "show", "right"]);
+    assert_eq!(kept["upstreams"][0]["condition"], "($.\"rows\" > 0)");
+
+    // A job others run after is not deleted; one that runs after others is, with its edges.
+    fails(
+        &db,
+        &["jobs", "rm", "left"],
+        1,
+        &["'left' cannot be deleted", "'report'"],
+    );
+    ok(&db, &["jobs", "rm", "report"]);
+    assert!(upstreams(&client, "report").await.is_empty());
+    assert_eq!(
+        json(&db, &["jobs", "show", "left"])["downstreams"],
+        serde_json::json!([])
+    );
 }
 
 /// A flow with hostile names: root -> `a"b` -> `<script>` (all_success), root -> `c\` ->
