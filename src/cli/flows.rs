@@ -8,6 +8,8 @@
 
 mod plot;
 
+use std::io::Write;
+
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -177,15 +179,26 @@ async fn plot(client: &Client, target: &str, format: PlotFormat, output: Output)
         Err(_) => job_graph(client, target).await?,
     };
     if output == Output::Json {
-        println!("{graph}");
-        return Ok(());
+        return write_out(&format!("{graph}\n"));
     }
     let graph = Graph::from_json(&title, &graph);
-    match format {
-        PlotFormat::Dot => print!("{}", graph.dot()),
-        PlotFormat::Svg => println!("{}", graph.svg()?),
+    let drawing = match format {
+        PlotFormat::Dot => graph.dot(),
+        PlotFormat::Svg => graph.svg()? + "\n",
+    };
+    write_out(&drawing)
+}
+
+/// Writes a drawing (or its nodes and edges) to stdout. A reader that has gone (`| head`) ends the command quietly,
+/// as it does any other tool, instead of `print!`'s panic.
+fn write_out(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            bail!("cannot write the drawing: {e}")
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 async fn run_graph(client: &Client, id: i64) -> Result<(String, Value)> {

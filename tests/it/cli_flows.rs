@@ -970,3 +970,37 @@ async fn flows_commands_work_for_the_roles_that_may_use_them() {
     assert_eq!(rerun["requeued"], 3);
     assert_eq!(flow_state(&owner, flow).await, "running");
 }
+
+/// `sisy flows plot … | head` closes the pipe early: the drawing is cut, quietly, like any
+/// other tool's output, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_plot_into_a_closed_pipe_is_no_panic() {
+    let (db, _client) = migrated_db().await;
+    ok(&db, &["jobs", "add", "up", "--command", "true"]);
+    ok(
+        &db,
+        &["jobs", "add", "down", "--command", "true", "--after", "up"],
+    );
+    for format in ["dot", "svg"] {
+        let mut child = crate::util::sisy()
+            .args([
+                "--database-url",
+                &db.url,
+                "flows",
+                "plot",
+                "up",
+                "--format",
+                format,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end closes before sisy has even connected to the database.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{format}: {stderr}");
+    }
+}
