@@ -189,8 +189,8 @@ async fn plot(client: &Client, target: &str, format: PlotFormat, output: Output)
     write_out(&drawing)
 }
 
-/// Writes a drawing (or its nodes and edges) to stdout. A reader that has gone (`| head`) ends the command quietly,
-/// as it does any other tool, instead of `print!`'s panic.
+/// Writes a drawing (or its nodes and edges) to stdout. A reader that has gone (`| head`)
+/// ends the command quietly, as it does any other tool, instead of `print!`'s panic.
 fn write_out(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
