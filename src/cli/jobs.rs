@@ -66,6 +66,21 @@ pub struct JobFields {
     /// Create it suspended (add only).
     #[arg(long)]
     pub suspended: bool,
+    /// Run after JOB in its flow (repeatable); on edit the list replaces the job's
+    /// upstreams ('' = none).
+    #[arg(long = "after", value_name = "JOB")]
+    pub after: Vec<String>,
+    /// When it runs in its flow: all_success (default), all_done, one_success, one_failed
+    /// or none_failed.
+    #[arg(long, value_name = "RULE")]
+    pub trigger_rule: Option<String>,
+    /// Its failure counts as success for its flow (true when given without a value).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub continue_on_failure: Option<bool>,
+    /// On a flow's root: the whole flow run's wall-clock limit, e.g. 2h ('' = none).
+    #[arg(long, value_name = "DURATION")]
+    pub flow_timeout: Option<String>,
 }
 
 pub async fn run(client: &mut Client, cmd: JobsCommand, output: Output) -> Result<()> {
@@ -176,6 +191,9 @@ async fn show(client: &Client, name: &str, with_values: bool, output: Output) ->
         job["env_keys"] = keys
             .filter(|k| !k.is_empty())
             .map_or(Value::Null, Value::String);
+        for side in ["upstreams", "downstreams"] {
+            job[side] = edges_line(&job[side]);
+        }
     }
     output.record(&job);
     Ok(())
@@ -201,6 +219,7 @@ async fn add(client: &mut Client, name: &str, f: &JobFields, output: Output) -> 
                 &f.max_runtime,
                 &f.run_as,
                 &f.workdir,
+                &f.flow_timeout,
             ],
         )
         .await
@@ -221,10 +240,19 @@ async fn add(client: &mut Client, name: &str, f: &JobFields, output: Output) -> 
             &f.jitter,
             &env,
             &f.suspended,
+            &f.trigger_rule,
+            &f.continue_on_failure,
         ],
     )
     .await
     .map_err(created)?;
+    // The edges last, in the same transaction: a refused one (a schedule, an unknown job)
+    // leaves no job behind.
+    if let Some(upstreams) = upstreams(&f.after) {
+        tx.execute(q::JOBS_AFTER_ADD, &[&name, &upstreams])
+            .await
+            .map_err(created)?;
+    }
     tx.commit().await.map_err(created)?;
     if output == Output::Json {
         println!("{}", serde_json::json!({ "id": id, "name": name }));
@@ -248,7 +276,7 @@ fn sql_error_for(name: &str) -> impl Fn(tokio_postgres::Error) -> anyhow::Error 
 }
 
 async fn edit(
-    client: &Client,
+    client: &mut Client,
     name: &str,
     f: &JobFields,
     unset: &[String],
@@ -261,7 +289,18 @@ async fn edit(
         env_object(&f.env)?
     };
     let unset: Option<Vec<String>> = (!unset.is_empty()).then(|| unset.to_vec());
-    let rows = client
+    let upstreams = upstreams(&f.after);
+    let refused = |e| sql_error(e, "nothing was changed");
+    // One transaction, in the order the database's checks need: the upstreams no longer
+    // given go first (a job may then get a schedule), the row changes, then the new edges
+    // (a job whose schedule was just cleared may run after another).
+    let tx = client.transaction().await.map_err(refused)?;
+    if let Some(upstreams) = &upstreams {
+        tx.execute(q::JOBS_AFTER_KEEP, &[&name, upstreams])
+            .await
+            .map_err(refused)?;
+    }
+    let rows = tx
         .query(
             q::JOBS_EDIT,
             &[
@@ -282,13 +321,22 @@ async fn edit(
                 &env,
                 &unset,
                 &f.workdir,
+                &f.trigger_rule,
+                &f.continue_on_failure,
+                &f.flow_timeout,
             ],
         )
         .await
-        .map_err(|e| sql_error(e, "nothing was changed"))?;
+        .map_err(refused)?;
     if rows.is_empty() {
         bail!("no job named '{name}': see `sisy jobs list`");
     }
+    if let Some(upstreams) = &upstreams {
+        tx.execute(q::JOBS_AFTER_ADD, &[&name, upstreams])
+            .await
+            .map_err(refused)?;
+    }
+    tx.commit().await.map_err(refused)?;
     done(output, &format!("updated job '{name}'"));
     Ok(())
 }
@@ -319,6 +367,36 @@ fn check_schedule(f: &JobFields) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A job's edges as one line: `extract, load if $.rows > 0`; NULL (shown "-") for none.
+fn edges_line(edges: &Value) -> Value {
+    let parts: Vec<String> = edges
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let job = e["job"].as_str()?;
+            Some(match e["condition"].as_str() {
+                Some(c) => format!("{job} if {c}"),
+                None => job.to_string(),
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        Value::Null
+    } else {
+        Value::String(parts.join(", "))
+    }
+}
+
+/// The `--after` options as the set of upstreams they name: None when none was given (an
+/// edit leaves the upstreams alone), empty for `--after ''` (an edit removes them all).
+fn upstreams(after: &[String]) -> Option<Vec<String>> {
+    if after.is_empty() {
+        return None;
+    }
+    Some(after.iter().filter(|a| !a.is_empty()).cloned().collect())
 }
 
 /// K=V options as a JSON object.

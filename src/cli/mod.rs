@@ -8,6 +8,7 @@
 //! Exit codes: 0 success; 1 the operation failed (unknown job or run, refused value, …);
 //! 2 bad usage (clap); 3 the database could not be reached.
 
+mod flows;
 mod hosts;
 mod import;
 mod jobs;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Runs: list, show, logs, kill, retry.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Flows (jobs that run after other jobs): list, show, plot, cancel, rerun.
+    #[command(subcommand)]
+    Flows(FlowsCommand),
     /// Hosts: list, drain, undrain.
     #[command(subcommand)]
     Hosts(HostsCommand),
@@ -144,6 +148,34 @@ pub enum RunsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum FlowsCommand {
+    /// Flow runs, newest first.
+    List(flows::ListArgs),
+    /// One flow run, then one line per member (those not reached yet too).
+    Show { id: i64 },
+    /// Draw a flow: ROOT (a root job: its graph as declared now) or ID (a flow run: its
+    /// graph as it ran, members coloured by state).
+    Plot {
+        /// A flow run id (an integer), else the name of a flow's root job.
+        #[arg(value_name = "ROOT|ID")]
+        target: String,
+        /// dot (Graphviz text) or svg (drawn by sisy itself).
+        #[arg(long, value_enum, default_value_t = flows::PlotFormat::Dot)]
+        format: flows::PlotFormat,
+    },
+    /// Stop a running flow run: pending members cancelled, running ones killed.
+    Cancel { id: i64 },
+    /// Run again the members of an ended flow run that did not succeed (with --from: JOB
+    /// and everything after it); prints how many were queued.
+    Rerun {
+        id: i64,
+        /// Rerun this member and everything downstream of it.
+        #[arg(long, value_name = "JOB")]
+        from: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum HostsCommand {
     /// Hosts with liveness, capacity and load.
     List,
@@ -208,6 +240,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 Command::Db(DbCommand::Roles) => db_roles(c, output).await,
                 Command::Jobs(cmd) => jobs::run(c, *cmd, output).await,
                 Command::Runs(cmd) => runs::run(c, cmd, output).await,
+                Command::Flows(cmd) => flows::run(c, cmd, output).await,
                 Command::Hosts(cmd) => hosts::run(c, cmd, output).await,
                 Command::ImportCrontab(args) => import::run(c, &args, output == Output::Json).await,
                 Command::Status => status::run(c, output).await,

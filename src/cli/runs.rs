@@ -23,6 +23,7 @@ const STATES: &[&str] = &[
     "expired",
     "skipped",
     "cancelled",
+    "upstream_failed",
 ];
 
 #[derive(Args, Debug)]

@@ -76,4 +76,13 @@ pub mod cli {
     pub const RUNS_RETRY: &str = include_str!("../../sql/queries/cli/runs_retry.sql");
     pub const HOSTS_DRAIN: &str = include_str!("../../sql/queries/cli/hosts_drain.sql");
     pub const HOSTS_UNDRAIN: &str = include_str!("../../sql/queries/cli/hosts_undrain.sql");
+    pub const JOBS_AFTER_KEEP: &str = include_str!("../../sql/queries/cli/jobs_after_keep.sql");
+    pub const JOBS_AFTER_ADD: &str = include_str!("../../sql/queries/cli/jobs_after_add.sql");
+    pub const FLOWS_LIST: &str = include_str!("../../sql/queries/cli/flows_list.sql");
+    pub const FLOWS_SHOW: &str = include_str!("../../sql/queries/cli/flows_show.sql");
+    pub const FLOWS_MEMBERS: &str = include_str!("../../sql/queries/cli/flows_members.sql");
+    pub const FLOWS_CANCEL: &str = include_str!("../../sql/queries/cli/flows_cancel.sql");
+    pub const FLOWS_RERUN: &str = include_str!("../../sql/queries/cli/flows_rerun.sql");
+    pub const FLOWS_GRAPH_JOB: &str = include_str!("../../sql/queries/cli/flows_graph_job.sql");
+    pub const FLOWS_GRAPH_RUN: &str = include_str!("../../sql/queries/cli/flows_graph_run.sql");
 }

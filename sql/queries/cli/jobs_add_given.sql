@@ -12,5 +12,7 @@ UPDATE sisy.jobs SET
     overlap     = coalesce($9, overlap),
     jitter      = coalesce($10::text::interval, jitter),
     env         = coalesce($11::jsonb, env),
-    suspended   = coalesce($12, suspended)
+    suspended   = coalesce($12, suspended),
+    trigger_rule        = coalesce($13, trigger_rule),
+    continue_on_failure = coalesce($14, continue_on_failure)
  WHERE id = $1

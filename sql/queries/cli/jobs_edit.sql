@@ -15,6 +15,10 @@ UPDATE sisy.jobs SET
     jitter      = coalesce($13::text::interval, jitter),
     run_as      = CASE WHEN $14::text IS NULL THEN run_as ELSE nullif($14, '') END,
     env         = (env || coalesce($15::jsonb, '{}')) - coalesce($16::text[], '{}'),
-    workdir     = CASE WHEN $17::text IS NULL THEN workdir ELSE nullif($17, '') END
+    workdir     = CASE WHEN $17::text IS NULL THEN workdir ELSE nullif($17, '') END,
+    trigger_rule        = coalesce($18, trigger_rule),
+    continue_on_failure = coalesce($19, continue_on_failure),
+    flow_timeout        = CASE WHEN $20::text IS NULL THEN flow_timeout
+                               ELSE nullif($20, '')::interval END
  WHERE name = $1
 RETURNING id
