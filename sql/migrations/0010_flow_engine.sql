@@ -341,10 +341,13 @@ BEGIN
     SELECT fr_id, jb.name, jb.id, jb.trigger_rule, jb.continue_on_failure,
            jb.name = NEW.job_name, NEW.attempt
       FROM reach JOIN sisy.jobs jb ON jb.name = reach.job;
+    -- Edges between members only: a member's edge from outside its flow cannot exist (one
+    -- root per job), and if one did it must not make the member wait for good.
     INSERT INTO sisy.flow_run_edges (flow_run_id, job, upstream, condition)
     SELECT fr_id, d.job, d.upstream, d.condition
       FROM sisy.dependencies d
-      JOIN sisy.flow_run_members m ON m.flow_run_id = fr_id AND m.job = d.job;
+      JOIN sisy.flow_run_members m ON m.flow_run_id = fr_id AND m.job = d.job
+      JOIN sisy.flow_run_members u ON u.flow_run_id = fr_id AND u.job = d.upstream;
     -- Nothing has an outcome yet: every edge into a member is open.
     UPDATE sisy.flow_run_members m SET open_upstreams = c.n
       FROM (SELECT job, count(*) AS n FROM sisy.flow_run_edges WHERE flow_run_id = fr_id GROUP BY job) c
