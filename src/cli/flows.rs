@@ -8,8 +8,6 @@
 
 mod plot;
 
-use std::io::Write;
-
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -64,9 +62,9 @@ pub async fn run(client: &Client, cmd: FlowsCommand, output: Output) -> Result<(
                 .await
                 .map_err(|e| sql_error(e, "see `sisy flows show ID`"))?;
             if output == Output::Json {
-                println!("{}", serde_json::json!({ "ok": true, "flow_run_id": id }));
+                outln!("{}", serde_json::json!({ "ok": true, "flow_run_id": id }));
             } else {
-                println!("cancelled flow run {id}: pending members cancelled, running ones killed");
+                outln!("cancelled flow run {id}: pending members cancelled, running ones killed");
             }
             Ok(())
         }
@@ -77,14 +75,14 @@ pub async fn run(client: &Client, cmd: FlowsCommand, output: Output) -> Result<(
                 .map_err(|e| sql_error(e, "see `sisy flows show ID`"))?;
             let queued: i32 = row.get(0);
             if output == Output::Json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "flow_run_id": id, "requeued": queued })
                 );
             } else if queued == 0 {
-                println!("flow run {id}: nothing to run again (every member succeeded)");
+                outln!("flow run {id}: nothing to run again (every member succeeded)");
             } else {
-                println!("flow run {id}: {queued} member(s) queued again");
+                outln!("flow run {id}: {queued} member(s) queued again");
             }
             Ok(())
         }
@@ -146,12 +144,12 @@ async fn show(client: &Client, id: i64, output: Output) -> Result<()> {
     let mut members: Vec<Value> = members.iter().map(|r| r.get(0)).collect();
     if output == Output::Json {
         flow["members"] = Value::Array(members);
-        println!("{flow}");
+        outln!("{flow}");
         return Ok(());
     }
     flow["failed_members"] = names(&flow["failed_members"]);
     output.record(&flow);
-    println!();
+    outln!("");
     for m in &mut members {
         m["hosts"] = names(&m["hosts"]);
     }
@@ -179,26 +177,16 @@ async fn plot(client: &Client, target: &str, format: PlotFormat, output: Output)
         Err(_) => job_graph(client, target).await?,
     };
     if output == Output::Json {
-        return write_out(&format!("{graph}\n"));
+        outln!("{graph}");
+        return Ok(());
     }
     let graph = Graph::from_json(&title, &graph);
     let drawing = match format {
         PlotFormat::Dot => graph.dot(),
         PlotFormat::Svg => graph.svg()? + "\n",
     };
-    write_out(&drawing)
-}
-
-/// Writes a drawing (or its nodes and edges) to stdout. A reader that has gone (`| head`)
-/// ends the command quietly, as it does any other tool, instead of `print!`'s panic.
-fn write_out(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            bail!("cannot write the drawing: {e}")
-        }
-        _ => Ok(()),
-    }
+    out!("{drawing}");
+    Ok(())
 }
 
 async fn run_graph(client: &Client, id: i64) -> Result<(String, Value)> {

@@ -39,9 +39,9 @@ pub async fn run(client: &mut Client, cmd: HostsCommand, output: Output) -> Resu
         .await
         .map_err(|e| sql_error(e, "see `sisy hosts list`"))?;
     if output == Output::Json {
-        println!("{}", serde_json::json!({ "ok": true, "host": host }));
+        outln!("{}", serde_json::json!({ "ok": true, "host": host }));
     } else {
-        println!("host {host} is {verb}");
+        outln!("host {host} is {verb}");
     }
     Ok(())
 }

@@ -254,7 +254,7 @@ fn report(source: &str, plan: &[Change], args: &ImportArgs, json: bool) {
     let (remove, suspend) = (count(Action::Remove), count(Action::Suspend));
     if json {
         let changes: Vec<Value> = plan.iter().map(row).collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "source": source, "dry_run": args.dry_run,
@@ -270,14 +270,16 @@ fn report(source: &str, plan: &[Change], args: &ImportArgs, json: bool) {
         (remove, "remove", "removed")
     };
     if args.dry_run {
-        println!(
+        outln!(
             "import of {source} (dry run, nothing written): {create} to create, {update} to update, {} to {}, {unchanged} unchanged",
-            gone.0, gone.1
+            gone.0,
+            gone.1
         );
     } else {
-        println!(
+        outln!(
             "imported {source}: {create} created, {update} updated, {} {}, {unchanged} unchanged",
-            gone.0, gone.2
+            gone.0,
+            gone.2
         );
     }
     // Unchanged jobs are listed only when they have something to say (suspended).

@@ -123,9 +123,9 @@ pub async fn run(client: &mut Client, cmd: JobsCommand, output: Output) -> Resul
                 .map_err(|e| sql_error(e, "see `sisy jobs list`"))?;
             let id: i64 = row.get(0);
             if output == Output::Json {
-                println!("{}", serde_json::json!({ "run_id": id }));
+                outln!("{}", serde_json::json!({ "run_id": id }));
             } else {
-                println!("{id}");
+                outln!("{id}");
             }
             Ok(())
         }
@@ -255,9 +255,9 @@ async fn add(client: &mut Client, name: &str, f: &JobFields, output: Output) -> 
     }
     tx.commit().await.map_err(created)?;
     if output == Output::Json {
-        println!("{}", serde_json::json!({ "id": id, "name": name }));
+        outln!("{}", serde_json::json!({ "id": id, "name": name }));
     } else {
-        println!("created job '{name}' (id {id})");
+        outln!("created job '{name}' (id {id})");
     }
     Ok(())
 }
@@ -352,9 +352,9 @@ async fn call(client: &Client, sql: &str, name: &str, output: Output, what: &str
 
 fn done(output: Output, message: &str) {
     if output == Output::Json {
-        println!("{}", serde_json::json!({ "ok": true, "message": message }));
+        outln!("{}", serde_json::json!({ "ok": true, "message": message }));
     } else {
-        println!("{message}");
+        outln!("{message}");
     }
 }
 

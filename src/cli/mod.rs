@@ -8,6 +8,17 @@
 //! Exit codes: 0 success; 1 the operation failed (unknown job or run, refused value, …);
 //! 2 bad usage (clap); 3 the database could not be reached.
 
+/// `println!` for the command line's output: a reader that has gone (`sisy runs list | head`)
+/// ends the command quietly, as it ends any other tool, instead of `println!`'s panic.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for the command line's output; see [`outln`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::output::write_out(format_args!($($arg)*)) };
+}
+
 mod flows;
 mod hosts;
 mod import;
@@ -258,7 +269,7 @@ async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result
     // Refuses a file other users could change (config::trust).
     let config = GuardianConfig::load(args.config.as_deref(), &env)?;
     if args.check_config {
-        print!("{}", config.to_redacted_toml());
+        out!("{}", config.to_redacted_toml());
         return Ok(());
     }
     crate::logging::init(match config.log_format {
@@ -300,14 +311,14 @@ async fn db_migrate(client: &mut Client, output: Output) -> Result<()> {
     let applied = migrate::migrate(client).await?;
     let status = migrate::status(client).await?;
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "applied_now": applied, "version": status.current() })
         );
     } else if applied.is_empty() {
-        println!("schema sisy is up to date (version {})", status.current());
+        outln!("schema sisy is up to date (version {})", status.current());
     } else {
-        println!(
+        outln!(
             "applied migrations {applied:?}; schema sisy is at version {}",
             status.current()
         );
@@ -318,12 +329,12 @@ async fn db_migrate(client: &mut Client, output: Output) -> Result<()> {
 async fn db_roles(client: &mut Client, output: Output) -> Result<()> {
     migrate::roles(client).await?;
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "roles": ["sisy_admin", "sisy_guardian", "sisy_reader"] })
         );
     } else {
-        println!(
+        outln!(
             "roles sisy_admin, sisy_guardian and sisy_reader are set up; make log-in roles members of them (CREATE ROLE alice LOGIN IN ROLE sisy_admin)"
         );
     }
@@ -333,7 +344,7 @@ async fn db_roles(client: &mut Client, output: Output) -> Result<()> {
 async fn db_status(client: &Client, output: Output) -> Result<()> {
     let status = migrate::status(client).await?;
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "version": status.current(),
@@ -350,7 +361,7 @@ async fn db_status(client: &Client, output: Output) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "schema version {} (this sisy knows {})",
         status.current(),
         migrate::latest_version()
@@ -361,7 +372,7 @@ async fn db_status(client: &Client, output: Output) -> Result<()> {
         } else {
             "pending"
         };
-        println!("  {:04}_{:<12} {state}", m.version, m.name);
+        outln!("  {:04}_{:<12} {state}", m.version, m.name);
     }
     for u in &status.unknown {
         let verdict = if u.compatible() {
@@ -369,10 +380,10 @@ async fn db_status(client: &Client, output: Output) -> Result<()> {
         } else {
             "applied by a newer sisy, NOT compatible with this one: upgrade sisy on this host"
         };
-        println!("  {:04}_{:<12} {verdict}", u.version, u.name);
+        outln!("  {:04}_{:<12} {verdict}", u.version, u.name);
     }
     if !status.pending.is_empty() {
-        println!("run `sisy db migrate` to apply the pending migrations");
+        outln!("run `sisy db migrate` to apply the pending migrations");
     }
     Ok(())
 }

@@ -25,20 +25,20 @@ impl Output {
     /// Prints `rows` as JSON (an array) or as a table of `columns` (key, heading).
     pub fn rows(self, rows: &[Value], columns: &[(&str, &str)]) {
         match self {
-            Output::Json => println!("{}", Value::Array(rows.to_vec())),
-            Output::Human => print!("{}", table(rows, columns)),
+            Output::Json => outln!("{}", Value::Array(rows.to_vec())),
+            Output::Human => out!("{}", table(rows, columns)),
         }
     }
 
     /// Prints one object as JSON or as `key: value` lines.
     pub fn record(self, row: &Value) {
         match self {
-            Output::Json => println!("{row}"),
+            Output::Json => outln!("{row}"),
             Output::Human => {
                 if let Some(map) = row.as_object() {
                     let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
                     for (k, v) in map {
-                        println!("{k:width$}  {}", cell(v, usize::MAX));
+                        outln!("{k:width$}  {}", cell(v, usize::MAX));
                     }
                 }
             }
@@ -120,6 +120,21 @@ fn short_timestamp(s: &str) -> Option<String> {
             .format("%Y-%m-%d %H:%M:%S")
             .to_string(),
     )
+}
+
+/// Writes the command's output to stdout (see `outln!`): a closed pipe ends the process at
+/// once with status 0, the way `head` expects its writer to stop; any other failure to
+/// write is said and ends it with status 1.
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[cfg(test)]

@@ -66,9 +66,9 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, output: Output) -> Resul
                 .await
                 .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
             if output == Output::Json {
-                println!("{}", serde_json::json!({ "ok": true, "run_id": id }));
+                outln!("{}", serde_json::json!({ "ok": true, "run_id": id }));
             } else {
-                println!("kill requested for run {id}");
+                outln!("kill requested for run {id}");
             }
             Ok(())
         }
@@ -79,9 +79,9 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, output: Output) -> Resul
                 .map_err(|e| sql_error(e, "see `sisy runs show ID`"))?;
             let new: i64 = row.get(0);
             if output == Output::Json {
-                println!("{}", serde_json::json!({ "run_id": new }));
+                outln!("{}", serde_json::json!({ "run_id": new }));
             } else {
-                println!("{new}");
+                outln!("{new}");
             }
             Ok(())
         }
@@ -151,7 +151,7 @@ async fn logs(client: &Client, id: i64, output: Output) -> Result<()> {
     let (state, out, total): (String, Option<String>, Option<i64>) =
         (row.get(0), row.get(1), row.get(2));
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "run_id": id, "state": state, "output": out, "output_bytes": total })
         );

@@ -34,17 +34,17 @@ pub fn check(
             .iter()
             .map(|n| serde_json::json!({ "local": local(n).to_rfc3339(), "utc": n.to_rfc3339() }))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "expr": expr, "timezone": tz, "next": list })
         );
         return Ok(());
     }
     if next.is_empty() {
-        println!("'{expr}' never fires after {start}");
+        outln!("'{expr}' never fires after {start}");
     }
     for n in next {
-        println!(
+        outln!(
             "{} {} ({})  {}",
             local(&n).format("%Y-%m-%d %H:%M:%S"),
             zone.abbreviation_at(n),

@@ -15,21 +15,26 @@ pub async fn run(client: &Client, output: Output) -> Result<()> {
         .map_err(|e| sql_error(e, ""))?;
     let s: Value = row.get(0);
     if output == Output::Json {
-        println!("{s}");
+        outln!("{s}");
         return Ok(());
     }
-    println!(
+    outln!(
         "hosts    {} alive ({} draining), {} dead; capacity {}",
-        s["hosts_alive"], s["hosts_draining"], s["hosts_dead"], s["capacity"]
+        s["hosts_alive"],
+        s["hosts_draining"],
+        s["hosts_dead"],
+        s["capacity"]
     );
-    println!("jobs     {} ({} suspended)", s["jobs"], s["jobs_suspended"]);
-    println!(
+    outln!("jobs     {} ({} suspended)", s["jobs"], s["jobs_suspended"]);
+    outln!(
         "runs     {} running, {} pending",
-        s["running"], s["pending"]
+        s["running"],
+        s["pending"]
     );
-    println!(
+    outln!(
         "last 24h {} occurrences missed (expired), {} skipped",
-        s["missed_24h"], s["skipped_24h"]
+        s["missed_24h"],
+        s["skipped_24h"]
     );
     section(
         &s["failing_jobs"],
@@ -63,6 +68,6 @@ fn section(rows: &Value, title: &str, columns: &[(&str, &str)]) {
     if rows.is_empty() {
         return;
     }
-    println!("\n{title}:");
-    print!("{}", output::table(&rows, columns));
+    outln!("\n{title}:");
+    out!("{}", output::table(&rows, columns));
 }
