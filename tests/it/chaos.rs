@@ -14,7 +14,11 @@
 //!   timed_out, lost or killed by a shutdown;
 //! - every occurrence of the every-second and every-two-seconds jobs has a record (it ran, or
 //!   is expired, skipped or lost), with no gap between the first and the last;
-//! - no job process outlives the fleet.
+//! - no job process outlives the fleet;
+//! - flows (a root every two seconds, a flaky member, a join, a fallback, a cleanup): every
+//!   flow run ends; each member is decided once per flow run (one decided row or run chain,
+//!   never two); no member's process starts before its upstreams' last attempts finished;
+//!   a flow run's state agrees with its members' outcomes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -108,6 +112,32 @@ async fn chaos_keeps_the_invariants() {
         )
         .await
         .unwrap();
+    // A flow: f-root → f-a, f-b (fails one run in three, no retry) → f-join (all_success)
+    // → f-fallback (one_failed), f-cleanup (all_done).
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, schedule, overlap, command, max_retries, retry_delay, ttl, kill_grace, trigger_rule, env)
+             SELECT name, schedule, 'allow', $1 || ' ' || command, retries, '0', '10 seconds', '1 second', rule,
+                    jsonb_build_object('CHAOS_TAG', $2::text)
+               FROM (VALUES ('f-root',     '*/2 * * * * *', 'true',                           0, 'all_success'),
+                            ('f-a',        NULL,            'sleep 0.2',                      1, 'all_success'),
+                            ('f-b',        NULL,            '[ $((SISY_RUN_ID % 3)) -ne 0 ]', 0, 'all_success'),
+                            ('f-join',     NULL,            'true',                           0, 'all_success'),
+                            ('f-fallback', NULL,            'true',                           0, 'one_failed'),
+                            ('f-cleanup',  NULL,            'true',                           0, 'all_done'))
+                    AS j (name, schedule, command, retries, rule)",
+            &[&prefix, &tag],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO sisy.dependencies (job, upstream) VALUES
+               ('f-a', 'f-root'), ('f-b', 'f-root'), ('f-join', 'f-a'), ('f-join', 'f-b'),
+               ('f-fallback', 'f-join'), ('f-cleanup', 'f-join')",
+        )
+        .await
+        .unwrap();
     let mut guardians: Vec<Guardian> = (1..=4)
         .map(|i| Guardian::start(&db, &format!("g{i}"), "capacity = 4"))
         .collect();
@@ -187,7 +217,11 @@ async fn chaos_keeps_the_invariants() {
         &client,
         "every run to reach a final state",
         Duration::from_secs(90),
-        || "SELECT count(*) FROM sisy.runs WHERE state IN ('pending', 'running')".into(),
+        || {
+            "SELECT (SELECT count(*) FROM sisy.runs WHERE state IN ('pending', 'running'))
+                 + (SELECT count(*) FROM sisy.flow_runs WHERE state = 'running')"
+                .into()
+        },
         |n: i64| n == 0,
     )
     .await;
@@ -200,6 +234,107 @@ async fn chaos_keeps_the_invariants() {
     .await;
 
     check_invariants(&client, &std::fs::read_to_string(&starts).unwrap(), &tally).await;
+    check_flows(&client).await;
+}
+
+/// The flows' invariants, on the tables once everything has ended.
+async fn check_flows(client: &tokio_postgres::Client) {
+    let scalar = |sql: &'static str| async move {
+        let n: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
+        n
+    };
+    let flow_runs = scalar("SELECT count(*) FROM sisy.flow_runs").await;
+    assert!(flow_runs >= 10, "only {flow_runs} flow runs");
+    // Each member decided once per flow run: one chain of attempts from one decision.
+    let twice = client
+        .query(
+            "SELECT flow_run_id, job_name, count(*) FROM sisy.runs
+              WHERE flow_run_id IS NOT NULL AND reason = 'flow'
+              GROUP BY 1, 2 HAVING count(*) > 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        twice.is_empty(),
+        "members decided twice: {:?}",
+        twice
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    );
+    // Every member of every flow run has its outcome; nothing is left undecided.
+    let open = scalar(
+        "SELECT count(*) FROM sisy.flow_run_members m JOIN sisy.flow_runs f ON f.id = m.flow_run_id
+          WHERE f.state IN ('succeeded', 'failed') AND m.outcome IS NULL",
+    )
+    .await;
+    assert_eq!(open, 0, "members without an outcome in ended flow runs");
+    // No member's process started before its upstreams' last attempts had finished.
+    let early = client
+        .query(
+            "SELECT r.id, r.job_name, e.upstream FROM sisy.runs r
+               JOIN sisy.flow_run_edges e ON e.flow_run_id = r.flow_run_id AND e.job = r.job_name
+               JOIN sisy.runs u ON u.flow_run_id = r.flow_run_id AND u.job_name = e.upstream
+              WHERE r.started_at IS NOT NULL AND (u.finished_at IS NULL OR u.finished_at > r.started_at)
+                AND u.attempt = (SELECT max(attempt) FROM sisy.runs u2
+                                  WHERE u2.flow_run_id = u.flow_run_id AND u2.job_name = u.job_name)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        early.is_empty(),
+        "members started before their upstreams finished: {:?}",
+        early
+            .iter()
+            .map(|r| (
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            ))
+            .collect::<Vec<_>>()
+    );
+    // A flow run's state agrees with its members' outcomes.
+    let wrong = scalar(
+        "SELECT count(*) FROM sisy.flow_runs f
+          WHERE f.state IN ('succeeded', 'failed', 'skipped')
+            AND f.state <> CASE
+                WHEN (SELECT outcome FROM sisy.flow_run_members WHERE flow_run_id = f.id AND job = f.root_job) = 'skipped' THEN 'skipped'
+                WHEN EXISTS (SELECT 1 FROM sisy.flow_run_members WHERE flow_run_id = f.id AND outcome = 'failure') THEN 'failed'
+                ELSE 'succeeded' END",
+    )
+    .await;
+    assert_eq!(
+        wrong, 0,
+        "flow runs whose state disagrees with their members"
+    );
+    // The fallback ran wherever the join failed (unless the settle had suspended it).
+    let silent = scalar(
+        "SELECT count(*) FROM sisy.flow_run_members j
+           JOIN sisy.runs fb ON fb.flow_run_id = j.flow_run_id AND fb.job_name = 'f-fallback'
+          WHERE j.job = 'f-join' AND j.outcome = 'failure'
+            AND fb.state IN ('skipped', 'cancelled') AND coalesce(fb.error, '') NOT LIKE '%suspended%'",
+    )
+    .await;
+    assert_eq!(
+        silent, 0,
+        "fallbacks skipped although their upstream failed"
+    );
+    let states = client
+        .query(
+            "SELECT state, count(*) FROM sisy.flow_runs GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "chaos flows: {:?}",
+        states
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+    );
 }
 
 async fn check_invariants(client: &tokio_postgres::Client, starts: &str, tally: &Tally) {
