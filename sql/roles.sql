@@ -34,7 +34,8 @@ GRANT SELECT ON sisy.runs, sisy.hosts TO sisy_reader;
 GRANT SELECT (id, name, command, schedule, timezone, pool, target, ttl, max_runtime, kill_grace,
               max_retries, retry_delay, overlap, jitter, run_as, workdir, suspended,
               created_at, updated_at, next_due, schedule_error, source,
-              trigger_rule, continue_on_failure, flow_timeout) ON sisy.jobs TO sisy_reader;
+              trigger_rule, continue_on_failure, flow_timeout, foreach, max_concurrency)
+   ON sisy.jobs TO sisy_reader;
 -- Flows: the graph, the flow runs and their snapshots, for everyone who reads.
 GRANT SELECT ON sisy.dependencies, sisy.flow_runs, sisy.flow_run_members, sisy.flow_run_edges,
                 sisy.flow_status, sisy.flow_members
