@@ -257,14 +257,8 @@ fn item_progress(items: &Items) -> String {
         return "no items".to_string();
     }
     let mut text = format!("{}/{} succeeded", items.succeeded, items.total);
-    for (n, word) in [
-        (items.failed, "failed"),
-        (items.running, "running"),
-        (items.pending, "pending"),
-    ] {
-        if n > 0 {
-            text.push_str(&format!(", {n} {word}"));
-        }
+    for (n, word) in items.others() {
+        text.push_str(&format!(", {n} {word}"));
     }
     text
 }

@@ -301,6 +301,14 @@ async fn a_ten_thousand_item_member_is_one_node_drawn_fast() {
     let dot = ok(&db, &["flows", "plot", &id]);
     assert_eq!(dot.matches("[label=").count(), 2, "one node per job: {dot}");
     assert!(dot.contains("transform ×10000"), "{dot}");
+
+    // Cancelled, the items that had not started are counted as not run.
+    ok(&db, &["flows", "cancel", &id]);
+    let human = ok(&db, &["flows", "show", &id]);
+    assert!(
+        human.contains("2500/10000 succeeded, 100 failed, 7400 not run"),
+        "{human}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,26 +65,38 @@ impl Items {
         })
     }
 
-    /// "3 succeeded, 1 failed, 6 running": the counts that are not zero ("no items" for an
-    /// empty list).
-    pub fn counts(&self) -> String {
-        let parts: Vec<String> = [
-            (self.succeeded, "succeeded"),
+    /// The items in none of the four counts: cancelled or skipped (a cancelled flow run's
+    /// items that had not started).
+    pub fn not_run(&self) -> i64 {
+        (self.total - self.succeeded - self.failed - self.running - self.pending).max(0)
+    }
+
+    /// The counts after `succeeded` that are not zero: `[(1, "failed"), (6, "running")]`.
+    pub fn others(&self) -> Vec<(i64, &'static str)> {
+        [
             (self.failed, "failed"),
             (self.running, "running"),
             (self.pending, "pending"),
+            (self.not_run(), "not run"),
         ]
-        .iter()
+        .into_iter()
         .filter(|(n, _)| *n > 0)
-        .map(|(n, word)| format!("{n} {word}"))
-        .collect();
+        .collect()
+    }
+
+    /// "3 succeeded, 1 failed, 6 running": the counts that are not zero ("no items" for an
+    /// empty list).
+    pub fn counts(&self) -> String {
         if self.total == 0 {
-            "no items".to_string()
-        } else if parts.is_empty() {
-            "0 started".to_string()
-        } else {
-            parts.join(", ")
+            return "no items".to_string();
         }
+        let first = (self.succeeded > 0).then_some((self.succeeded, "succeeded"));
+        let parts: Vec<String> = first
+            .into_iter()
+            .chain(self.others())
+            .map(|(n, word)| format!("{n} {word}"))
+            .collect();
+        parts.join(", ")
     }
 }
 

@@ -160,6 +160,9 @@ fn a_fan_out_member_is_one_node_with_its_counts() {
                 {"job": "empty", "trigger_rule": "all_done", "state": "skipped",
                  "foreach": "$.none[*]", "items": 0},
                 {"job": "later", "trigger_rule": "all_success", "foreach": "$.x[*]"},
+                {"job": "stopped", "trigger_rule": "all_success", "state": "cancelled",
+                 "foreach": "$.y[*]", "items": 5, "items_succeeded": 0, "items_failed": 1,
+                 "items_running": 0, "items_pending": 0},
             ],
             "edges": [
                 {"upstream": "list", "job": "transform", "condition": null},
@@ -183,9 +186,13 @@ fn a_fan_out_member_is_one_node_with_its_counts() {
         dot.contains("\"later\" [label=\"later\\nforeach $.x[*]\""),
         "{dot}"
     );
+    assert!(
+        dot.contains("\"stopped\" [label=\"stopped ×5\\n1 failed, 4 not run\\ncancelled\""),
+        "{dot}"
+    );
     assert_eq!(
         dot.matches("[label=").count(),
-        4,
+        5,
         "one label per job, none per item: {dot}"
     );
     let svg = graph.svg().unwrap();
