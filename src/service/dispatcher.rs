@@ -323,6 +323,10 @@ impl Dispatcher {
                     self.shared.runs.release(run.id);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run killed before it started: its process never ran");
                 }
+                Some(Admission::Released) => {
+                    self.shared.runs.release(run.id);
+                    tracing::debug!(job = %run.job_name, run_id = run.id, "run back to pending: its job is at its max_concurrency");
+                }
                 Some(Admission::Skipped) => {
                     self.shared.runs.release(run.id);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run skipped: the previous run is still running (overlap = forbid)");

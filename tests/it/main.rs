@@ -9,6 +9,7 @@ mod blackhole;
 mod chaos;
 mod cli;
 mod cli_flows;
+mod concurrency;
 mod core;
 mod events;
 mod faults;
