@@ -2,7 +2,9 @@
 //! exceed its cap, judged both by the job processes' own clocks (each appends its start and end
 //! to a file) and by the runs' started_at / finished_at; runs held back stay pending (they
 //! never expire waiting for the cap, though the batch outlasts their ttl) and all run; a
-//! change of the cap applies to the runs still waiting; no cap is the old behaviour.
+//! change of the cap applies to the runs still waiting; a slot freed on a draining host is
+//! taken elsewhere at once; guardians do not spin while runs wait; no cap is the old
+//! behaviour.
 
 use std::path::Path;
 use std::time::Duration;
@@ -319,4 +321,51 @@ async fn guardians_do_not_spin_on_runs_held_back_by_the_cap() {
         rate < 60.0,
         "{rate:.0} commits a second while runs wait for the cap"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_freed_on_a_draining_host_is_taken_by_another_guardian_at_once() {
+    let (db, client) = migrated_db().await;
+    add_job(&client, "handover", "sleep 2", Some(2)).await;
+    let _fleet = fleet(&db, &client, 3, "capacity = 8").await;
+    trigger_many(&client, "handover", 6).await;
+    wait_until(
+        &client,
+        "two runs started",
+        Duration::from_secs(30),
+        || "SELECT count(*) FROM sisy.runs WHERE started_at IS NOT NULL".into(),
+        |n: i64| n >= 2,
+    )
+    .await;
+    // The hosts of the two running runs take no more work: the slots they free when their
+    // runs end are for the other guardians, which sleep (nothing they may claim is due).
+    let first: Vec<i64> = client
+        .query(
+            "SELECT sisy.drain(host), id FROM sisy.runs WHERE started_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(1))
+        .collect();
+    assert_eq!(first.len(), 2);
+    wait_all_final(&client, "handover", 6, Duration::from_secs(120)).await;
+    assert_eq!(
+        states(&client, "handover").await,
+        vec![("succeeded".to_string(), 6)],
+        "the runs left waiting were run by the other guardians"
+    );
+    let row = client
+        .query_one(
+            "SELECT (SELECT extract(epoch FROM min(started_at))::float8 FROM sisy.runs WHERE id <> ALL ($1)),
+                    (SELECT extract(epoch FROM min(finished_at))::float8 FROM sisy.runs WHERE id = ANY ($1))",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    let (next, freed): (Option<f64>, Option<f64>) = (row.get(0), row.get(1));
+    let gap = next.unwrap() - freed.unwrap();
+    eprintln!("a freed slot was taken {gap:.3} s after the run that held it ended");
+    assert!(gap < 5.0, "the freed slot waited {gap:.1} s for a guardian");
 }
