@@ -5,14 +5,23 @@
 -- stops after $3 rows: `pool = ANY ($2)` over the whole set would read and sort every due
 -- pending run on every claim, however long the backlog. With several pools, rows locked
 -- beyond the $3 kept are released when the statement ends.
+-- Runs of a job already at its max_concurrency are left alone: claimed, they would only go
+-- back to pending at admission, and a guardian would claim and release them at full speed.
+-- The count is the job's running runs (claimed ones included) through the index
+-- runs_running: a few rows. It is a snapshot, so correctness stays with admission (two
+-- guardians may claim past the cap at the same moment; admission releases the surplus).
 WITH picked AS (
     SELECT r.id
       FROM unnest($2::text[]) AS p (pool)
      CROSS JOIN LATERAL (
-        SELECT id, due_at FROM sisy.runs
+        SELECT id, due_at FROM sisy.runs c
          WHERE state = 'pending' AND pool = p.pool AND due_at <= now() AND deadline > now()
            AND (target_host IS NULL OR target_host = $1)
            AND NOT coalesce((SELECT draining FROM sisy.hosts WHERE name = $1), true)
+           AND NOT EXISTS (SELECT 1 FROM sisy.jobs j
+                            WHERE j.id = c.job_id AND j.max_concurrency <= (
+                                  SELECT count(*) FROM sisy.runs x
+                                   WHERE x.job_id = j.id AND x.state = 'running'))
          ORDER BY due_at, id
          LIMIT $3
            FOR UPDATE SKIP LOCKED
@@ -25,7 +34,7 @@ UPDATE sisy.runs r
   FROM picked, sisy.jobs j
  WHERE r.id = picked.id AND j.id = r.job_id
 RETURNING r.id, r.job_id, r.job_name, r.scheduled_for, r.attempt, r.target_host, r.due_at,
-          j.command, j.run_as, j.env, j.workdir, j.overlap,
+          j.command, j.run_as, j.env, j.workdir, j.overlap, j.max_concurrency, r.item_index,
           extract(epoch FROM j.max_runtime)::float8 AS max_runtime,
           extract(epoch FROM j.kill_grace)::float8 AS kill_grace,
           -- A member's frozen inputs as text: handed to the job as they are, never decoded
@@ -36,4 +45,4 @@ RETURNING r.id, r.job_id, r.job_name, r.scheduled_for, r.attempt, r.target_host,
           coalesce(r.inputs, (SELECT fm.inputs FROM sisy.flow_run_members fm
                                WHERE fm.flow_run_id = r.flow_run_id AND fm.job = r.job_name
                                  AND r.item_index IS NOT NULL))::text AS inputs,
-          r.item::text AS item, r.item_index
+          r.item::text AS item

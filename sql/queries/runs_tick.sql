@@ -7,12 +7,37 @@
 -- runs_pending_due and jobs_pool_next_due (LATERAL, as in runs_claim.sql: overdue jobs and
 -- runs of pools this guardian does not serve are never read). `flow_due_in` is when the flows'
 -- safety net has something to do (a flow run's deadline, a recheck): two index lookups.
-WITH expired AS (
+--
+-- Waiting for max_concurrency never makes a run expire: an overdue pending run of a capped
+-- job whose slots are all taken (as many running runs as the cap), or were until a run of it
+-- ended less than a ttl ago, gets its deadline moved to now() + ttl instead (`held`): its ttl
+-- counts again from the last moment the cap held it back. Only a run that saw a free slot
+-- for a whole ttl without a guardian taking it expires, as any other run does. Checked once
+-- per job with overdue runs, through runs_running (a few rows) and runs_job.
+WITH overdue_jobs AS (
+    SELECT DISTINCT job_id FROM sisy.runs
+     WHERE state = 'pending' AND due_at <= now() AND deadline <= now() AND pool = ANY ($1)
+), held AS (
+    SELECT j.id, least(j.ttl, interval '100 years') AS ttl
+      FROM sisy.jobs j JOIN overdue_jobs o ON o.job_id = j.id
+     WHERE j.max_concurrency IS NOT NULL
+       AND (j.max_concurrency <= (SELECT count(*) FROM sisy.runs x
+                                   WHERE x.job_id = j.id AND x.state = 'running')
+            OR EXISTS (SELECT 1 FROM sisy.runs x
+                        WHERE x.job_id = j.id AND x.started_at IS NOT NULL
+                          AND x.finished_at > now() - j.ttl))
+), kept AS (
+    UPDATE sisy.runs r SET deadline = now() + held.ttl
+      FROM held
+     WHERE r.job_id = held.id
+       AND r.state = 'pending' AND r.due_at <= now() AND r.deadline <= now() AND r.pool = ANY ($1)
+), expired AS (
     UPDATE sisy.runs
        SET state = 'expired', finished_at = now(),
            error = format('not started before its deadline %s (no free guardian of pool %s in time)',
                           deadline, pool)
      WHERE state = 'pending' AND due_at <= now() AND deadline <= now() AND pool = ANY ($1)
+       AND (job_id IS NULL OR job_id NOT IN (SELECT id FROM held))
  RETURNING id
 ), next_job AS (
     SELECT min(first.next_due) AS at
@@ -27,9 +52,15 @@ WITH expired AS (
     SELECT min(first.due_at) AS at
       FROM unnest($1::text[]) AS p (pool)
      CROSS JOIN LATERAL (
-        SELECT due_at FROM sisy.runs
+        SELECT due_at FROM sisy.runs c
          WHERE state = 'pending' AND pool = p.pool AND deadline > now()
            AND (target_host IS NULL OR target_host = $2)
+           -- As in runs_claim.sql: a run held back by max_concurrency is no reason to look
+           -- again before a run of its job ends (which wakes the guardians).
+           AND NOT EXISTS (SELECT 1 FROM sisy.jobs j
+                            WHERE j.id = c.job_id AND j.max_concurrency <= (
+                                  SELECT count(*) FROM sisy.runs x
+                                   WHERE x.job_id = j.id AND x.state = 'running'))
          ORDER BY due_at
          LIMIT 1
      ) first

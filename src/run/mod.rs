@@ -46,8 +46,12 @@ pub struct ClaimedRun {
     pub flow_run_id: Option<i64>,
     /// The member's frozen inputs as JSON text (`sisy.runs.inputs`), handed over as they are.
     pub inputs: Option<String>,
-    /// An item of a fan-out: the item as JSON text (`sisy.runs.item`), and its index.
+    /// An item of a fan-out: the item as JSON text (`sisy.runs.item`).
     pub item: Option<String>,
+    /// The job's `max_concurrency` when claimed (None: no cap): admission then takes the
+    /// job's lock and reads the cap again under it.
+    pub max_concurrency: Option<i32>,
+    /// The item's place in its fan-out (`sisy.runs.item_index`); None outside fan-outs.
     pub item_index: Option<i32>,
     /// A value of the row the guardian could not read (an `env` nested too deep for the
     /// JSON decoder): the run is refused with this sentence instead of started.

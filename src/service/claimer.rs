@@ -9,11 +9,15 @@
 //!                                   └── forbid & another started ──▶ skipped
 //!                                   └── replace & another started ─▶ kill it, admit later
 //!                                   └── kill requested meanwhile ──▶ killed, never started
+//!                                   └── job at its max_concurrency ─▶ pending again
 //! ```
 //! A run counts as "running" for the overlap rules only once admitted (started_at set):
 //! two runs claimed at the same moment by two guardians are then ordered by the job lock.
-//! Runs of jobs with `overlap = 'allow'` have nothing to order: they are admitted by one
-//! statement, without a lock or a transaction. Statements are prepared once per connection.
+//! `max_concurrency` is applied under the same lock: the job's started runs are counted
+//! fleet-wide and at most the free slots start, in item order ([`limit`]); the others go back
+//! to `pending` (`runs_release.sql`) and are claimed again when a run of the job ends.
+//! Runs of jobs with `overlap = 'allow'` and no cap have nothing to order: they are admitted
+//! by one statement, without a lock or a transaction. Statements are prepared once per connection.
 //! A run whose kill was requested while it waited (`sisy.kill`, or replaced by a newer
 //! run) never starts: admission ends it `killed` (see `runs_admit.sql` for why not
 //! `cancelled`), before any overlap rule is applied to it.
@@ -49,6 +53,8 @@ pub enum Admission {
     Wait { victims: Vec<i64> },
     /// Its kill was requested before it started: recorded `killed`, its process never ran.
     Killed,
+    /// The job's max_concurrency is reached: back to `pending`, no longer this host's.
+    Released,
 }
 
 pub struct Claimer {
@@ -78,7 +84,10 @@ impl Claimer {
     /// Applies the overlap rules to claimed runs and records the outcome.
     pub async fn admit(&self, runs: &[ClaimedRun]) -> Result<HashMap<i64, Admission>> {
         let mut client = db::checkout(&self.db).await?;
-        if runs.iter().all(|r| r.overlap == Overlap::Allow) {
+        if runs
+            .iter()
+            .all(|r| r.overlap == Overlap::Allow && r.max_concurrency.is_none())
+        {
             // Nothing to serialise: no job lock, no transaction, one statement.
             let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
             let admit = client.prepare_cached(q::RUNS_ADMIT).await?;
@@ -90,7 +99,7 @@ impl Claimer {
         let guarded: Vec<i64> = {
             let set: HashSet<i64> = runs
                 .iter()
-                .filter(|r| r.overlap != Overlap::Allow)
+                .filter(|r| r.overlap != Overlap::Allow || r.max_concurrency.is_some())
                 .map(|r| r.job_id)
                 .collect();
             let mut v: Vec<i64> = set.into_iter().collect();
@@ -98,9 +107,15 @@ impl Claimer {
             v
         };
         let mut started = Vec::new();
+        // The caps as they are under the lock (a change since the claim applies now).
+        let mut caps: HashMap<i64, i32> = HashMap::new();
         if !guarded.is_empty() {
             let lock = tx.prepare_cached(q::JOBS_LOCK_FOR_ADMISSION).await?;
-            tx.query(&lock, &[&guarded]).await?;
+            for row in tx.query(&lock, &[&guarded]).await? {
+                if let Some(cap) = row.get::<_, Option<i32>>(1) {
+                    caps.insert(row.get(0), cap);
+                }
+            }
             let running = tx.prepare_cached(q::RUNS_RUNNING_OF_JOBS).await?;
             for row in tx.query(&running, &[&guarded]).await? {
                 started.push(Started {
@@ -125,7 +140,7 @@ impl Claimer {
             .filter(|r| !killed.contains(&r.id))
             .cloned()
             .collect();
-        let decisions = decide(&runs, &started);
+        let decisions = limit(&runs, decide(&runs, &started), &started, &caps);
         let admit: Vec<i64> = decisions
             .iter()
             .filter(|(_, d)| matches!(d, Decision::Start))
@@ -143,6 +158,11 @@ impl Claimer {
                 _ => None,
             })
             .unzip();
+        let release: Vec<i64> = decisions
+            .iter()
+            .filter(|(_, d)| matches!(d, Decision::Release))
+            .map(|(id, _)| *id)
+            .collect();
         let statement = tx.prepare_cached(q::RUNS_ADMIT).await?;
         let rows = tx.query(&statement, &[&admit, &self.host]).await?;
         let mut result: HashMap<i64, Admission> = rows.iter().map(admitted_from_row).collect();
@@ -153,6 +173,12 @@ impl Claimer {
                 .await?;
             for id in &skip_ids {
                 result.insert(*id, Admission::Skipped);
+            }
+        }
+        if !release.is_empty() {
+            let statement = tx.prepare_cached(q::RUNS_RELEASE).await?;
+            for row in tx.query(&statement, &[&release, &self.host]).await? {
+                result.insert(row.get(0), Admission::Released);
             }
         }
         for (id, d) in &decisions {
@@ -205,6 +231,7 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {
         flow_run_id: field(row, "flow_run_id", &mut defect),
         inputs: field(row, "inputs", &mut defect),
         item: field(row, "item", &mut defect),
+        max_concurrency: field(row, "max_concurrency", &mut defect),
         item_index: field(row, "item_index", &mut defect),
         defect,
     }
@@ -234,8 +261,14 @@ pub(crate) struct Started {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Decision {
     Start,
-    Skip { holder: i64 },
-    Replace { victims: Vec<i64> },
+    Skip {
+        holder: i64,
+    },
+    Replace {
+        victims: Vec<i64>,
+    },
+    /// Held back by the job's max_concurrency: back to pending.
+    Release,
 }
 
 /// The overlap rules, pure. Runs of an `all` job overlap only with runs for the same host.
@@ -272,6 +305,50 @@ pub(crate) fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Deci
     out
 }
 
+/// max_concurrency, pure: of the runs the overlap rules start, a capped job (`caps`, read
+/// under its lock) starts at most its free slots, its cap minus its started runs fleet-wide;
+/// the others are released. In item order: runs that are not items (an occurrence of the
+/// job itself) first, then items by `item_index`, then by id.
+pub(crate) fn limit(
+    runs: &[ClaimedRun],
+    decisions: Vec<(i64, Decision)>,
+    started: &[Started],
+    caps: &HashMap<i64, i32>,
+) -> Vec<(i64, Decision)> {
+    let mut taken: HashMap<i64, i64> = HashMap::new();
+    for s in started {
+        *taken.entry(s.job_id).or_default() += 1;
+    }
+    let by_id: HashMap<i64, &ClaimedRun> = runs.iter().map(|r| (r.id, r)).collect();
+    let mut starting: Vec<&ClaimedRun> = decisions
+        .iter()
+        .filter(|(_, d)| *d == Decision::Start)
+        .filter_map(|(id, _)| by_id.get(id).copied())
+        .filter(|r| caps.contains_key(&r.job_id))
+        .collect();
+    starting.sort_by_key(|r| (r.job_id, r.item_index.is_some(), r.item_index, r.id));
+    let mut held = HashSet::new();
+    for run in starting {
+        let cap = caps.get(&run.job_id).copied().unwrap_or(i32::MAX);
+        let used = taken.entry(run.job_id).or_default();
+        if *used >= i64::from(cap) {
+            held.insert(run.id);
+        } else {
+            *used += 1;
+        }
+    }
+    decisions
+        .into_iter()
+        .map(|(id, d)| {
+            if held.contains(&id) {
+                (id, Decision::Release)
+            } else {
+                (id, d)
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +373,7 @@ mod tests {
             flow_run_id: None,
             inputs: None,
             item: None,
+            max_concurrency: None,
             item_index: None,
             defect: None,
         }
@@ -307,6 +385,62 @@ mod tests {
             job_id,
             target_host: host.map(str::to_string),
         }
+    }
+
+    fn item(id: i64, job_id: i64, index: Option<i32>) -> ClaimedRun {
+        ClaimedRun {
+            max_concurrency: Some(1),
+            item_index: index,
+            ..claimed(id, job_id, Overlap::Allow, None)
+        }
+    }
+
+    #[test]
+    fn the_cap_starts_the_free_slots_in_item_order_and_releases_the_rest() {
+        let runs = [
+            item(10, 1, Some(3)),
+            item(11, 1, Some(0)),
+            item(12, 1, None),
+            item(13, 1, Some(1)),
+            item(14, 2, Some(9)),
+        ];
+        let caps = HashMap::from([(1, 3), (2, 1)]);
+        // Job 1: one slot of three taken elsewhere; job 2: its only slot taken.
+        let started = [started(5, 1, Some("b")), started(6, 2, None)];
+        let mut d = limit(&runs, decide(&runs, &started), &started, &caps);
+        d.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            d,
+            vec![
+                (10, Decision::Release),
+                (11, Decision::Start),
+                (12, Decision::Start),
+                (13, Decision::Release),
+                (14, Decision::Release),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_cap_leaves_uncapped_jobs_and_other_decisions_alone() {
+        let runs = [
+            claimed(7, 1, Overlap::Allow, None),
+            ClaimedRun {
+                max_concurrency: Some(5),
+                ..claimed(8, 2, Overlap::Forbid, None)
+            },
+        ];
+        let started = [started(3, 2, None)];
+        let d = limit(
+            &runs,
+            decide(&runs, &started),
+            &started,
+            &HashMap::from([(2, 5)]),
+        );
+        assert_eq!(
+            d,
+            vec![(7, Decision::Start), (8, Decision::Skip { holder: 3 })]
+        );
     }
 
     #[test]

@@ -323,6 +323,10 @@ impl Dispatcher {
                     self.shared.runs.release(run.id);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run killed before it started: its process never ran");
                 }
+                Some(Admission::Released) => {
+                    self.shared.runs.release(run.id);
+                    tracing::debug!(job = %run.job_name, run_id = run.id, "run back to pending: its job is at its max_concurrency");
+                }
                 Some(Admission::Skipped) => {
                     self.shared.runs.release(run.id);
                     tracing::info!(job = %run.job_name, run_id = run.id, "run skipped: the previous run is still running (overlap = forbid)");
@@ -456,4 +460,25 @@ async fn supervise_run(
     }
     // Capacity freed: the dispatcher may claim again (`finished` wakes it).
     shared.runs.finished(run.id);
+    if run.max_concurrency.is_some() && !shared.abandon.is_cancelled() {
+        wake_pool(shared, run.id).await;
+    }
+}
+
+/// Wakes every guardian of the pool of run `id`, a run of a capped job that ended: its slot
+/// may be taken anywhere. Best effort: a guardian not woken finds it at its safety poll.
+async fn wake_pool(shared: &Arc<Handles>, id: i64) {
+    let pool = &shared.db;
+    let limit = db::answer_limit(shared.config.get().lease);
+    let woken = db::within(pool, limit, "waking the pool", async {
+        let client = db::checkout(pool).await?;
+        let statement = client.prepare_cached(q::RUNS_WAKE_POOL).await?;
+        client.query(&statement, &[&id]).await?;
+        client.release();
+        Ok(())
+    })
+    .await;
+    if let Err(e) = woken {
+        tracing::debug!(run_id = id, error = %format!("{e:#}"), "could not wake the pool after a capped run ended");
+    }
 }

@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod cli_fanout;
 mod cli_flows;
+mod concurrency;
 mod core;
 mod events;
 mod faults;
