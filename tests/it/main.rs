@@ -11,6 +11,7 @@ mod cli;
 mod cli_flows;
 mod core;
 mod events;
+mod fanout;
 mod faults;
 mod flows;
 mod flows_readme;

@@ -1,0 +1,149 @@
+//! Cancel and rerun in the middle of a fan-out, with run states driven by SQL: a cancel
+//! cancels the pending items and kills the running ones (no retry), a rerun runs again only
+//! the items that did not succeed, and a rerun from upstream evaluates the items afresh.
+
+use serde_json::json;
+
+use super::{
+    FLOW, counts, end_items, exec, finish_items, flow_state, item_runs, join_inputs, member,
+    runs_of, start,
+};
+use crate::flows::refused;
+use crate::util::migrated_db;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_in_the_middle_cancels_pending_items_and_kills_running_ones() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    exec(
+        &client,
+        "UPDATE sisy.jobs SET max_retries = 3, retry_delay = '0' WHERE name = 'each'",
+    )
+    .await;
+    let fr = start(&client, Some("[0, 1, 2, 3, 4, 5]")).await;
+    end_items(&client, fr, &[0, 1], "succeeded").await;
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.runs SET state = 'running', host = 'h', started_at = now()
+              WHERE flow_run_id = {fr} AND item_index IN (2, 3)"
+        ),
+    )
+    .await;
+    exec(&client, &format!("SELECT sisy.cancel_flow({fr})")).await;
+    assert_eq!(flow_state(&client, fr).await, "cancelled");
+    let by_state = |rows: &[(Option<i32>, Option<String>, i32, String)], s: &str| -> Vec<i32> {
+        rows.iter()
+            .filter(|r| r.3 == s)
+            .filter_map(|r| r.0)
+            .collect()
+    };
+    let runs = item_runs(&client, fr).await;
+    assert_eq!(by_state(&runs, "cancelled"), vec![4, 5], "{runs:?}");
+    assert_eq!(by_state(&runs, "running"), vec![2, 3], "{runs:?}");
+    let asked: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sisy.runs WHERE flow_run_id = $1 AND state = 'running'
+                AND kill_requested_at IS NOT NULL",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(asked, 2, "the running items' kill was not requested");
+    // Their guardian kills them: no retry although max_retries = 3, nothing decided.
+    finish_items(&client, fr, &[2, 3], "killed").await;
+    assert_eq!(
+        runs_of(&client, fr, "each").await,
+        6,
+        "a killed item was retried"
+    );
+    assert_eq!(runs_of(&client, fr, "join").await, 0);
+    exec(&client, "SELECT sisy.flows_tend(interval '0 s')").await;
+    assert_eq!(runs_of(&client, fr, "join").await, 0);
+    assert_eq!(flow_state(&client, fr).await, "cancelled");
+}
+
+/// Items 1 and 3 of five fail; the rerun runs those two again (attempt 2, same items) and
+/// keeps the others' results; the join then gets all five in item order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_in_the_middle_runs_again_only_the_failed_items() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = start(&client, Some(r#"["a", "b", "c", "d", "e"]"#)).await;
+    end_items(&client, fr, &[1], "failed").await;
+    // Not while it runs.
+    let error = refused(&client, &format!("SELECT sisy.rerun_flow({fr})")).await;
+    assert!(error.contains("still running"), "{error}");
+    end_items(&client, fr, &[0, 2, 4], "succeeded").await;
+    end_items(&client, fr, &[3], "timed_out").await;
+    assert_eq!(flow_state(&client, fr).await, "failed");
+    let requeued: i32 = client
+        .query_one("SELECT sisy.rerun_flow($1)", &[&fr])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(requeued, 2, "each and join");
+    let pending: Vec<_> = item_runs(&client, fr)
+        .await
+        .into_iter()
+        .filter(|r| r.3 == "pending")
+        .collect();
+    assert_eq!(
+        pending,
+        vec![
+            (Some(1), Some("\"b\"".into()), 2, "pending".into()),
+            (Some(3), Some("\"d\"".into()), 2, "pending".into()),
+        ]
+    );
+    assert_eq!(runs_of(&client, fr, "each").await, 7);
+    assert_eq!(counts(&client, fr).await, [5, 3, 0, 0, 2].map(Some));
+    end_items(&client, fr, &[1, 3], "succeeded").await;
+    assert_eq!(member(&client, fr, "join").await.0, "pending");
+    let got = |x: &str| json!({ "got": x });
+    assert_eq!(
+        join_inputs(&client, fr).await,
+        json!({ "each": [got("a"), got("b"), got("c"), got("d"), got("e")] })
+    );
+    super::drive(&client, fr, "join", "succeeded", None).await;
+    assert_eq!(flow_state(&client, fr).await, "succeeded");
+    assert_eq!(
+        runs_of(&client, fr, "each").await,
+        7,
+        "a succeeded item ran again"
+    );
+}
+
+/// A rerun from the upstream decides the fan-out afresh: the items of the new list, the old
+/// attempts no longer counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_from_upstream_evaluates_the_items_again() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = start(&client, Some("[1, 2, 3]")).await;
+    end_items(&client, fr, &[0], "failed").await;
+    end_items(&client, fr, &[1, 2], "succeeded").await;
+    assert_eq!(flow_state(&client, fr).await, "failed");
+    let requeued: i32 = client
+        .query_one("SELECT sisy.rerun_flow($1, 'list')", &[&fr])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(requeued, 3);
+    super::drive(&client, fr, "list", "succeeded", Some(r#"["new"]"#)).await;
+    let fresh: Vec<_> = item_runs(&client, fr)
+        .await
+        .into_iter()
+        .filter(|r| r.3 == "pending")
+        .collect();
+    assert_eq!(
+        fresh,
+        vec![(Some(0), Some("\"new\"".into()), 2, "pending".into())]
+    );
+    assert_eq!(counts(&client, fr).await, [1, 0, 0, 0, 1].map(Some));
+    end_items(&client, fr, &[0], "succeeded").await;
+    assert_eq!(
+        join_inputs(&client, fr).await,
+        json!({ "each": [{ "got": "new" }] })
+    );
+}
