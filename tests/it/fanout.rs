@@ -8,6 +8,7 @@ mod control;
 mod decide;
 mod guardians;
 mod hostile;
+mod once;
 
 use tokio_postgres::Client;
 

@@ -147,3 +147,76 @@ async fn rerun_from_upstream_evaluates_the_items_again() {
         json!({ "each": [{ "got": "new" }] })
     );
 }
+
+/// A fan-out cancelled in the middle, then rerun: its succeeded items are kept, the killed
+/// and cancelled ones run again (attempt 2, same items).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_after_a_cancel_runs_again_the_killed_and_cancelled_items_only() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = start(&client, Some("[0, 1, 2, 3, 4]")).await;
+    end_items(&client, fr, &[0, 1], "succeeded").await;
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.runs SET state = 'running', host = 'h', started_at = now()
+              WHERE flow_run_id = {fr} AND item_index = 2"
+        ),
+    )
+    .await;
+    exec(&client, &format!("SELECT sisy.cancel_flow({fr})")).await;
+    finish_items(&client, fr, &[2], "killed").await;
+    let requeued: i32 = client
+        .query_one("SELECT sisy.rerun_flow($1)", &[&fr])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(requeued, 2, "each and join");
+    let again: Vec<(i32, i32)> = item_runs(&client, fr)
+        .await
+        .into_iter()
+        .filter(|r| r.3 == "pending")
+        .map(|r| (r.0.unwrap(), r.2))
+        .collect();
+    assert_eq!(again, vec![(2, 2), (3, 2), (4, 2)]);
+    end_items(&client, fr, &[], "succeeded").await;
+    assert_eq!(
+        join_inputs(&client, fr).await,
+        json!({ "each": (0..5).map(|i| json!({ "got": i })).collect::<Vec<_>>() })
+    );
+}
+
+/// flow_timeout passing in the middle of a fan-out: running items killed, pending ones
+/// cancelled, none retried, the flow run timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_timeout_in_the_middle_of_a_fan_out_ends_every_item() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    exec(
+        &client,
+        "UPDATE sisy.jobs SET flow_timeout = '1 hour' WHERE name = 'list';
+         UPDATE sisy.jobs SET max_retries = 3, retry_delay = '0' WHERE name = 'each';",
+    )
+    .await;
+    let fr = start(&client, Some("[0, 1, 2, 3]")).await;
+    end_items(&client, fr, &[0], "succeeded").await;
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.runs SET state = 'running', host = 'h', started_at = now()
+              WHERE flow_run_id = {fr} AND item_index = 1;
+             UPDATE sisy.flow_runs SET deadline = now() - interval '1 s' WHERE id = {fr};
+             SELECT sisy.flows_tend(interval '0 s');"
+        ),
+    )
+    .await;
+    assert_eq!(flow_state(&client, fr).await, "timed_out");
+    finish_items(&client, fr, &[1], "killed").await;
+    let states: Vec<String> = item_runs(&client, fr)
+        .await
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(states, ["succeeded", "killed", "cancelled", "cancelled"]);
+    assert_eq!(runs_of(&client, fr, "join").await, 0);
+}

@@ -194,3 +194,27 @@ async fn a_foreach_that_cannot_work_is_refused_with_a_message_naming_the_column(
     .await;
     assert!(error.contains("jsonpath"), "{error}");
 }
+
+/// The foreach is the flow run's snapshot: changing (or clearing) the job's foreach while a
+/// flow run is open changes nothing for it; the next flow run uses the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreach_changed_mid_flow_applies_from_the_next_flow_run() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = super::open(&client, "list").await;
+    exec(
+        &client,
+        "UPDATE sisy.jobs SET foreach = NULL WHERE name = 'each'",
+    )
+    .await;
+    super::drive(&client, fr, "list", "succeeded", Some("[1, 2, 3]")).await;
+    assert_eq!(item_runs(&client, fr).await.len(), 3);
+    end_items(&client, fr, &[], "succeeded").await;
+    super::drive(&client, fr, "join", "succeeded", None).await;
+    let next = start(&client, Some("[1, 2, 3]")).await;
+    assert_eq!(
+        item_runs(&client, next).await,
+        vec![(None, None, 1, "pending".to_string())]
+    );
+    assert_eq!(counts(&client, next).await[0], None);
+}

@@ -1,0 +1,74 @@
+//! Once and only once, with run states driven by SQL from many connections: the unique key
+//! refuses a second run of an item (whatever writes it), and items ending in concurrent
+//! transactions decide their join exactly once, round after round.
+
+use super::{FLOW, exec, flow_state, item_runs, runs_of, start};
+use crate::flows::refused;
+use crate::util::migrated_db;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_an_item_is_refused_by_the_unique_key() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = start(&client, Some("[\"a\", \"b\"]")).await;
+    let copy = format!(
+        "INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at,
+                                deadline, flow_run_id, item, item_index)
+         SELECT job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
+                flow_run_id, item, item_index
+           FROM sisy.runs WHERE flow_run_id = {fr} AND job_name = 'each' AND item_index = 1"
+    );
+    let error = refused(&client, &copy).await;
+    assert!(error.contains("runs_occurrence_key"), "{error}");
+    assert_eq!(item_runs(&client, fr).await.len(), 2);
+}
+
+/// 40 items end in 8 concurrent connections, each item in a transaction of its own: the
+/// join is decided exactly once and the flow run ends, every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_ending_in_concurrent_transactions_decide_their_join_once() {
+    let (db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let list: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let list = format!("[{}]", list.join(","));
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(db.connect().await);
+    }
+    for round in 0..5 {
+        let fr = start(&client, Some(&list)).await;
+        exec(
+            &client,
+            &format!(
+                "UPDATE sisy.runs SET state = 'running', host = 'h', started_at = now()
+                  WHERE flow_run_id = {fr} AND job_name = 'each'"
+            ),
+        )
+        .await;
+        let mut tasks = Vec::new();
+        for (c, conn) in conns.drain(..).enumerate() {
+            tasks.push(tokio::spawn(async move {
+                for i in (c..40).step_by(8) {
+                    conn.execute(
+                        "UPDATE sisy.runs SET state = 'succeeded', finished_at = now(), exit_code = 0,
+                                result = to_jsonb(item_index)
+                          WHERE flow_run_id = $1 AND job_name = 'each' AND item_index = $2",
+                        &[&fr, &(i as i32)],
+                    )
+                    .await
+                    .unwrap();
+                }
+                conn
+            }));
+        }
+        for t in tasks {
+            conns.push(t.await.unwrap());
+        }
+        assert_eq!(runs_of(&client, fr, "join").await, 1, "round {round}");
+        super::drive(&client, fr, "join", "succeeded", None).await;
+        assert_eq!(flow_state(&client, fr).await, "succeeded", "round {round}");
+        let inputs = super::join_inputs(&client, fr).await;
+        let want: Vec<i64> = (0..40).collect();
+        assert_eq!(inputs["each"], serde_json::json!(want), "round {round}");
+    }
+}
