@@ -135,11 +135,18 @@ fn environment(
         result_path.display().to_string(),
     );
     // Only the flow engine's word counts: outside a flow run, a job's env cannot pretend.
-    env.retain(|(k, _)| k != INPUTS && k != "SISY_FLOW_RUN_ID");
+    env.retain(|(k, _)| {
+        k != INPUTS && k != "SISY_FLOW_RUN_ID" && k != "SISY_ITEM" && k != "SISY_ITEM_INDEX"
+    });
     if let Some(flow_run_id) = run.flow_run_id {
         let inputs = run.inputs.clone().unwrap_or_else(|| "{}".into());
         set(&mut env, INPUTS.into(), inputs);
         set(&mut env, "SISY_FLOW_RUN_ID".into(), flow_run_id.to_string());
+    }
+    // An item of a fan-out: the item as JSON, and its place in the list.
+    if let (Some(item), Some(index)) = (&run.item, run.item_index) {
+        set(&mut env, "SISY_ITEM".into(), item.clone());
+        set(&mut env, "SISY_ITEM_INDEX".into(), index.to_string());
     }
     check_exec_size(&run.command, &env, arg_max())?;
     Ok(env)

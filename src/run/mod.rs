@@ -46,6 +46,9 @@ pub struct ClaimedRun {
     pub flow_run_id: Option<i64>,
     /// The member's frozen inputs as JSON text (`sisy.runs.inputs`), handed over as they are.
     pub inputs: Option<String>,
+    /// An item of a fan-out: the item as JSON text (`sisy.runs.item`), and its index.
+    pub item: Option<String>,
+    pub item_index: Option<i32>,
     /// A value of the row the guardian could not read (an `env` nested too deep for the
     /// JSON decoder): the run is refused with this sentence instead of started.
     pub defect: Option<String>,

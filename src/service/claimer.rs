@@ -204,6 +204,8 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {
         kill_grace: db::secs(field(row, "kill_grace", &mut defect)),
         flow_run_id: field(row, "flow_run_id", &mut defect),
         inputs: field(row, "inputs", &mut defect),
+        item: field(row, "item", &mut defect),
+        item_index: field(row, "item_index", &mut defect),
         defect,
     }
 }
@@ -293,6 +295,8 @@ mod tests {
             kill_grace: Duration::from_secs(1),
             flow_run_id: None,
             inputs: None,
+            item: None,
+            item_index: None,
             defect: None,
         }
     }
