@@ -220,3 +220,69 @@ async fn flow_timeout_in_the_middle_of_a_fan_out_ends_every_item() {
     assert_eq!(states, ["succeeded", "killed", "cancelled", "cancelled"]);
     assert_eq!(runs_of(&client, fr, "join").await, 0);
 }
+
+/// rerun_flow from the fan-out member itself after all its items succeeded and the join
+/// failed: asked for by name, the member runs again (as a plain member would), then the join;
+/// the flow run does not stall with nothing to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "engine: rerun_flow(id, 'each') with every item succeeded runs no item again (only the items that did not succeed); the join runs again on the old results"]
+async fn rerun_from_a_fan_out_member_whose_items_all_succeeded_runs_it_again() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = start(&client, Some("[1, 2]")).await;
+    end_items(&client, fr, &[], "succeeded").await;
+    super::drive(&client, fr, "join", "failed", None).await;
+    assert_eq!(flow_state(&client, fr).await, "failed");
+    let requeued: i32 = client
+        .query_one("SELECT sisy.rerun_flow($1, 'each')", &[&fr])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(requeued, 2, "each and join");
+    let again: Vec<(i32, i32)> = item_runs(&client, fr)
+        .await
+        .into_iter()
+        .filter(|r| r.3 == "pending")
+        .map(|r| (r.0.unwrap(), r.2))
+        .collect();
+    assert_eq!(
+        again,
+        vec![(0, 2), (1, 2)],
+        "the items asked for did not run again; join {:?}, flow run {}",
+        member(&client, fr, "join").await,
+        flow_state(&client, fr).await
+    );
+    end_items(&client, fr, &[], "succeeded").await;
+    super::drive(&client, fr, "join", "succeeded", None).await;
+    assert_eq!(flow_state(&client, fr).await, "succeeded");
+}
+
+/// The job of a fan-out deleted while its items wait: the flow run still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_whose_job_is_deleted_mid_run_still_ends() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = start(&client, Some("[1, 2, 3]")).await;
+    end_items(&client, fr, &[0], "succeeded").await;
+    exec(
+        &client,
+        "DELETE FROM sisy.dependencies WHERE job = 'each' OR upstream = 'each';
+         DELETE FROM sisy.jobs WHERE name = 'each';
+         SELECT sisy.flows_tend(interval '0 s');",
+    )
+    .await;
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sisy.runs WHERE flow_run_id = $1 AND state IN ('pending', 'running')",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let state = flow_state(&client, fr).await;
+    assert!(
+        pending == 0 && state != "running",
+        "{pending} runs left pending, flow run {state}: {:?}",
+        item_runs(&client, fr).await
+    );
+}

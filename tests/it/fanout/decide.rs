@@ -284,3 +284,49 @@ async fn ten_thousand_items_run_and_their_join_gets_all_their_results() {
             .all(|(i, r)| r["got"] == json!(i))
     );
 }
+
+/// A fan-out after a fan-out: `each2`'s items are the results of `each`'s items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_over_a_fan_outs_results_runs_one_item_per_result() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    exec(
+        &client,
+        "INSERT INTO sisy.jobs (name, command, foreach) VALUES ('each2', 'true', '$.each[*].got');
+         INSERT INTO sisy.dependencies (job, upstream) VALUES ('each2', 'each');",
+    )
+    .await;
+    let fr = start(&client, Some(r#"["p", "q", "r"]"#)).await;
+    end_items(&client, fr, &[], "succeeded").await;
+    let items: Vec<(Option<i32>, Option<String>)> = client
+        .query(
+            "SELECT item_index, item::text FROM sisy.runs WHERE flow_run_id = $1
+                AND job_name = 'each2' ORDER BY item_index",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<_> = ["p", "q", "r"]
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (Some(i as i32), Some(format!("\"{x}\""))))
+        .collect();
+    assert_eq!(items, want);
+}
+
+/// An item lost (its guardian gone) with no retries left fails the fan-out like a failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_item_without_retries_fails_the_fan_out() {
+    let (_db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let fr = start(&client, Some("[1, 2]")).await;
+    end_items(&client, fr, &[0], "succeeded").await;
+    end_items(&client, fr, &[1], "lost").await;
+    assert_eq!(runs_of(&client, fr, "each").await, 2);
+    assert_eq!(counts(&client, fr).await, [2, 1, 1, 0, 0].map(Some));
+    assert_eq!(member(&client, fr, "join").await.0, "upstream_failed");
+    assert_eq!(flow_state(&client, fr).await, "failed");
+}
