@@ -1,7 +1,7 @@
 //! The sisyphus benchmark: a program that prints numbers (STYLE.md item 11).
 //!
 //! `cargo bench --bench sisy` runs every scenario; `cargo bench --bench sisy -- latency idle`
-//! runs the ones named (latency, throughput, scale, idle, control, flows). It starts its own
+//! runs the ones named (latency, throughput, scale, idle, control, flows, fanout). It starts its own
 //! throwaway PostgreSQL (the integration tests' `pg.rs`, with production-like settings and
 //! TCP on 127.0.0.1), real release-built `sisy guardian` processes (the tests' `util.rs`)
 //! and real jobs, and prints one JSON document on stdout: the conditions (cores, PostgreSQL
@@ -20,6 +20,7 @@ mod pg;
 mod util;
 
 mod control;
+mod fanout;
 mod flows;
 mod harness;
 mod idle;
@@ -31,7 +32,15 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-const SCENARIOS: &[&str] = &["latency", "throughput", "scale", "idle", "control", "flows"];
+const SCENARIOS: &[&str] = &[
+    "latency",
+    "throughput",
+    "scale",
+    "idle",
+    "control",
+    "flows",
+    "fanout",
+];
 
 #[tokio::main]
 async fn main() {
@@ -83,6 +92,7 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
             "idle" => idle::run(&cluster).await?,
             "control" => control::run(&cluster).await?,
             "flows" => flows::run(&cluster).await?,
+            "fanout" => fanout::run(&cluster).await?,
             _ => unreachable!("checked in main"),
         };
         // Other work on this machine (builds, tests) takes CPU from the benchmark.

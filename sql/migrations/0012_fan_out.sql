@@ -4,7 +4,9 @@
 -- * `sisy.jobs.foreach`: a jsonpath over the member's SISY_INPUTS; one run per item, each with
 --   `sisy.runs.item` (the item) and `item_index` (0, 1, …). The unique key covers the item,
 --   so no item runs twice in one flow run whatever the number of guardians. At most 10,000
---   items; an empty list is one `skipped` row and counts as success.
+--   items; an empty list is one `skipped` row and counts as success. The path is evaluated
+--   in strict mode unless it says `lax`: a missing key or a result that is not a list fails
+--   the member (lax mode would run one `null` item for a missing result).
 -- * FOREACH is a PL/pgSQL keyword: the column is written "foreach" (quoted) in PL/pgSQL
 --   expressions.
 -- * `sisy.jobs.max_concurrency`: at most that many runs of the job running at once across
@@ -195,7 +197,11 @@ BEGIN
     -- is one skipped row that counts as success (items = 0).
     IF verdict = 'run' AND m."foreach" IS NOT NULL THEN
         BEGIN
-            items := jsonb_path_query_array(frozen, m."foreach");
+            -- In strict mode unless the path says `lax`: items come from a list that is
+            -- there (lax mode would make a missing or null result one `null` item).
+            items := jsonb_path_query_array(frozen,
+                CASE WHEN m."foreach"::text ~ '^(lax|strict) ' THEN m."foreach"
+                     ELSE ('strict ' || m."foreach"::text)::jsonpath END);
             item_count := jsonb_array_length(items);
         EXCEPTION WHEN OTHERS THEN
             verdict := 'failed';

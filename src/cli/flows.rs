@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use super::output::Output;
 use super::{FlowsCommand, sql_error};
 use crate::db::cli as q;
-use plot::Graph;
+use plot::{Graph, Items};
 
 /// The states of a flow run (`sisy.flow_runs.state`).
 const STATES: &[&str] = &[
@@ -152,6 +152,7 @@ async fn show(client: &Client, id: i64, output: Output) -> Result<()> {
     outln!("");
     for m in &mut members {
         m["hosts"] = names(&m["hosts"]);
+        m["items"] = Items::from_json(m).map_or(Value::Null, |i| Value::String(item_progress(&i)));
     }
     output.rows(
         &members,
@@ -159,6 +160,7 @@ async fn show(client: &Client, id: i64, output: Output) -> Result<()> {
             ("job", "JOB"),
             ("state", "STATE"),
             ("attempt", "TRY"),
+            ("items", "ITEMS"),
             ("hosts", "HOSTS"),
             ("started_at", "STARTED (UTC)"),
             ("finished_at", "FINISHED (UTC)"),
@@ -244,6 +246,19 @@ fn progress(row: &Value) -> String {
         if n(key) > 0 {
             text.push_str(&format!(", {} {word}", n(key)));
         }
+    }
+    text
+}
+
+/// "3/10 succeeded, 1 failed, 6 running": a fan-out member's items ("no items" for an
+/// empty list).
+fn item_progress(items: &Items) -> String {
+    if items.total == 0 {
+        return "no items".to_string();
+    }
+    let mut text = format!("{}/{} succeeded", items.succeeded, items.total);
+    for (n, word) in items.others() {
+        text.push_str(&format!(", {n} {word}"));
     }
     text
 }

@@ -81,6 +81,14 @@ pub struct JobFields {
     /// On a flow's root: the whole flow run's wall-clock limit, e.g. 2h ('' = none).
     #[arg(long, value_name = "DURATION")]
     pub flow_timeout: Option<String>,
+    /// In a flow: one run per item of this jsonpath over SISY_INPUTS, e.g.
+    /// '$.list_files.files[*]' ('' = none).
+    #[arg(long, value_name = "PATH")]
+    pub foreach: Option<String>,
+    /// At most N runs of the job running at once across the fleet, items included ('' =
+    /// no limit).
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<String>,
 }
 
 pub async fn run(client: &mut Client, cmd: JobsCommand, output: Output) -> Result<()> {
@@ -220,6 +228,8 @@ async fn add(client: &mut Client, name: &str, f: &JobFields, output: Output) -> 
                 &f.run_as,
                 &f.workdir,
                 &f.flow_timeout,
+                &f.foreach,
+                &f.max_concurrency,
             ],
         )
         .await
@@ -324,6 +334,8 @@ async fn edit(
                 &f.trigger_rule,
                 &f.continue_on_failure,
                 &f.flow_timeout,
+                &f.foreach,
+                &f.max_concurrency,
             ],
         )
         .await

@@ -56,7 +56,11 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, output: Output) -> Resul
             let Some(row) = rows.first() else {
                 bail!("no run with id {id}: see `sisy runs list`")
             };
-            output.record(&row.get(0));
+            let mut run: Value = row.get(0);
+            if output == Output::Human && !run["item"].is_null() {
+                run["item"] = Value::String(item_text(&run["item"], SHOWN_ITEM));
+            }
+            output.record(&run);
             Ok(())
         }
         RunsCommand::Logs { id } => logs(client, id, output).await,
@@ -105,7 +109,12 @@ async fn list(client: &Client, a: &ListArgs, output: Output) -> Result<()> {
         )
         .await
         .map_err(|e| sql_error(e, ""))?;
-    let rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let mut rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    if output == Output::Human {
+        for row in &mut rows {
+            row["item"] = item_cell(row);
+        }
+    }
     output.rows(
         &rows,
         &[
@@ -114,6 +123,7 @@ async fn list(client: &Client, a: &ListArgs, output: Output) -> Result<()> {
             ("attempt", "TRY"),
             ("reason", "REASON"),
             ("state", "STATE"),
+            ("item", "ITEM"),
             ("host", "HOST"),
             ("scheduled_for", "SCHEDULED (UTC)"),
             ("finished_at", "FINISHED (UTC)"),
@@ -122,6 +132,32 @@ async fn list(client: &Client, a: &ListArgs, output: Output) -> Result<()> {
         ],
     );
     Ok(())
+}
+
+/// How much of an item `runs show` prints (`--json` has all of it).
+const SHOWN_ITEM: usize = 500;
+
+/// How much of an item a `runs list` row shows.
+const LISTED_ITEM: usize = 30;
+
+/// The ITEM cell of a run of a fan-out member: `3: "b.csv"` (its index, then the item cut
+/// short); NULL ("-") for any other run.
+fn item_cell(row: &Value) -> Value {
+    match row["item_index"].as_i64() {
+        Some(i) => Value::String(format!("{i}: {}", item_text(&row["item"], LISTED_ITEM))),
+        None => Value::Null,
+    }
+}
+
+/// An item as compact JSON on one line, cut to `max` characters with an ellipsis (an item
+/// may be a large object: the command line shows its start, `--json` all of it).
+fn item_text(item: &Value, max: usize) -> String {
+    let text = item.to_string();
+    if text.chars().count() <= max {
+        return text;
+    }
+    let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
 }
 
 /// `--since` as an instant, or as seconds before the database's now.

@@ -8,6 +8,7 @@ mod badrows;
 mod blackhole;
 mod chaos;
 mod cli;
+mod cli_fanout;
 mod cli_flows;
 mod core;
 mod events;

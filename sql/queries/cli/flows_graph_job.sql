@@ -1,6 +1,7 @@
 -- `sisy flows plot ROOT`: the flow of a root job as it is declared now (sisy.dependencies):
 -- every job reachable from it and the edges between them, plus what the CLI needs to say
--- why a name is not a root (whether the job exists, and the roots above it).
+-- why a name is not a root (whether the job exists, and the roots above it). A fan-out
+-- member carries its `foreach` path.
 WITH RECURSIVE reach (job) AS (
     SELECT name FROM sisy.jobs WHERE name = $1
     UNION
@@ -16,7 +17,8 @@ SELECT jsonb_build_object(
                WHERE up.job <> $1
                  AND NOT EXISTS (SELECT 1 FROM sisy.dependencies d WHERE d.job = up.job)),
     'nodes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                         'job', j.name, 'trigger_rule', j.trigger_rule) ORDER BY j.name), '[]')
+                         'job', j.name, 'trigger_rule', j.trigger_rule, 'foreach', j.foreach::text)
+                         ORDER BY j.name), '[]')
                 FROM reach JOIN sisy.jobs j ON j.name = reach.job),
     'edges', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                          'job', d.job, 'upstream', d.upstream, 'condition', d.condition::text)

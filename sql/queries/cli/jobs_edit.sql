@@ -19,6 +19,10 @@ UPDATE sisy.jobs SET
     trigger_rule        = coalesce($18, trigger_rule),
     continue_on_failure = coalesce($19, continue_on_failure),
     flow_timeout        = CASE WHEN $20::text IS NULL THEN flow_timeout
-                               ELSE nullif($20, '')::interval END
+                               ELSE nullif($20, '')::interval END,
+    foreach             = CASE WHEN $21::text IS NULL THEN foreach
+                               ELSE nullif($21, '')::jsonpath END,
+    max_concurrency     = CASE WHEN $22::text IS NULL THEN max_concurrency
+                               ELSE nullif($22, '')::int END
  WHERE name = $1
 RETURNING id

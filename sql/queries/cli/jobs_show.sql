@@ -17,7 +17,8 @@ SELECT to_jsonb(d) || jsonb_build_object(
            'consecutive_failures', s.consecutive_failures, 'running', s.running)
   FROM (SELECT id, name, command, schedule, timezone, pool, target, ttl, max_runtime,
                kill_grace, max_retries, retry_delay, overlap, jitter, run_as, workdir,
-               suspended, trigger_rule, continue_on_failure, flow_timeout, source,
+               suspended, trigger_rule, continue_on_failure, flow_timeout, foreach::text,
+               max_concurrency, source,
                created_at, updated_at, next_due, schedule_error
           FROM sisy.jobs WHERE name = $1) d
   JOIN sisy.job_env_keys k ON k.id = d.id

@@ -1,7 +1,7 @@
 --   $1 job  $2 state  $3 host  $4 since (timestamp)  $5 since (seconds ago)  $6 limit
 SELECT to_jsonb(x) FROM (
     SELECT id, job_name, attempt, reason, state, host, scheduled_for, started_at, finished_at,
-           exit_code, signal, error
+           exit_code, signal, error, item_index, item
       FROM sisy.runs
      WHERE ($1::text IS NULL OR job_name = $1)
        AND ($2::text IS NULL OR state = $2)

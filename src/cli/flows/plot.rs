@@ -29,12 +29,75 @@ pub struct Graph {
     pub edges: Vec<Edge>,
 }
 
-/// One job of the flow; `state` only when drawing a flow run.
+/// One job of the flow; `state` and `items` only when drawing a flow run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub job: String,
     pub trigger_rule: String,
     pub state: Option<String>,
+    /// The jsonpath of a fan-out member (one run per item).
+    pub foreach: Option<String>,
+    /// A fan-out member's items once it was decided: one node for all of them.
+    pub items: Option<Items>,
+}
+
+/// A fan-out member's items, counted over the latest attempt of each (`sisy.flow_members`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Items {
+    pub total: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub running: i64,
+    pub pending: i64,
+}
+
+impl Items {
+    /// The counts of a member row (`items`, `items_succeeded`, …); None for a member
+    /// without items (no foreach, or not decided yet).
+    pub fn from_json(m: &Value) -> Option<Items> {
+        let n = |k: &str| m[k].as_i64().unwrap_or(0);
+        Some(Items {
+            total: m["items"].as_i64()?,
+            succeeded: n("items_succeeded"),
+            failed: n("items_failed"),
+            running: n("items_running"),
+            pending: n("items_pending"),
+        })
+    }
+
+    /// The items in none of the four counts: cancelled or skipped (a cancelled flow run's
+    /// items that had not started).
+    pub fn not_run(&self) -> i64 {
+        (self.total - self.succeeded - self.failed - self.running - self.pending).max(0)
+    }
+
+    /// The counts after `succeeded` that are not zero: `[(1, "failed"), (6, "running")]`.
+    pub fn others(&self) -> Vec<(i64, &'static str)> {
+        [
+            (self.failed, "failed"),
+            (self.running, "running"),
+            (self.pending, "pending"),
+            (self.not_run(), "not run"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .collect()
+    }
+
+    /// "3 succeeded, 1 failed, 6 running": the counts that are not zero ("no items" for an
+    /// empty list).
+    pub fn counts(&self) -> String {
+        if self.total == 0 {
+            return "no items".to_string();
+        }
+        let first = (self.succeeded > 0).then_some((self.succeeded, "succeeded"));
+        let parts: Vec<String> = first
+            .into_iter()
+            .chain(self.others())
+            .map(|(n, word)| format!("{n} {word}"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 /// "`job` runs after `upstream`", when `condition` (a jsonpath) holds.
@@ -55,8 +118,9 @@ const FONT: usize = 14;
 const OPTIMIZE_UP_TO: usize = 400;
 
 impl Graph {
-    /// The graph of `{"nodes": [{job, trigger_rule, state?}], "edges": [{job, upstream,
-    /// condition}]}`; edges whose ends are not nodes are left out.
+    /// The graph of `{"nodes": [{job, trigger_rule, state?, foreach?, items?, items_succeeded?,
+    /// …}], "edges": [{job, upstream, condition}]}`; edges whose ends are not nodes are left
+    /// out.
     pub fn from_json(title: &str, v: &Value) -> Graph {
         let text = |v: &Value| v.as_str().map(str::to_string);
         let nodes: Vec<Node> = v["nodes"]
@@ -68,6 +132,8 @@ impl Graph {
                     job: text(&n["job"])?,
                     trigger_rule: text(&n["trigger_rule"]).unwrap_or_default(),
                     state: text(&n["state"]),
+                    foreach: text(&n["foreach"]),
+                    items: Items::from_json(n),
                 })
             })
             .collect();
@@ -231,11 +297,25 @@ impl Graph {
 }
 
 impl Node {
-    /// What the node says: the job, its trigger rule unless the default, its state.
+    /// What the node says: the job (with its number of items for a fan-out member), its
+    /// trigger rule unless the default, its items counted (or its `foreach` before it has
+    /// items), its state.
     fn label(&self) -> String {
         let mut label = self.job.clone();
+        if let Some(items) = &self.items {
+            let _ = write!(label, " ×{}", items.total);
+        }
         if !self.trigger_rule.is_empty() && self.trigger_rule != "all_success" {
             let _ = write!(label, "\n({})", self.trigger_rule);
+        }
+        match (&self.items, &self.foreach) {
+            (Some(items), _) => {
+                let _ = write!(label, "\n{}", items.counts());
+            }
+            (None, Some(path)) => {
+                let _ = write!(label, "\nforeach {path}");
+            }
+            (None, None) => {}
         }
         if let Some(state) = &self.state {
             let _ = write!(label, "\n{state}");

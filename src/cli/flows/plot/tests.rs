@@ -99,6 +99,8 @@ fn svg_of_a_dense_flow_is_drawn_at_once() {
         job: "root".into(),
         trigger_rule: "all_success".into(),
         state: None,
+        foreach: None,
+        items: None,
     }];
     let mut edges = Vec::new();
     for rank in 0..10 {
@@ -108,6 +110,8 @@ fn svg_of_a_dense_flow_is_drawn_at_once() {
                 job: job.clone(),
                 trigger_rule: "all_success".into(),
                 state: None,
+                foreach: None,
+                items: None,
             });
             let ups: Vec<String> = if rank == 0 {
                 vec!["root".into()]
@@ -139,4 +143,61 @@ fn svg_of_a_dense_flow_is_drawn_at_once() {
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let text: String = doc.descendants().filter_map(|n| n.text()).collect();
     assert!(text.contains("r9j9") && text.contains("root"));
+}
+
+/// A fan-out member is one node whose label counts its items; before it has items (or in a
+/// root's graph) it says its `foreach`.
+#[test]
+fn a_fan_out_member_is_one_node_with_its_counts() {
+    let graph = Graph::from_json(
+        "fan",
+        &json!({
+            "nodes": [
+                {"job": "list", "trigger_rule": "all_success", "state": "succeeded"},
+                {"job": "transform", "trigger_rule": "all_success", "state": "running",
+                 "foreach": "$.list.files[*]", "items": 10, "items_succeeded": 3,
+                 "items_failed": 1, "items_running": 6, "items_pending": 0},
+                {"job": "empty", "trigger_rule": "all_done", "state": "skipped",
+                 "foreach": "$.none[*]", "items": 0},
+                {"job": "later", "trigger_rule": "all_success", "foreach": "$.x[*]"},
+                {"job": "stopped", "trigger_rule": "all_success", "state": "cancelled",
+                 "foreach": "$.y[*]", "items": 5, "items_succeeded": 0, "items_failed": 1,
+                 "items_running": 0, "items_pending": 0},
+            ],
+            "edges": [
+                {"upstream": "list", "job": "transform", "condition": null},
+                {"upstream": "list", "job": "empty", "condition": null},
+                {"upstream": "transform", "job": "later", "condition": null},
+            ],
+        }),
+    );
+    let dot = graph.dot();
+    assert!(
+        dot.contains(
+            "\"transform\" [label=\"transform ×10\\n3 succeeded, 1 failed, 6 running\\nrunning\""
+        ),
+        "{dot}"
+    );
+    assert!(
+        dot.contains("\"empty\" [label=\"empty ×0\\n(all_done)\\nno items\\nskipped\""),
+        "{dot}"
+    );
+    assert!(
+        dot.contains("\"later\" [label=\"later\\nforeach $.x[*]\""),
+        "{dot}"
+    );
+    assert!(
+        dot.contains("\"stopped\" [label=\"stopped ×5\\n1 failed, 4 not run\\ncancelled\""),
+        "{dot}"
+    );
+    assert_eq!(
+        dot.matches("[label=").count(),
+        5,
+        "one label per job, none per item: {dot}"
+    );
+    let svg = graph.svg().unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let text: String = doc.descendants().filter_map(|n| n.text()).collect();
+    assert!(text.contains("transform ×10"), "{text}");
+    assert!(text.contains("3 succeeded, 1 failed, 6 running"), "{text}");
 }
