@@ -83,7 +83,6 @@ async fn unicode_items_and_odd_json_values_are_items_as_they_are() {
 /// with a made-up `null` item (lax jsonpath wraps a null into a one-item list): the member is
 /// either an empty fan-out (skipped) or fails saying there was nothing to iterate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine: a foreach over an upstream with no result (NULL) runs one item `null` (lax jsonpath wraps the null) instead of an empty or failed fan-out"]
 async fn a_foreach_over_no_result_runs_no_item() {
     let (_db, client) = migrated_db().await;
     exec(&client, FLOW).await;
