@@ -1,7 +1,8 @@
 //! Once and only once, with run states driven by SQL from many connections: the unique key
-//! refuses a second run of an item (whatever writes it), and items ending in concurrent
-//! transactions decide their join exactly once, round after round; and an item's end costs
-//! the same whatever the number of items.
+//! refuses a second run of an item (whatever writes it); items ending in concurrent
+//! transactions decide their join exactly once, round after round; a cancel racing the
+//! items' ends leaves nothing to run; and an item's end costs the same whatever the number
+//! of items.
 
 use super::{FLOW, exec, flow_state, item_runs, runs_of, start};
 use crate::flows::refused;
@@ -117,4 +118,74 @@ async fn ending_items_one_by_one_costs_no_more_with_more_items() {
     }
     // Ten times the items: allow twice the cost per item (noise), not ten times.
     assert!(per_item[1] < per_item[0] * 3, "{per_item:?}");
+}
+
+/// A cancel while 40 items end in 8 concurrent connections: whatever the interleaving, the
+/// flow run ends cancelled, nothing is left pending and the join is never left to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_items_ending_leaves_nothing_to_run() {
+    let (db, client) = migrated_db().await;
+    exec(&client, FLOW).await;
+    let list: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let fr = start(&client, Some(&format!("[{}]", list.join(",")))).await;
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.runs SET state = 'running', host = 'h', started_at = now()
+              WHERE flow_run_id = {fr} AND job_name = 'each'"
+        ),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for c in 0..8i32 {
+        let conn = db.connect().await;
+        tasks.push(tokio::spawn(async move {
+            for i in (c..40).step_by(8) {
+                // A killed item stays killed: only running ones end.
+                conn.execute(
+                    "UPDATE sisy.runs SET state = 'succeeded', finished_at = now(), exit_code = 0
+                      WHERE flow_run_id = $1 AND job_name = 'each' AND item_index = $2
+                        AND state = 'running'",
+                    &[&fr, &i],
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    tokio::task::yield_now().await;
+    exec(&client, &format!("SELECT sisy.cancel_flow({fr})")).await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // What the cancel asked to kill, its guardian kills.
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.runs SET state = 'killed', finished_at = now()
+              WHERE flow_run_id = {fr} AND state = 'running' AND kill_requested_at IS NOT NULL"
+        ),
+    )
+    .await;
+    assert_eq!(flow_state(&client, fr).await, "cancelled");
+    let open: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sisy.runs WHERE flow_run_id = $1 AND state IN ('pending', 'running')",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "{:?}", item_runs(&client, fr).await);
+    let join: Vec<String> = client
+        .query(
+            "SELECT state FROM sisy.runs WHERE flow_run_id = $1 AND job_name = 'join'",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(join.is_empty() || join == ["cancelled"], "{join:?}");
 }
