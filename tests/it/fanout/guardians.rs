@@ -1,7 +1,8 @@
 //! Fan-outs run by real guardians and real processes: three guardians racing on 500 items
 //! (each item's process exactly once, spread over the hosts, capacity respected), items lost
-//! with their guardian and retried on another, a cancel killing the running items'
-//! processes, and what an item's process gets (`SISY_ITEM`, the item as JSON).
+//! with their guardian and retried on another, a failing item retried with its own item, a
+//! cancel killing the running items' processes, what an item's process gets (`SISY_ITEM`,
+//! the item as JSON), and a fan-in too large for the join's environment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -435,4 +436,38 @@ async fn a_fan_in_too_large_for_the_environment_fails_the_join_saying_so() {
         error.contains("SISY_INPUTS") && error.contains("bytes"),
         "{error}"
     );
+}
+
+/// An item that fails on its first attempt is retried by a real guardian with its own item
+/// (SISY_ITEM and SISY_ATTEMPT of the retry); the other items run once; the join gets every
+/// item's result from its last attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_item_is_retried_with_its_own_item() {
+    let (db, client) = migrated_db().await;
+    let tag = format!("retry-{}", db.name);
+    // Item 2 fails on its first attempt; every attempt writes "<item>/<attempt>".
+    let each = r#"printf '"%s/%s"' "$SISY_ITEM" "$SISY_ATTEMPT" > "$SISY_RESULT"; [ "$SISY_ITEM" != 2 ] || [ "$SISY_ATTEMPT" -ge 2 ]"#;
+    flow(&client, &tag, "[1, 2, 3]", each).await;
+    exec(
+        &client,
+        "UPDATE sisy.jobs SET max_retries = 1, retry_delay = '0', overlap = 'allow' WHERE name = 'each'",
+    )
+    .await;
+    let _fleet = fleet(&db, &client, 2, "capacity = 2").await;
+    let fr = open(&client, "list").await;
+    assert_eq!(ended(&client, fr).await, "succeeded");
+    assert_eq!(runs_of(&client, fr, "each").await, 4);
+    let inputs: Option<serde_json::Value> = client
+        .query_one(
+            "SELECT inputs FROM sisy.runs WHERE flow_run_id = $1 AND job_name = 'join'",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        inputs,
+        Some(serde_json::json!({ "each": ["1/1", "2/2", "3/1"] }))
+    );
+    reap(&tag);
 }
