@@ -13,6 +13,7 @@ mod cli_flows;
 mod concurrency;
 mod core;
 mod events;
+mod fanout;
 mod faults;
 mod flows;
 mod flows_readme;
