@@ -82,6 +82,9 @@ CREATE TRIGGER jobs_validate_flow_update BEFORE UPDATE ON sisy.jobs
                         NEW.foreach::text, NEW.max_concurrency, NEW.target))
     EXECUTE FUNCTION sisy.jobs_validate_flow();
 
+-- A member's runs still open: how a member's outcome is known to be open at a glance.
+CREATE INDEX runs_flow_open ON sisy.runs (flow_run_id, job_name) WHERE state IN ('pending', 'running');
+
 ALTER TABLE sisy.flow_run_members
     -- The inputs frozen by its current decision: its item runs read them from here (one copy
     -- per member, not one per item).
@@ -90,6 +93,19 @@ ALTER TABLE sisy.flow_run_members
 -- The outcome of a member, as in 0010, over the last attempt of each item too; a fan-out
 -- member with an empty list (items = 0) succeeded.
 CREATE OR REPLACE FUNCTION sisy.flow_member_outcome(fr_id bigint, member text, since int, keep_going boolean)
+    RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- A run still open (pending, running, a retry waiting) is always its item's last attempt:
+    -- while one is, the outcome is open, found through runs_flow_open without reading the
+    -- member's other items (ending 10,000 items one by one would read them all each time).
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM sisy.runs
+                              WHERE flow_run_id = fr_id AND job_name = member AND attempt >= since
+                                AND state IN ('pending', 'running'))
+                THEN NULL
+                ELSE (SELECT sisy.flow_member_outcome_of(fr_id, member, since, keep_going)) END
+$$;
+
+-- The outcome over the last attempts (flow_member_outcome's slow path).
+CREATE FUNCTION sisy.flow_member_outcome_of(fr_id bigint, member text, since int, keep_going boolean)
     RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH latest AS (
         SELECT DISTINCT ON (target_host, item_index) state FROM sisy.runs
@@ -342,8 +358,9 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- As in 0010, with fan-out: a rerun runs again only the failed items of a fan-out member
--- whose upstreams are kept.
+-- As in 0010, with fan-out: a rerun of what did not succeed runs again only the failed items
+-- of a fan-out member whose upstreams are kept; a rerun from a job runs it (and all its
+-- items) again.
 CREATE OR REPLACE FUNCTION sisy.rerun_flow(flow_run_id bigint, from_job text DEFAULT NULL) RETURNS int LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -424,7 +441,7 @@ BEGIN
                 AND m2.open_upstreams = 0
               ORDER BY m2.job
     LOOP
-        IF m.items > 0 THEN
+        IF m.items > 0 AND from_job IS NULL THEN
             -- A fan-out member whose inputs are kept runs again only its items that did not
             -- succeed, each as its next attempt; its succeeded items stay.
             UPDATE sisy.flow_run_members SET decided = true
@@ -582,3 +599,5 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
+
+REVOKE EXECUTE ON FUNCTION sisy.flow_member_outcome_of(bigint, text, int, boolean) FROM PUBLIC;

@@ -122,6 +122,7 @@ impl Claimer {
                     id: row.get(0),
                     job_id: row.get(1),
                     target_host: row.get(2),
+                    fan_out: row.get(3),
                 });
             }
         }
@@ -250,12 +251,17 @@ where
     })
 }
 
+/// A started run holding its job for the overlap rules: its id and its fan-out.
+type Holder = (i64, Option<i64>);
+
 /// A run that has started (admitted), as admission sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Started {
     pub id: i64,
     pub job_id: i64,
     pub target_host: Option<String>,
+    /// For an item of a fan-out: its flow run (its sibling items are one occurrence with it).
+    pub fan_out: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,21 +281,29 @@ pub(crate) enum Decision {
 /// Among claimed runs of one job, the earliest (by id) goes first and counts as started for
 /// the rest.
 pub(crate) fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Decision)> {
-    let mut holders: HashMap<(i64, Option<String>), Vec<i64>> = HashMap::new();
+    // Per job and host: the started runs, each with its fan-out (items of one fan-out are one
+    // occurrence: they never overlap each other, only runs of other occurrences).
+    let mut holders: HashMap<(i64, Option<String>), Vec<Holder>> = HashMap::new();
     for s in started {
         holders
             .entry((s.job_id, s.target_host.clone()))
             .or_default()
-            .push(s.id);
+            .push((s.id, s.fan_out));
     }
     let mut ordered: Vec<&ClaimedRun> = runs.iter().collect();
     ordered.sort_by_key(|r| r.id);
     let mut out = Vec::new();
     for run in ordered {
         let key = (run.job_id, run.target_host.clone());
+        let fan_out = run.item_index.and(run.flow_run_id);
         let others: Vec<i64> = holders
             .get(&key)
-            .map(|v| v.iter().copied().filter(|id| *id != run.id).collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|(id, f)| *id != run.id && (f.is_none() || *f != fan_out))
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
             .unwrap_or_default();
         let decision = match run.overlap {
             Overlap::Allow => Decision::Start,
@@ -298,7 +312,7 @@ pub(crate) fn decide(runs: &[ClaimedRun], started: &[Started]) -> Vec<(i64, Deci
             Overlap::Replace => Decision::Replace { victims: others },
         };
         if decision == Decision::Start {
-            holders.entry(key).or_default().push(run.id);
+            holders.entry(key).or_default().push((run.id, fan_out));
         }
         out.push((run.id, decision));
     }
@@ -384,7 +398,36 @@ mod tests {
             id,
             job_id,
             target_host: host.map(str::to_string),
+            fan_out: None,
         }
+    }
+
+    #[test]
+    fn items_of_one_fan_out_never_overlap_each_other() {
+        let item = |id: i64, flow: i64| ClaimedRun {
+            flow_run_id: Some(flow),
+            item_index: Some(id as i32),
+            ..claimed(id, 1, Overlap::Forbid, None)
+        };
+        let sibling = Started {
+            fan_out: Some(7),
+            ..started(1, 1, None)
+        };
+        // A sibling item runs: items of the same fan-out start, the first of another
+        // fan-out (another occurrence) is skipped.
+        assert_eq!(
+            decide(&[item(2, 7), item(3, 7), item(4, 8)], std::slice::from_ref(&sibling)),
+            vec![
+                (2, Decision::Start),
+                (3, Decision::Start),
+                (4, Decision::Skip { holder: 1 })
+            ]
+        );
+        // An occurrence of the job outside the fan-out still holds its items back.
+        assert_eq!(
+            decide(&[item(2, 7)], &[started(1, 1, None)]),
+            vec![(2, Decision::Skip { holder: 1 })]
+        );
     }
 
     fn item(id: i64, job_id: i64, index: Option<i32>) -> ClaimedRun {

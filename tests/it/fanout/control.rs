@@ -225,7 +225,6 @@ async fn flow_timeout_in_the_middle_of_a_fan_out_ends_every_item() {
 /// failed: asked for by name, the member runs again (as a plain member would), then the join;
 /// the flow run does not stall with nothing to run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine: rerun_flow(id, 'each') with every item succeeded runs no item again (only the items that did not succeed); the join runs again on the old results"]
 async fn rerun_from_a_fan_out_member_whose_items_all_succeeded_runs_it_again() {
     let (_db, client) = migrated_db().await;
     exec(&client, FLOW).await;

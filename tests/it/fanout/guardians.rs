@@ -108,7 +108,6 @@ async fn most_at_once(client: &Client, log: &str) -> BTreeMap<String, usize> {
 /// Three guardians race on 500 items of a job with the default `overlap` (forbid): the
 /// items of one fan-out are one occurrence, not overlapping runs of the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine: overlap = 'forbid' (the default) skips the items of one fan-out as overlapping each other: 469 of 500 items skipped, and the flow run still succeeded"]
 async fn three_guardians_racing_on_500_items_of_a_job_with_default_overlap() {
     race("").await;
 }

@@ -78,7 +78,6 @@ async fn items_ending_in_concurrent_transactions_decide_their_join_once() {
 /// Items of a large fan-out ending one statement each (as guardians write them): each end
 /// must not cost a scan of every item, or 10,000 items cost n² (the drain would crawl).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine: each item's end costs a scan of every item (1.5 ms per end at 500 items, 7.5 ms at 5,000): draining 10,000 items one end at a time is quadratic"]
 async fn ending_items_one_by_one_costs_no_more_with_more_items() {
     let (_db, client) = migrated_db().await;
     exec(&client, FLOW).await;
