@@ -92,18 +92,6 @@ ALTER TABLE sisy.flow_run_members
 
 -- The outcome of a member, as in 0010, over the last attempt of each item too; a fan-out
 -- member with an empty list (items = 0) succeeded.
-CREATE OR REPLACE FUNCTION sisy.flow_member_outcome(fr_id bigint, member text, since int, keep_going boolean)
-    RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- A run still open (pending, running, a retry waiting) is always its item's last attempt:
-    -- while one is, the outcome is open, found through runs_flow_open without reading the
-    -- member's other items (ending 10,000 items one by one would read them all each time).
-    SELECT CASE WHEN EXISTS (SELECT 1 FROM sisy.runs
-                              WHERE flow_run_id = fr_id AND job_name = member AND attempt >= since
-                                AND state IN ('pending', 'running'))
-                THEN NULL
-                ELSE (SELECT sisy.flow_member_outcome_of(fr_id, member, since, keep_going)) END
-$$;
-
 -- The outcome over the last attempts (flow_member_outcome's slow path).
 CREATE FUNCTION sisy.flow_member_outcome_of(fr_id bigint, member text, since int, keep_going boolean)
     RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -122,6 +110,20 @@ CREATE FUNCTION sisy.flow_member_outcome_of(fr_id bigint, member text, since int
         ELSE 'skipped' END
       FROM latest
 $$;
+
+CREATE OR REPLACE FUNCTION sisy.flow_member_outcome(fr_id bigint, member text, since int, keep_going boolean)
+    RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- A run still open (pending, running, a retry waiting) is always its item's last attempt:
+    -- while one is, the outcome is open, found through runs_flow_open without reading the
+    -- member's other items (ending 10,000 items one by one would read them all each time).
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM sisy.runs
+                              WHERE flow_run_id = fr_id AND job_name = member AND attempt >= since
+                                AND state IN ('pending', 'running'))
+                THEN NULL
+                ELSE (SELECT sisy.flow_member_outcome_of(fr_id, member, since, keep_going)) END
+$$;
+
+
 
 -- As in 0010, with fan-out: a member with a foreach runs once per item.
 CREATE OR REPLACE FUNCTION sisy.flow_decide(fr sisy.flow_runs, m sisy.flow_run_members, why_run text DEFAULT 'flow')
