@@ -7,9 +7,13 @@
 -- beyond the $3 kept are released when the statement ends.
 -- Runs of a job already at its max_concurrency are left alone: claimed, they would only go
 -- back to pending at admission, and a guardian would claim and release them at full speed.
--- The count is the job's running runs (claimed ones included) through the index
--- runs_running: a few rows. It is a snapshot, so correctness stays with admission (two
--- guardians may claim past the cap at the same moment; admission releases the surplus).
+-- The jobs at their cap are found once per statement from the running runs (claimed ones
+-- included; as many rows as the fleet runs) and probed as a hash: a capped backlog costs a
+-- walk past its rows (2 ms for 10,000), and no backlog costs nothing more (0.4 ms either way).
+-- A correlated count per row cost 50 ms for 10,000, NOT EXISTS became an anti-join that read
+-- and sorted every due run (0.4 → 5 ms with 10,000 uncapped runs due). The set is a snapshot,
+-- so correctness stays with admission (two guardians may claim past the cap at the same
+-- moment; admission releases the surplus).
 WITH picked AS (
     SELECT r.id
       FROM unnest($2::text[]) AS p (pool)
@@ -18,10 +22,10 @@ WITH picked AS (
          WHERE state = 'pending' AND pool = p.pool AND due_at <= now() AND deadline > now()
            AND (target_host IS NULL OR target_host = $1)
            AND NOT coalesce((SELECT draining FROM sisy.hosts WHERE name = $1), true)
-           AND NOT EXISTS (SELECT 1 FROM sisy.jobs j
-                            WHERE j.id = c.job_id AND j.max_concurrency <= (
-                                  SELECT count(*) FROM sisy.runs x
-                                   WHERE x.job_id = j.id AND x.state = 'running'))
+           AND (c.job_id IS NULL OR c.job_id NOT IN (
+                SELECT x.job_id FROM sisy.runs x JOIN sisy.jobs j ON j.id = x.job_id
+                 WHERE x.state = 'running' AND j.max_concurrency IS NOT NULL
+                 GROUP BY x.job_id, j.max_concurrency HAVING count(*) >= j.max_concurrency))
          ORDER BY due_at, id
          LIMIT $3
            FOR UPDATE SKIP LOCKED

@@ -14,31 +14,33 @@
 -- counts again from the last moment the cap held it back. Only a run that saw a free slot
 -- for a whole ttl without a guardian taking it expires, as any other run does. Checked once
 -- per job with overdue runs, through runs_running (a few rows) and runs_job.
-WITH overdue_jobs AS (
-    SELECT DISTINCT job_id FROM sisy.runs
+WITH overdue AS MATERIALIZED (
+    -- Read once (the expiry and `held` below share it): normally no row.
+    SELECT id, job_id FROM sisy.runs
      WHERE state = 'pending' AND due_at <= now() AND deadline <= now() AND pool = ANY ($1)
 ), held AS (
     SELECT j.id, least(j.ttl, interval '100 years') AS ttl
-      FROM sisy.jobs j JOIN overdue_jobs o ON o.job_id = j.id
-     WHERE j.max_concurrency IS NOT NULL
+      FROM sisy.jobs j
+     WHERE j.id IN (SELECT job_id FROM overdue) AND j.max_concurrency IS NOT NULL
        AND (j.max_concurrency <= (SELECT count(*) FROM sisy.runs x
                                    WHERE x.job_id = j.id AND x.state = 'running')
             OR EXISTS (SELECT 1 FROM sisy.runs x
                         WHERE x.job_id = j.id AND x.started_at IS NOT NULL
                           AND x.finished_at > now() - j.ttl))
 ), kept AS (
+    -- The row is re-checked under its lock (claimed meanwhile: left alone), as below.
     UPDATE sisy.runs r SET deadline = now() + held.ttl
-      FROM held
-     WHERE r.job_id = held.id
-       AND r.state = 'pending' AND r.due_at <= now() AND r.deadline <= now() AND r.pool = ANY ($1)
+      FROM overdue o JOIN held ON held.id = o.job_id
+     WHERE r.id = o.id AND r.state = 'pending' AND r.deadline <= now()
 ), expired AS (
-    UPDATE sisy.runs
+    UPDATE sisy.runs r
        SET state = 'expired', finished_at = now(),
            error = format('not started before its deadline %s (no free guardian of pool %s in time)',
-                          deadline, pool)
-     WHERE state = 'pending' AND due_at <= now() AND deadline <= now() AND pool = ANY ($1)
-       AND (job_id IS NULL OR job_id NOT IN (SELECT id FROM held))
- RETURNING id
+                          r.deadline, r.pool)
+      FROM overdue o
+     WHERE r.id = o.id AND r.state = 'pending' AND r.deadline <= now()
+       AND (o.job_id IS NULL OR o.job_id NOT IN (SELECT id FROM held))
+ RETURNING r.id
 ), next_job AS (
     SELECT min(first.next_due) AS at
       FROM unnest($1::text[]) AS p (pool)
@@ -57,10 +59,10 @@ WITH overdue_jobs AS (
            AND (target_host IS NULL OR target_host = $2)
            -- As in runs_claim.sql: a run held back by max_concurrency is no reason to look
            -- again before a run of its job ends (which wakes the guardians).
-           AND NOT EXISTS (SELECT 1 FROM sisy.jobs j
-                            WHERE j.id = c.job_id AND j.max_concurrency <= (
-                                  SELECT count(*) FROM sisy.runs x
-                                   WHERE x.job_id = j.id AND x.state = 'running'))
+           AND (c.job_id IS NULL OR c.job_id NOT IN (
+                SELECT x.job_id FROM sisy.runs x JOIN sisy.jobs j ON j.id = x.job_id
+                 WHERE x.state = 'running' AND j.max_concurrency IS NOT NULL
+                 GROUP BY x.job_id, j.max_concurrency HAVING count(*) >= j.max_concurrency))
          ORDER BY due_at
          LIMIT 1
      ) first

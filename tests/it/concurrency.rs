@@ -369,3 +369,21 @@ async fn a_slot_freed_on_a_draining_host_is_taken_by_another_guardian_at_once() 
     eprintln!("a freed slot was taken {gap:.3} s after the run that held it ended");
     assert!(gap < 5.0, "the freed slot waited {gap:.1} s for a guardian");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_job_with_overlap_forbid_still_skips() {
+    let (db, client) = migrated_db().await;
+    add_job(&client, "lonely", "sleep 3", Some(3)).await;
+    client
+        .execute("UPDATE sisy.jobs SET overlap = 'forbid'", &[])
+        .await
+        .unwrap();
+    let _fleet = fleet(&db, &client, 2, "capacity = 8").await;
+    trigger_many(&client, "lonely", 3).await;
+    wait_all_final(&client, "lonely", 3, Duration::from_secs(60)).await;
+    assert_eq!(
+        states(&client, "lonely").await,
+        vec![("skipped".to_string(), 2), ("succeeded".to_string(), 1)],
+        "a cap of 3 does not lift overlap = forbid"
+    );
+}
