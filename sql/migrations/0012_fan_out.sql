@@ -603,3 +603,15 @@ BEGIN
 END $$;
 
 REVOKE EXECUTE ON FUNCTION sisy.flow_member_outcome_of(bigint, text, int, boolean) FROM PUBLIC;
+
+-- As in 0001, and a change of max_concurrency wakes the pool too: runs held back by the cap
+-- may start at once when it is raised.
+CREATE OR REPLACE FUNCTION sisy.jobs_wakeup() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.next_due IS NULL OR NEW.suspended IS DISTINCT FROM OLD.suspended
+       OR NEW.pool IS DISTINCT FROM OLD.pool
+       OR NEW.max_concurrency IS DISTINCT FROM OLD.max_concurrency THEN
+        PERFORM pg_notify('sisy_wakeup', NEW.pool);
+    END IF;
+    RETURN NULL;
+END $$;
