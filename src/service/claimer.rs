@@ -416,7 +416,10 @@ mod tests {
         // A sibling item runs: items of the same fan-out start, the first of another
         // fan-out (another occurrence) is skipped.
         assert_eq!(
-            decide(&[item(2, 7), item(3, 7), item(4, 8)], std::slice::from_ref(&sibling)),
+            decide(
+                &[item(2, 7), item(3, 7), item(4, 8)],
+                std::slice::from_ref(&sibling)
+            ),
             vec![
                 (2, Decision::Start),
                 (3, Decision::Start),
