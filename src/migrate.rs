@@ -111,11 +111,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "flow_views",
         sql: include_str!("../sql/migrations/0011_flow_views.sql"),
     },
-    Migration {
-        version: 12,
-        name: "fan_out",
-        sql: include_str!("../sql/migrations/0012_fan_out.sql"),
-    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).

@@ -2,6 +2,18 @@
 -- flow runs with the snapshot of their graph, and the run columns that carry a flow.
 -- The engine that decides members is 0010, the views 0011.
 --
+-- Fan-out and fan-in:
+-- * `sisy.jobs.foreach`: a jsonpath over the member's SISY_INPUTS; one run per item, each with
+--   `sisy.runs.item` (the item) and `item_index` (0, 1, …). The unique key covers the item,
+--   so no item runs twice in one flow run whatever the number of guardians. At most 10,000
+--   items; an empty list is one `skipped` row and counts as success. The path is evaluated
+--   in strict mode unless it says `lax`: a missing key or a result that is not a list fails
+--   the member (lax mode would run one `null` item for a missing result).
+-- * FOREACH is a PL/pgSQL keyword: the column is written "foreach" (quoted) in PL/pgSQL
+--   expressions.
+-- * `sisy.jobs.max_concurrency`: at most that many runs of the job running at once across
+--   the fleet, items included, enforced at admission under the job's row lock.
+--
 -- * `sisy.dependencies (job, upstream, condition)`: "job runs after upstream". Every edge is
 --   validated under a transaction-level advisory lock, so that two sessions adding the two
 --   halves of a cycle cannot both pass: the second waits, then sees the first.
@@ -16,7 +28,9 @@
 ALTER TABLE sisy.jobs
     ADD COLUMN trigger_rule text NOT NULL DEFAULT 'all_success',
     ADD COLUMN continue_on_failure boolean NOT NULL DEFAULT false,
-    ADD COLUMN flow_timeout interval;
+    ADD COLUMN flow_timeout interval,
+    ADD COLUMN foreach jsonpath,
+    ADD COLUMN max_concurrency int;
 
 CREATE TABLE sisy.dependencies (
     job       text NOT NULL REFERENCES sisy.jobs (name) ON UPDATE CASCADE ON DELETE CASCADE,
@@ -65,6 +79,12 @@ CREATE TABLE sisy.flow_run_members (
     -- How many of its upstreams have no outcome yet: it is decided when this reaches 0.
     open_upstreams      int NOT NULL DEFAULT 0,
     outcome             text CHECK (outcome IN ('success', 'failure', 'skipped')),
+    foreach             jsonpath,
+    -- The number of items of its current decision (0: an empty list); NULL: no foreach.
+    items               int,
+    -- The inputs frozen by its current decision: its item runs read them from here (one copy
+    -- per member, not one per item).
+    inputs              jsonb,
     PRIMARY KEY (flow_run_id, job)
 );
 -- "Is anything of this flow run still open?": the end check reads this, not every member.
@@ -85,7 +105,13 @@ CREATE INDEX flow_run_edges_upstream ON sisy.flow_run_edges (flow_run_id, upstre
 ALTER TABLE sisy.runs
     ADD COLUMN flow_run_id bigint REFERENCES sisy.flow_runs (id) ON DELETE SET NULL,
     ADD COLUMN inputs jsonb,
-    ADD COLUMN result jsonb;
+    ADD COLUMN result jsonb,
+    ADD COLUMN item jsonb,
+    ADD COLUMN item_index int CHECK (item_index >= 0);
+-- The same name, covering the item: statements and triggers name it in ON CONFLICT.
+ALTER TABLE sisy.runs DROP CONSTRAINT runs_occurrence_key;
+ALTER TABLE sisy.runs ADD CONSTRAINT runs_occurrence_key
+    UNIQUE NULLS NOT DISTINCT (job_name, scheduled_for, target_host, item_index, attempt);
 ALTER TABLE sisy.runs DROP CONSTRAINT runs_state_check;
 ALTER TABLE sisy.runs ADD CONSTRAINT runs_state_check CHECK (state IN (
     'pending', 'running', 'succeeded', 'failed', 'timed_out', 'killed', 'lost', 'expired',
@@ -95,6 +121,8 @@ ALTER TABLE sisy.runs ADD CONSTRAINT runs_reason_check CHECK (
     reason IN ('schedule', 'manual', 'retry', 'flow'));
 -- A member's runs in its flow run (outcomes, results, cancel, the views).
 CREATE INDEX runs_flow ON sisy.runs (flow_run_id, job_name) WHERE flow_run_id IS NOT NULL;
+-- A member's runs still open: how a member's outcome is known to be open at a glance.
+CREATE INDEX runs_flow_open ON sisy.runs (flow_run_id, job_name) WHERE state IN ('pending', 'running');
 
 -- The new job columns, checked like the others (0007) with a message naming the column. A
 -- job that runs after another cannot get a schedule of its own.
@@ -115,6 +143,22 @@ BEGIN
         RAISE EXCEPTION 'sisy.jobs.flow_timeout must be at most 100 years (or NULL for no limit), got %',
             NEW.flow_timeout USING ERRCODE = 'check_violation';
     END IF;
+    IF NEW.max_concurrency IS NOT NULL AND NEW.max_concurrency < 1 THEN
+        RAISE EXCEPTION 'sisy.jobs.max_concurrency must be at least 1 (or NULL for no limit), got %',
+            NEW.max_concurrency USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW."foreach" IS NOT NULL AND NEW.target = 'all' THEN
+        RAISE EXCEPTION 'sisy.jobs.foreach: job ''%'' targets all hosts, and its items run on any host of the pool: use target ''any''',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW."foreach" IS NOT NULL THEN
+        BEGIN
+            PERFORM jsonb_path_query_array('{}', NEW."foreach", '{}', true);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'sisy.jobs.foreach: % cannot be evaluated: %: write a path over SISY_INPUTS, e.g. ''$.list_files.files[*]''',
+                quote_literal(NEW."foreach"::text), SQLERRM USING ERRCODE = 'check_violation';
+        END;
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.schedule IS NOT NULL AND OLD.schedule IS NULL THEN
         SELECT string_agg(quote_literal(upstream), ', ' ORDER BY upstream) INTO ups
           FROM sisy.dependencies WHERE job = OLD.name;
@@ -129,8 +173,10 @@ END $$;
 CREATE TRIGGER jobs_validate_flow_insert BEFORE INSERT ON sisy.jobs
     FOR EACH ROW EXECUTE FUNCTION sisy.jobs_validate_flow();
 CREATE TRIGGER jobs_validate_flow_update BEFORE UPDATE ON sisy.jobs
-    FOR EACH ROW WHEN ((OLD.trigger_rule, OLD.flow_timeout, OLD.schedule)
-                       IS DISTINCT FROM (NEW.trigger_rule, NEW.flow_timeout, NEW.schedule))
+    FOR EACH ROW WHEN ((OLD.trigger_rule, OLD.flow_timeout, OLD.schedule, OLD.foreach::text,
+                        OLD.max_concurrency, OLD.target)
+                       IS DISTINCT FROM (NEW.trigger_rule, NEW.flow_timeout, NEW.schedule,
+                        NEW.foreach::text, NEW.max_concurrency, NEW.target))
     EXECUTE FUNCTION sisy.jobs_validate_flow();
 
 -- Deleting a job others run after fails with a message naming them (the foreign key alone

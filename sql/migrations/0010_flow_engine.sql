@@ -18,21 +18,37 @@
 -- The outcome of a member for its downstream, from the last attempt of each of its runs
 -- since its current decision: NULL while one may still change (pending, running, a retry
 -- waiting); success | failure | skipped once final. All hosts' runs of a `target = 'all'`
--- member together: a failure if one failed, success only if all succeeded.
-CREATE FUNCTION sisy.flow_member_outcome(fr_id bigint, member text, since int, keep_going boolean)
+-- member together (and all items of a fan-out: an empty list, items = 0, succeeded): a
+-- failure if one failed, success only if all succeeded.
+-- The outcome over the last attempts (flow_member_outcome's slow path).
+CREATE FUNCTION sisy.flow_member_outcome_of(fr_id bigint, member text, since int, keep_going boolean)
     RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH latest AS (
-        SELECT DISTINCT ON (target_host) state FROM sisy.runs
+        SELECT DISTINCT ON (target_host, item_index) state FROM sisy.runs
          WHERE flow_run_id = fr_id AND job_name = member AND attempt >= since
-         ORDER BY target_host, attempt DESC
+         ORDER BY target_host, item_index, attempt DESC
     )
     SELECT CASE
         WHEN count(*) = 0 OR bool_or(state IN ('pending', 'running')) THEN NULL
         WHEN bool_or(state IN ('failed', 'timed_out', 'lost', 'killed', 'expired', 'upstream_failed'))
             THEN CASE WHEN keep_going THEN 'success' ELSE 'failure' END
         WHEN bool_and(state = 'succeeded') THEN 'success'
+        WHEN (SELECT items FROM sisy.flow_run_members WHERE flow_run_id = fr_id AND job = member) = 0
+            THEN 'success'
         ELSE 'skipped' END
       FROM latest
+$$;
+
+CREATE FUNCTION sisy.flow_member_outcome(fr_id bigint, member text, since int, keep_going boolean)
+    RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- A run still open (pending, running, a retry waiting) is always its item's last attempt:
+    -- while one is, the outcome is open, found through runs_flow_open without reading the
+    -- member's other items (ending 10,000 items one by one would read them all each time).
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM sisy.runs
+                              WHERE flow_run_id = fr_id AND job_name = member AND attempt >= since
+                                AND state IN ('pending', 'running'))
+                THEN NULL
+                ELSE (SELECT sisy.flow_member_outcome_of(fr_id, member, since, keep_going)) END
 $$;
 
 -- Publishes a flow run's state change on sisy_events, like a run's.
@@ -73,12 +89,13 @@ END $$;
 -- applies its trigger rule to its upstreams' outcomes (an edge whose condition is false, or
 -- whose upstream has no result, counts as skipped), freezes its inputs, and inserts either
 -- its pending run(s) or one finished row that says why it did not run. Returns true when
--- what it inserted is already final (its downstream can be decided next).
+-- what it inserted is already final (its downstream can be decided next). A member with a
+-- foreach runs once per item of its inputs (see 0009).
 CREATE FUNCTION sisy.flow_decide(fr sisy.flow_runs, m sisy.flow_run_members, why_run text DEFAULT 'flow')
     RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j sisy.jobs;
-    inputs jsonb;
+    frozen jsonb;
     n int;
     ok int;
     failed text[];
@@ -88,6 +105,8 @@ DECLARE
     why text;
     attempt_ int;
     inserted int;
+    items jsonb;
+    item_count int;
 BEGIN
     -- One statement over the member's edges: each upstream's outcome (a condition that does
     -- not hold makes it skipped) and result. The decision costs the member's edges.
@@ -96,7 +115,7 @@ BEGIN
            coalesce(array_agg(e.upstream ORDER BY e.upstream) FILTER (WHERE e.o = 'skipped'), '{}'),
            coalesce(jsonb_object_agg(e.upstream, e.res), '{}'),
            coalesce(string_agg(e.note, '' ORDER BY e.upstream), '')
-      INTO n, ok, failed, skipped, inputs, notes
+      INTO n, ok, failed, skipped, frozen, notes
       FROM (SELECT c.upstream, c.res, c.note,
                    CASE WHEN c.note IS NOT NULL THEN 'skipped' ELSE c.outcome END AS o
               FROM (SELECT fe.upstream, um.outcome, r.res,
@@ -106,12 +125,16 @@ BEGIN
                       JOIN sisy.flow_run_members um
                         ON um.flow_run_id = fe.flow_run_id AND um.job = fe.upstream
                      CROSS JOIN LATERAL (
-                           SELECT CASE WHEN bool_and(l.target_host IS NULL) THEN (array_agg(l.result))[1]
+                           SELECT CASE WHEN um.items IS NOT NULL
+                                       THEN coalesce(jsonb_agg(l.result ORDER BY l.item_index)
+                                                     FILTER (WHERE l.item_index IS NOT NULL), '[]')
+                                       WHEN bool_and(l.target_host IS NULL) THEN (array_agg(l.result))[1]
                                        ELSE jsonb_object_agg(coalesce(l.target_host, ''), l.result) END AS res
-                             FROM (SELECT DISTINCT ON (target_host) target_host, result FROM sisy.runs
+                             FROM (SELECT DISTINCT ON (target_host, item_index) target_host, item_index, result
+                                     FROM sisy.runs
                                     WHERE flow_run_id = fr.id AND job_name = fe.upstream
                                       AND attempt >= um.first_attempt
-                                    ORDER BY target_host, attempt DESC) l) r
+                                    ORDER BY target_host, item_index, attempt DESC) l) r
                      WHERE fe.flow_run_id = fr.id AND fe.job = m.job) c) e;
 
     IF m.job = fr.root_job THEN
@@ -140,8 +163,6 @@ BEGIN
     -- (a rerun, or the same job in another flow with the same logical time).
     SELECT coalesce(max(attempt), 0) + 1 INTO attempt_ FROM sisy.runs
      WHERE job_name = m.job AND scheduled_for = fr.scheduled_for;
-    UPDATE sisy.flow_run_members SET decided = true, first_attempt = attempt_, outcome = NULL
-     WHERE flow_run_id = fr.id AND job = m.job;
 
     -- By id: a job renamed since the flow run opened still runs. Its runs keep the name the
     -- flow run knows it by (outcomes, retries and views find a member's runs by that name).
@@ -154,18 +175,59 @@ BEGIN
         why := format('job %s is suspended', quote_literal(m.job));
     END IF;
 
+    -- Fan-out: the items of the member's foreach over its inputs. An evaluation error or
+    -- more than 10,000 items fails the member (its flow run goes on by its rules); no item
+    -- is one skipped row that counts as success (items = 0).
+    IF verdict = 'run' AND m."foreach" IS NOT NULL THEN
+        BEGIN
+            -- In strict mode unless the path says `lax`: items come from a list that is
+            -- there (lax mode would make a missing or null result one `null` item).
+            items := jsonb_path_query_array(frozen,
+                CASE WHEN m."foreach"::text ~ '^(lax|strict) ' THEN m."foreach"
+                     ELSE ('strict ' || m."foreach"::text)::jsonpath END);
+            item_count := jsonb_array_length(items);
+        EXCEPTION WHEN OTHERS THEN
+            verdict := 'failed';
+            why := format('foreach %s over SISY_INPUTS could not be evaluated: %s',
+                          quote_literal(m."foreach"::text), SQLERRM);
+        END;
+        IF item_count > 10000 THEN
+            verdict := 'failed';
+            why := format('foreach %s gave %s items, more than the 10,000 one member may run: split the list upstream',
+                          quote_literal(m."foreach"::text), item_count);
+            item_count := NULL;
+        ELSIF item_count = 0 THEN
+            verdict := 'skipped';
+            why := format('foreach %s gave no items: nothing to run', quote_literal(m."foreach"::text));
+        END IF;
+    END IF;
+    UPDATE sisy.flow_run_members
+       SET decided = true, first_attempt = attempt_, outcome = NULL, inputs = frozen,
+           items = item_count
+     WHERE flow_run_id = fr.id AND job = m.job;
+
     IF verdict <> 'run' THEN
         INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
                                state, finished_at, error, flow_run_id, inputs)
         VALUES (j.id, m.job, coalesce(j.pool, 'default'), fr.scheduled_for, 'flow', attempt_, now(), now(),
-                verdict, now(), why, fr.id, inputs);
+                verdict, now(), why, fr.id, frozen);
         RETURN true;
+    END IF;
+    IF item_count > 0 THEN
+        -- One statement for every item; the inputs stay on the member (the claim reads them
+        -- there), not copied into each item's row.
+        INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
+                               flow_run_id, item, item_index)
+        SELECT j.id, m.job, j.pool, fr.scheduled_for, why_run, attempt_, now(),
+               now() + least(j.ttl, interval '100 years'), fr.id, x.item, (x.n - 1)::int
+          FROM jsonb_array_elements(items) WITH ORDINALITY AS x (item, n);
+        RETURN false;
     END IF;
     IF j.target = 'all' THEN
         INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, target_host,
                                due_at, deadline, flow_run_id, inputs)
         SELECT j.id, m.job, j.pool, fr.scheduled_for, why_run, attempt_, h.name,
-               now(), now() + least(j.ttl, interval '100 years'), fr.id, inputs
+               now(), now() + least(j.ttl, interval '100 years'), fr.id, frozen
           FROM sisy.hosts h
          WHERE j.pool = ANY (h.pools) AND h.lease_until > now() AND NOT h.draining
          ORDER BY h.name;
@@ -175,7 +237,7 @@ BEGIN
                                    state, finished_at, error, flow_run_id, inputs)
             VALUES (j.id, m.job, j.pool, fr.scheduled_for, 'flow', attempt_, now(), now(), 'expired', now(),
                     format('no live, undrained host of pool %s when its flow run reached it', quote_literal(j.pool)),
-                    fr.id, inputs);
+                    fr.id, frozen);
             RETURN true;
         END IF;
         RETURN false;
@@ -183,7 +245,7 @@ BEGIN
     INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at, deadline,
                            flow_run_id, inputs)
     VALUES (j.id, m.job, j.pool, fr.scheduled_for, why_run, attempt_, now(),
-            now() + least(j.ttl, interval '100 years'), fr.id, inputs);
+            now() + least(j.ttl, interval '100 years'), fr.id, frozen);
     RETURN false;
 END $$;
 
@@ -332,14 +394,15 @@ BEGIN
     NEW.flow_run_id := fr_id;
 
     INSERT INTO sisy.flow_run_members (flow_run_id, job, job_id, trigger_rule, continue_on_failure,
-                                       decided, first_attempt)
+                                       decided, first_attempt, foreach)
     WITH RECURSIVE reach (job) AS (
         SELECT NEW.job_name
         UNION
         SELECT d.job FROM sisy.dependencies d JOIN reach ON d.upstream = reach.job
     )
     SELECT fr_id, jb.name, jb.id, jb.trigger_rule, jb.continue_on_failure,
-           jb.name = NEW.job_name, NEW.attempt
+           jb.name = NEW.job_name, NEW.attempt,
+           CASE WHEN jb.name <> NEW.job_name THEN jb.foreach END
       FROM reach JOIN sisy.jobs jb ON jb.name = reach.job;
     -- Edges between members only: a member's edge from outside its flow cannot exist (one
     -- root per job), and if one did it must not make the member wait for good.
@@ -416,10 +479,12 @@ BEGIN
              WHERE flow_run_id = NEW.flow_run_id AND job = NEW.job_name;
             SELECT count(*) INTO tries FROM sisy.runs
              WHERE flow_run_id = NEW.flow_run_id AND job_name = NEW.job_name AND attempt >= since
-               AND target_host IS NOT DISTINCT FROM NEW.target_host;
+               AND target_host IS NOT DISTINCT FROM NEW.target_host
+               AND item_index IS NOT DISTINCT FROM NEW.item_index;
             SELECT max(attempt) + 1 INTO next_attempt FROM sisy.runs
              WHERE job_name = NEW.job_name AND scheduled_for = NEW.scheduled_for
-               AND target_host IS NOT DISTINCT FROM NEW.target_host;
+               AND target_host IS NOT DISTINCT FROM NEW.target_host
+               AND item_index IS NOT DISTINCT FROM NEW.item_index;
         END IF;
         SELECT * INTO j FROM sisy.jobs WHERE id = NEW.job_id;
         IF FOUND AND tries <= j.max_retries THEN
@@ -428,10 +493,10 @@ BEGIN
             delay := least(least(j.retry_delay, limit_)
                            * power(2, least(greatest(tries - 1, 0), 16))::int, limit_);
             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt,
-                                   target_host, due_at, deadline, flow_run_id, inputs)
+                                   target_host, due_at, deadline, flow_run_id, inputs, item, item_index)
             VALUES (NEW.job_id, NEW.job_name, j.pool, NEW.scheduled_for, 'retry', next_attempt,
                     NEW.target_host, now() + delay, now() + delay + least(j.ttl, limit_),
-                    NEW.flow_run_id, NEW.inputs)
+                    NEW.flow_run_id, NEW.inputs, NEW.item, NEW.item_index)
             ON CONFLICT ON CONSTRAINT runs_occurrence_key DO NOTHING;
         END IF;
     END IF;
@@ -533,6 +598,8 @@ END $$;
 -- A new attempt of every member of an ended flow run that did not succeed (with from_job: of
 -- that job and everything downstream of it), keeping the results of the others. Members
 -- whose upstreams are all kept are decided now; the others when their upstreams are final.
+-- A fan-out member whose upstreams are kept runs again only its items that did not succeed;
+-- a rerun from a job runs it, and all its items, again.
 CREATE FUNCTION sisy.rerun_flow(flow_run_id bigint, from_job text DEFAULT NULL) RETURNS int LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -585,9 +652,9 @@ BEGIN
          WHERE m2.flow_run_id = fr.id
            AND NOT (m2.decided AND coalesce((
                    SELECT bool_and(l.state = 'succeeded') FROM (
-                       SELECT DISTINCT ON (target_host) state FROM sisy.runs
+                       SELECT DISTINCT ON (target_host, item_index) state FROM sisy.runs
                         WHERE runs.flow_run_id = fr.id AND job_name = m2.job AND attempt >= m2.first_attempt
-                        ORDER BY target_host, attempt DESC) l), false));
+                        ORDER BY target_host, item_index, attempt DESC) l), false));
     END IF;
     IF cardinality(chosen) = 0 THEN
         RETURN 0;
@@ -613,6 +680,26 @@ BEGIN
                 AND m2.open_upstreams = 0
               ORDER BY m2.job
     LOOP
+        IF m.items > 0 AND from_job IS NULL THEN
+            -- A fan-out member whose inputs are kept runs again only its items that did not
+            -- succeed, each as its next attempt; its succeeded items stay.
+            UPDATE sisy.flow_run_members SET decided = true
+             WHERE flow_run_members.flow_run_id = fr.id AND job = m.job;
+            INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, attempt, due_at,
+                                   deadline, flow_run_id, item, item_index)
+            SELECT j.id, m.job, j.pool, fr.scheduled_for, 'retry', l.attempt + 1, now(),
+                   now() + least(j.ttl, interval '100 years'), fr.id, l.item, l.item_index
+              FROM (SELECT DISTINCT ON (item_index) item_index, item, attempt, state FROM sisy.runs
+                     WHERE runs.flow_run_id = fr.id AND job_name = m.job AND attempt >= m.first_attempt
+                       AND item_index IS NOT NULL
+                     ORDER BY item_index, attempt DESC) l
+              JOIN sisy.jobs j ON j.id = m.job_id
+             WHERE l.state <> 'succeeded'
+             ORDER BY l.item_index;
+            -- Its outcome is read again (from the old attempts, when the job is gone).
+            todo := todo || m.job;
+            CONTINUE;
+        END IF;
         IF sisy.flow_decide(fr, m, CASE WHEN m.job = fr.root_job THEN 'retry' ELSE 'flow' END) THEN
             todo := todo || m.job;
         END IF;
@@ -754,9 +841,22 @@ END $$;
 REVOKE EXECUTE ON FUNCTION sisy.cancel_flow(bigint), sisy.rerun_flow(bigint, text),
     sisy.flows_tend(interval, int), sisy.flows_due_in(interval),
     sisy.flow_member_outcome(bigint, text, int, boolean),
+    sisy.flow_member_outcome_of(bigint, text, int, boolean),
     sisy.flow_condition_fails(jsonb, jsonpath, text),
     sisy.flow_decide(sisy.flow_runs, sisy.flow_run_members, text),
     sisy.flow_advance(sisy.flow_runs, text[]), sisy.flow_member_finished(bigint, text),
     sisy.runs_move_flows(),
     sisy.flow_stop(bigint, text, text), sisy.flow_redecide(bigint), sisy.flow_recount(bigint)
     FROM PUBLIC;
+
+-- As in 0001, and a change of max_concurrency wakes the pool too: runs held back by the cap
+-- may start at once when it is raised.
+CREATE OR REPLACE FUNCTION sisy.jobs_wakeup() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.next_due IS NULL OR NEW.suspended IS DISTINCT FROM OLD.suspended
+       OR NEW.pool IS DISTINCT FROM OLD.pool
+       OR NEW.max_concurrency IS DISTINCT FROM OLD.max_concurrency THEN
+        PERFORM pg_notify('sisy_wakeup', NEW.pool);
+    END IF;
+    RETURN NULL;
+END $$;
