@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{exec, message, refused};
+use super::{backend_pid, blocked_or_done, exec, in_second_session, refused};
 use crate::util::migrated_db;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,21 +197,13 @@ async fn two_sessions_adding_the_two_halves_of_a_cycle_cannot_both_succeed() {
         )
         .await;
         // The second half waits for the first transaction (its validation holds the lock).
-        let second = tokio::spawn(async move {
-            let r = two
-                .batch_execute("INSERT INTO sisy.dependencies (job, upstream) VALUES ('a', 'b')")
-                .await;
-            let r = match r {
-                Ok(()) => two.batch_execute("COMMIT").await.map_err(|e| message(&e)),
-                Err(e) => {
-                    two.batch_execute("ROLLBACK").await.unwrap();
-                    Err(message(&e))
-                }
-            };
-            (r, two)
-        });
-        // Let it reach the lock (if it could pass without waiting, it passes meanwhile).
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = backend_pid(&two).await;
+        let second = in_second_session(
+            two,
+            "INSERT INTO sisy.dependencies (job, upstream) VALUES ('a', 'b')".into(),
+        );
+        // It reaches the lock (or, could it pass without waiting, passes meanwhile).
+        blocked_or_done(&client, pid, &second).await;
         exec(&one, "COMMIT").await;
         let (second, _two) = tokio::time::timeout(Duration::from_secs(30), second)
             .await
@@ -353,18 +345,9 @@ async fn an_edge_and_a_schedule_given_at_once_to_a_job_cannot_both_succeed() {
         exec(&one, "BEGIN").await;
         exec(&two, "BEGIN").await;
         exec(&one, first).await;
-        let second_sql = second.to_string();
-        let later = tokio::spawn(async move {
-            let r = match two.batch_execute(&second_sql).await {
-                Ok(()) => two.batch_execute("COMMIT").await.map_err(|e| message(&e)),
-                Err(e) => {
-                    two.batch_execute("ROLLBACK").await.unwrap();
-                    Err(message(&e))
-                }
-            };
-            (r, two)
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = backend_pid(&two).await;
+        let later = in_second_session(two, second.to_string());
+        blocked_or_done(&client, pid, &later).await;
         exec(&one, "COMMIT").await;
         let (r, _two) = tokio::time::timeout(Duration::from_secs(30), later)
             .await

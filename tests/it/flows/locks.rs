@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{drive, exec, message, open};
+use super::{backend_pid, blocked_or_done, drive, exec, message, open};
 use crate::util::migrated_db;
 
 /// The id of `job`'s run in flow run `fr`.
@@ -57,21 +57,25 @@ async fn two_statements_ending_runs_of_the_same_flow_runs_in_opposite_orders_bot
     .await;
     let end = |ids: [i64; 2]| {
         let db = db.clone();
-        tokio::spawn(async move {
+        async move {
             let c = db.connect().await;
-            c.batch_execute(&format!(
-                "UPDATE sisy.runs SET state = 'lost', finished_at = now() WHERE id IN ({}, {})",
-                ids[0], ids[1]
-            ))
-            .await
-            .map_err(|e| message(&e))
-        })
+            let pid = backend_pid(&c).await;
+            let task = tokio::spawn(async move {
+                c.batch_execute(&format!(
+                    "UPDATE sisy.runs SET state = 'lost', finished_at = now() WHERE id IN ({}, {})",
+                    ids[0], ids[1]
+                ))
+                .await
+                .map_err(|e| message(&e))
+            });
+            (pid, task)
+        }
     };
-    let first = end([p1, p2]);
-    // Let the first queue on flow run 1 before the second takes flow run 2.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = end([q2, z1]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first queues on flow run 1 before the second takes flow run 2.
+    let (pid, first) = end([p1, p2]).await;
+    blocked_or_done(&client, pid, &first).await;
+    let (pid, second) = end([q2, z1]).await;
+    blocked_or_done(&client, pid, &second).await;
     exec(&holder, "COMMIT").await;
     let first = tokio::time::timeout(Duration::from_secs(30), first)
         .await

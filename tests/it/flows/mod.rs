@@ -121,3 +121,57 @@ pub async fn finish(client: &Client, fr: i64, job: &str, state: &str, result: Op
         Err(e) => panic!("finishing {job} {state} failed: {}", message(&e)),
     }
 }
+
+/// Runs `sql`, then COMMIT (ROLLBACK on an error), on `session`, already in a transaction, in
+/// a task of its own: the second of two sessions racing, which may have to wait for the first.
+pub fn in_second_session(
+    session: Client,
+    sql: String,
+) -> tokio::task::JoinHandle<(Result<(), String>, Client)> {
+    tokio::spawn(async move {
+        let r = match session.batch_execute(&sql).await {
+            Ok(()) => session
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| message(&e)),
+            Err(e) => {
+                session.batch_execute("ROLLBACK").await.unwrap();
+                Err(message(&e))
+            }
+        };
+        (r, session)
+    })
+}
+
+/// The backend process id of `client`'s session.
+pub async fn backend_pid(client: &Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until the backend `pid` waits on a lock, or `task` has finished (it did not have to
+/// wait): the event to wait for before letting the holder of the lock go.
+pub async fn blocked_or_done<T>(client: &Client, pid: i32, task: &tokio::task::JoinHandle<T>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: bool = client
+            .query_one(
+                "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting || task.is_finished() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid} neither waited on a lock nor finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
