@@ -111,6 +111,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "flow_views",
         sql: include_str!("../sql/migrations/0011_flow_views.sql"),
     },
+    Migration {
+        version: 12,
+        name: "cached_plans",
+        sql: include_str!("../sql/migrations/0012_cached_plans.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).
