@@ -43,10 +43,11 @@ RETURNING r.id, r.job_id, r.job_name, r.scheduled_for, r.attempt, r.target_host,
           extract(epoch FROM j.kill_grace)::float8 AS kill_grace,
           -- A member's frozen inputs as text: handed to the job as they are, never decoded
           -- (a depth the guardian's JSON reader refuses cannot stop the run). An item of a
-          -- fan-out reads them from its member (kept there once, not in each item's row),
-          -- and gets its item.
-          r.flow_run_id,
-          coalesce(r.inputs, (SELECT fm.inputs FROM sisy.flow_run_members fm
-                               WHERE fm.flow_run_id = r.flow_run_id AND fm.job = r.job_name
-                                 AND r.item_index IS NOT NULL))::text AS inputs,
-          r.item::text AS item
+          -- fan-out has none in its row (they are kept once, on its member): the claim
+          -- names its member's decision (`member_decision`, the decision's first attempt),
+          -- and the guardian reads those inputs once per decision (flow_member_inputs.sql),
+          -- not with each item: turning 60 KB of inputs into text cost 1 ms per item.
+          r.flow_run_id, r.inputs::text AS inputs, r.item::text AS item,
+          (SELECT fm.first_attempt FROM sisy.flow_run_members fm
+            WHERE fm.flow_run_id = r.flow_run_id AND fm.job = r.job_name
+              AND r.item_index IS NOT NULL AND r.inputs IS NULL) AS member_decision

@@ -23,6 +23,7 @@ pub mod q {
     pub const RUNS_RUNNING_OF_JOBS: &str =
         include_str!("../../sql/queries/runs_running_of_jobs.sql");
     pub const RUNS_ADMIT: &str = include_str!("../../sql/queries/runs_admit.sql");
+    pub const FLOW_MEMBER_INPUTS: &str = include_str!("../../sql/queries/flow_member_inputs.sql");
     pub const RUNS_RELEASE: &str = include_str!("../../sql/queries/runs_release.sql");
     pub const RUNS_WAKE_POOL: &str = include_str!("../../sql/queries/runs_wake_pool.sql");
     pub const RUNS_SKIP: &str = include_str!("../../sql/queries/runs_skip.sql");

@@ -53,6 +53,9 @@ pub struct ClaimedRun {
     pub max_concurrency: Option<i32>,
     /// The item's place in its fan-out (`sisy.runs.item_index`); None outside fan-outs.
     pub item_index: Option<i32>,
+    /// An item of a fan-out whose inputs are its member's: the member's decision (its first
+    /// attempt). Admission fills `inputs` from them, read once per decision.
+    pub member_decision: Option<i32>,
     /// A value of the row the guardian could not read (an `env` nested too deep for the
     /// JSON decoder): the run is refused with this sentence instead of started.
     pub defect: Option<String>,

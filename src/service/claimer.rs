@@ -23,7 +23,8 @@
 //! `cancelled`), before any overlap rule is applied to it.
 //! Does not own running the process (supervisor) nor materialising runs (scheduler).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -60,11 +61,16 @@ pub enum Admission {
 pub struct Claimer {
     db: Pool,
     host: String,
+    inputs: Mutex<MemberInputs>,
 }
 
 impl Claimer {
     pub fn new(db: Pool, host: String) -> Claimer {
-        Claimer { db, host }
+        Claimer {
+            db,
+            host,
+            inputs: Mutex::new(MemberInputs::default()),
+        }
     }
 
     /// Claims up to `free` due runs of `pools` for this host.
@@ -81,9 +87,12 @@ impl Claimer {
         Ok(rows.iter().map(claimed_from_row).collect())
     }
 
-    /// Applies the overlap rules to claimed runs and records the outcome.
-    pub async fn admit(&self, runs: &[ClaimedRun]) -> Result<HashMap<i64, Admission>> {
+    /// Applies the overlap rules to claimed runs and records the outcome. Items of a fan-out
+    /// get their member's inputs here (see [`MemberInputs`]).
+    pub async fn admit(&self, runs: &mut [ClaimedRun]) -> Result<HashMap<i64, Admission>> {
         let mut client = db::checkout(&self.db).await?;
+        self.fill_inputs(&client, runs).await?;
+        let runs: &[ClaimedRun] = runs;
         if runs
             .iter()
             .all(|r| r.overlap == Overlap::Allow && r.max_concurrency.is_none())
@@ -197,6 +206,96 @@ impl Claimer {
         client.release();
         Ok(result)
     }
+
+    /// What this guardian read of members' inputs. Nothing panics while it is held; were the
+    /// lock poisoned anyway, the cache is still whole (its entries are immutable).
+    fn known_inputs(&self) -> std::sync::MutexGuard<'_, MemberInputs> {
+        self.inputs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives each item its member's frozen inputs: from what this guardian already read for
+    /// that member decision, else read now, once for all the items of one decision.
+    async fn fill_inputs(&self, client: &db::Conn, runs: &mut [ClaimedRun]) -> Result<()> {
+        let mut missing: Vec<(i64, String)> = Vec::new();
+        {
+            let known = self.known_inputs();
+            for run in runs.iter_mut() {
+                let Some(key) = decision_of(run) else {
+                    continue;
+                };
+                match known.get(&key) {
+                    Some(inputs) => run.inputs = Some(inputs.to_string()),
+                    None if !missing.contains(&(key.0, key.1.clone())) => {
+                        missing.push((key.0, key.1))
+                    }
+                    None => {}
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (flow_runs, jobs): (Vec<i64>, Vec<String>) = missing.into_iter().unzip();
+        let statement = client.prepare_cached(q::FLOW_MEMBER_INPUTS).await?;
+        let rows = client.query(&statement, &[&flow_runs, &jobs]).await?;
+        let mut known = self.known_inputs();
+        let mut read: HashMap<(i64, String), Arc<str>> = HashMap::new();
+        for row in &rows {
+            let inputs: Option<String> = row.get(3);
+            let inputs: Arc<str> = inputs.unwrap_or_else(|| "{}".into()).into();
+            let (flow_run, job): (i64, String) = (row.get(0), row.get(1));
+            known.insert((flow_run, job.clone(), row.get(2)), inputs.clone());
+            read.insert((flow_run, job), inputs);
+        }
+        for run in runs.iter_mut() {
+            if let Some((flow_run, job, _)) = decision_of(run)
+                && run.inputs.is_none()
+            {
+                // Read now: the current decision's inputs (a rerun may have decided the
+                // member again since the claim; its items of before are not run any more).
+                run.inputs = read.get(&(flow_run, job)).map(|i| i.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The member decision whose inputs an item needs: (flow run, member, first attempt).
+fn decision_of(run: &ClaimedRun) -> Option<(i64, String, i32)> {
+    match (run.flow_run_id, run.member_decision, &run.inputs) {
+        (Some(flow_run), Some(decision), None) => Some((flow_run, run.job_name.clone(), decision)),
+        _ => None,
+    }
+}
+
+/// The frozen inputs of the fan-out members this guardian ran items of lately, by member
+/// decision: a decision's inputs never change (a rerun decides again, with a new first
+/// attempt), so 10,000 items read them once per guardian instead of once each. Bounded: the
+/// oldest decision read goes first.
+#[derive(Default)]
+struct MemberInputs {
+    by_decision: HashMap<(i64, String, i32), Arc<str>>,
+    order: VecDeque<(i64, String, i32)>,
+}
+
+impl MemberInputs {
+    /// Member decisions kept (a fan-out's inputs are at most a few MB).
+    const KEPT: usize = 16;
+
+    fn get(&self, key: &(i64, String, i32)) -> Option<&Arc<str>> {
+        self.by_decision.get(key)
+    }
+
+    fn insert(&mut self, key: (i64, String, i32), inputs: Arc<str>) {
+        if self.by_decision.insert(key.clone(), inputs).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > Self::KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.by_decision.remove(&old);
+            }
+        }
+    }
 }
 
 /// A row of `runs_admit.sql`: the run started, and how late, or it was killed meanwhile.
@@ -234,6 +333,7 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedRun {
         item: field(row, "item", &mut defect),
         max_concurrency: field(row, "max_concurrency", &mut defect),
         item_index: field(row, "item_index", &mut defect),
+        member_decision: field(row, "member_decision", &mut defect),
         defect,
     }
 }
@@ -389,6 +489,7 @@ mod tests {
             item: None,
             max_concurrency: None,
             item_index: None,
+            member_decision: None,
             defect: None,
         }
     }
@@ -530,5 +631,27 @@ mod tests {
             decide(&[claimed(9, 1, Overlap::Replace, None)], &s),
             vec![(9, Decision::Replace { victims: vec![3] })]
         );
+    }
+
+    #[test]
+    fn member_inputs_keep_the_latest_decisions_only() {
+        let mut kept = MemberInputs::default();
+        let key = |fr: i64, attempt: i32| (fr, "each".to_string(), attempt);
+        for fr in 0..(MemberInputs::KEPT as i64 + 3) {
+            kept.insert(key(fr, 1), format!("{{\"fr\": {fr}}}").into());
+        }
+        assert_eq!(kept.by_decision.len(), MemberInputs::KEPT);
+        assert_eq!(kept.order.len(), MemberInputs::KEPT);
+        assert!(kept.get(&key(0, 1)).is_none(), "the oldest went first");
+        let last = MemberInputs::KEPT as i64 + 2;
+        assert_eq!(
+            kept.get(&key(last, 1)).map(|s| s.to_string()),
+            Some(format!("{{\"fr\": {last}}}"))
+        );
+        // Another decision of the same member is another entry, never the first's inputs.
+        assert!(kept.get(&key(last, 2)).is_none());
+        // Inserting a decision again does not count it twice.
+        kept.insert(key(last, 1), "{}".into());
+        assert_eq!(kept.order.len(), MemberInputs::KEPT);
     }
 }

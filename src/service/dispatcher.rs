@@ -284,7 +284,7 @@ impl Dispatcher {
         self.shared.runs.free(capacity)
     }
 
-    async fn admit_and_start(&mut self, claimed: Vec<ClaimedRun>) -> Result<usize> {
+    async fn admit_and_start(&mut self, mut claimed: Vec<ClaimedRun>) -> Result<usize> {
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -293,7 +293,7 @@ impl Dispatcher {
             self.shared.runs.hold(run.id);
         }
         let limit = db::answer_limit(self.shared.config.get().lease);
-        let admission = self.claimer.admit(&claimed);
+        let admission = self.claimer.admit(&mut claimed);
         let decisions = match db::within(&self.shared.db, limit, "admission", admission).await {
             Ok(d) => d,
             Err(e) => {

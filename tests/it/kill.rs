@@ -42,13 +42,13 @@ async fn admission_never_starts_a_claimed_run_whose_kill_was_requested() {
     // One run admitted without a lock (all allow), one under the job lock (forbid).
     for job in ["free", "guarded"] {
         let id = trigger(&client, job).await;
-        let claimed = claimer.claim(&["default".into()], 1).await.unwrap();
+        let mut claimed = claimer.claim(&["default".into()], 1).await.unwrap();
         assert_eq!(claimed.iter().map(|r| r.id).collect::<Vec<_>>(), [id]);
         client
             .execute("SELECT sisy.kill($1)", &[&id])
             .await
             .unwrap();
-        let decisions = claimer.admit(&claimed).await.unwrap();
+        let decisions = claimer.admit(&mut claimed).await.unwrap();
         assert!(
             !matches!(decisions.get(&id), Some(Admission::Start { .. })),
             "{job}: admission started a run whose kill was requested: {decisions:?}"

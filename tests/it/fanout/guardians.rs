@@ -409,6 +409,68 @@ async fn an_items_process_gets_its_item_as_json_and_the_members_inputs() {
     reap(&tag);
 }
 
+/// A guardian reads a fan-out member's inputs once per decision of the member, not with each
+/// item: the items of a rerun from upstream, run by the same guardian process, get the new
+/// decision's inputs, never the ones it read for the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_of_a_rerun_from_upstream_get_the_new_inputs_from_the_same_guardian() {
+    let (db, client) = migrated_db().await;
+    let tag = format!("reread-{}", db.name);
+    let dir = shared_dir();
+    let list = dir.path().join("list.json");
+    std::fs::write(&list, "[1, 2, 3]").unwrap();
+    flow(
+        &client,
+        &tag,
+        "[]",
+        r#"printf '%s' "$SISY_INPUTS" > "$SISY_RESULT""#,
+    )
+    .await;
+    exec(
+        &client,
+        &format!(
+            "UPDATE sisy.jobs SET command = 'cat {} > \"$SISY_RESULT\"' WHERE name = 'list';
+             UPDATE sisy.jobs SET overlap = 'allow' WHERE name = 'each'",
+            list.display()
+        ),
+    )
+    .await;
+    let _g = Guardian::start(&db, "g1", "capacity = 4");
+    let fr = open(&client, "list").await;
+    assert_eq!(ended(&client, fr).await, "succeeded");
+    std::fs::write(&list, "[4, 5]").unwrap();
+    client
+        .query_one("SELECT sisy.rerun_flow($1, 'list')", &[&fr])
+        .await
+        .unwrap();
+    assert_eq!(ended(&client, fr).await, "succeeded");
+    let seen: Vec<(i32, Option<serde_json::Value>)> = client
+        .query(
+            "SELECT attempt, result FROM sisy.runs WHERE flow_run_id = $1 AND job_name = 'each'
+              ORDER BY attempt, item_index",
+            &[&fr],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let first = Some(serde_json::json!({"list": [1, 2, 3]}));
+    let second = Some(serde_json::json!({"list": [4, 5]}));
+    assert_eq!(
+        seen,
+        [
+            (1, first.clone()),
+            (1, first.clone()),
+            (1, first),
+            (2, second.clone()),
+            (2, second)
+        ],
+        "items and their SISY_INPUTS, by attempt"
+    );
+    reap(&tag);
+}
+
 /// The fan-in of 10,000 small results (`{"got": i}`, 150 KB together): more than Linux
 /// lets one environment variable carry, so the join cannot be handed its SISY_INPUTS. It
 /// fails at once with an error that says so (no hang, no panic, no silent drop), and the
