@@ -287,6 +287,30 @@ pub async fn trigger(client: &Client, job: &str) -> i64 {
         .get(0)
 }
 
+/// The CPU time the server process behind `client` has used so far (its /proc stat): what a
+/// statement cost, unlike its wall time, hardly depends on what else the machine is doing.
+pub async fn backend_cpu(client: &tokio_postgres::Client) -> Duration {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("the backend {pid}'s /proc stat: {e}"));
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+        .into_iter()
+        .flatten()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime, the 14th and 15th fields of the line (11 and 12 after the name).
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
 /// Whether a process is gone (or a zombie nobody reaped, which runs nothing).
 pub fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
