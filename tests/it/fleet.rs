@@ -13,18 +13,28 @@ const LONG: Duration = Duration::from_secs(60);
 const INTERVAL: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_secs(3);
 
-/// `n` hosts with live leases, 4 running runs and 10 finished ones each, and 3 hosts dead
-/// for an hour without runs (what housekeeping has not pruned yet), as statistics know them.
+/// `n` hosts with live leases, 4 running runs and 10 finished ones each (of 50 jobs), and 3
+/// hosts dead for an hour without runs (what housekeeping has not pruned yet); a job capped
+/// at 2 with 2 running runs and one pending run held back; as statistics know them.
 async fn populate(client: &Client, n: usize) {
     client
         .batch_execute(&format!(
-            "INSERT INTO sisy.hosts (name, lease_until, started_at)
+            "INSERT INTO sisy.jobs (name, command) SELECT 'job' || i, 'true' FROM generate_series(1, 50) i;
+             INSERT INTO sisy.jobs (name, command, max_concurrency) VALUES ('capped', 'true', 2);
+             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline,
+                                    state, host, claimed_at, started_at, heartbeat_at)
+             SELECT id, name, 'default', now() - make_interval(secs => k), 'manual', now(),
+                    now() + interval '1 hour', CASE WHEN k <= 2 THEN 'running' ELSE 'pending' END,
+                    CASE WHEN k <= 2 THEN 'h2' END, now(), now(), now()
+               FROM sisy.jobs, generate_series(1, 3) k WHERE name = 'capped';
+             INSERT INTO sisy.hosts (name, lease_until, started_at)
              SELECT 'h' || i, now() + interval '1 hour', '2026-01-01' FROM generate_series(1, {n}) i;
              INSERT INTO sisy.hosts (name, lease_until) SELECT 'gone' || i, now() - interval '1 hour'
                FROM generate_series(1, 3) i;
-             INSERT INTO sisy.runs (job_name, pool, scheduled_for, reason, due_at, deadline, state,
-                                    host, claimed_at, started_at, heartbeat_at, finished_at)
-             SELECT 'h' || i || '-' || k, 'default', now() - make_interval(secs => k), 'manual',
+             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline,
+                                    state, host, claimed_at, started_at, heartbeat_at, finished_at)
+             SELECT (SELECT id FROM sisy.jobs WHERE name = 'job' || (i * 14 + k) % 50 + 1),
+                    'h' || i || '-' || k, 'default', now() - make_interval(secs => k), 'manual',
                     now(), now() + interval '1 hour',
                     CASE WHEN k <= 4 THEN 'running' ELSE 'succeeded' END, 'h' || i, now(), now(), now(),
                     CASE WHEN k <= 4 THEN NULL ELSE now() END
@@ -81,15 +91,25 @@ async fn beat_cost(client: &Client, rescuer: bool) -> (i64, f64) {
         ))
         .await
         .unwrap();
+    cost(
+        client,
+        &format!(
+            "EXECUTE beat('h1', {lease}, 4, '{{{ids}}}', '{{1,2,3,4}}', '{{default}}', true, \
+             '2026-01-01')"
+        ),
+    )
+    .await
+}
+
+/// The shared buffers `execute` touches and its execution time in ms, the least of five runs
+/// (each rolled back), by `EXPLAIN (ANALYZE, BUFFERS)`.
+async fn cost(client: &Client, execute: &str) -> (i64, f64) {
     let mut best = (i64::MAX, f64::MAX);
     for _ in 0..5 {
         client.batch_execute("BEGIN").await.unwrap();
         let row = client
             .query_one(
-                &format!(
-                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE beat('h1', {lease}, 4,
-                       '{{{ids}}}', '{{1,2,3,4}}', '{{default}}', true, '2026-01-01')"
-                ),
+                &format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {execute}"),
                 &[],
             )
             .await
@@ -105,8 +125,26 @@ async fn beat_cost(client: &Client, rescuer: bool) -> (i64, f64) {
     best
 }
 
+/// One tick and one claim (of 4 runs) of host h1, as its dispatcher and claimer send them:
+/// nothing to claim but a run of a job at its cap.
+async fn pass_cost(client: &Client) -> ((i64, f64), (i64, f64)) {
+    client
+        .batch_execute(&format!(
+            "PREPARE tick (text[], text) AS {};
+             PREPARE claim (text, text[], bigint) AS {};",
+            sisyphus::db::q::RUNS_TICK,
+            sisyphus::db::q::RUNS_CLAIM
+        ))
+        .await
+        .unwrap();
+    (
+        cost(client, "EXECUTE tick('{default}', 'h1')").await,
+        cost(client, "EXECUTE claim('h1', '{default}', 4)").await,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_heartbeat_costs_the_same_with_ten_hosts_or_a_thousand() {
+async fn a_heartbeat_tick_and_claim_cost_the_same_with_ten_hosts_or_a_thousand() {
     let mut figures = Vec::new();
     let mut last = None;
     for n in [10, 100, 1000] {
@@ -114,17 +152,31 @@ async fn one_heartbeat_costs_the_same_with_ten_hosts_or_a_thousand() {
         populate(&client, n).await;
         let member = beat_cost(&client, false).await;
         let rescuer = beat_cost(&client, true).await;
+        let (tick, claim) = pass_cost(&client).await;
         println!(
-            "heartbeat of one host among {n:>4} hosts (4 running runs each): \
-             {:>3} buffers {:.3} ms; as the rescue lease holder {:>3} buffers {:.3} ms",
-            member.0, member.1, rescuer.0, rescuer.1
+            "among {n:>4} hosts (4 running runs each), one host's heartbeat: \
+             {:>3} buffers {:.3} ms; as the rescue lease holder {:>3} buffers {:.3} ms; \
+             tick {:>3} buffers {:.3} ms; claim {:>3} buffers {:.3} ms",
+            member.0, member.1, rescuer.0, rescuer.1, tick.0, tick.1, claim.0, claim.1
         );
-        figures.push((n, member, rescuer));
+        figures.push((n, member, rescuer, tick, claim));
         last = Some((db, client));
     }
     let last = last.unwrap();
-    let (_, small_member, _) = figures[0];
-    let (_, big_member, big_rescuer) = figures[2];
+    let (_, small_member, _, small_tick, small_claim) = figures[0];
+    let (_, big_member, big_rescuer, big_tick, big_claim) = figures[2];
+    for (what, small, big) in [
+        ("tick", small_tick, big_tick),
+        ("claim", small_claim, big_claim),
+    ] {
+        assert!(
+            big.0 as f64 <= 1.5 * small.0 as f64,
+            "a {what} among 1,000 hosts touches {} buffers, among 10 hosts {}: its work grows \
+             with the fleet",
+            big.0,
+            small.0
+        );
+    }
     assert!(
         big_member.0 as f64 <= 1.5 * small_member.0 as f64,
         "a heartbeat among 1,000 hosts touches {} buffers, among 10 hosts {}: its work grows \
