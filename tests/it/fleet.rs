@@ -381,3 +381,20 @@ async fn the_runs_of_a_host_row_deleted_by_hand_are_lost() {
     let (error, _) = wait_lost(&client, run).await;
     assert!(error.contains("host row of gone was deleted"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescuer_that_stops_cleanly_hands_over_at_the_next_beat() {
+    let (db, client) = migrated_db().await;
+    let mut guardians = fleet(&db, &client, 2, "").await;
+    let holder = wait_holder(&client, &["g1", "g2"], LONG).await;
+    let (index, other) = if holder == "g1" { (0, "g2") } else { (1, "g1") };
+    assert_eq!(guardians[index].stop(), Some(0));
+    let stopped = Instant::now();
+    // Released, not left to pass a lease later: the other's next beat takes it.
+    wait_holder(&client, &[other], LEASE).await;
+    assert!(
+        stopped.elapsed() <= INTERVAL + Duration::from_secs(1),
+        "{other} took the rescue lease {:?} after its holder stopped",
+        stopped.elapsed()
+    );
+}
