@@ -44,3 +44,11 @@ REVOKE EXECUTE ON FUNCTION sisy.hosts_forget_runs() FROM PUBLIC;
 
 CREATE TRIGGER hosts_forget_runs AFTER DELETE ON sisy.hosts
     FOR EACH ROW EXECUTE FUNCTION sisy.hosts_forget_runs();
+
+-- Rows deleted before this trigger existed: their runs, which the rescue used to find, are
+-- lost now, as the next heartbeat of any guardian would have declared them.
+UPDATE sisy.runs
+   SET state = 'lost', finished_at = now(),
+       error = format('the host row of %s was deleted while the run was in progress', host)
+ WHERE state = 'running' AND host IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM sisy.hosts h WHERE h.name = runs.host);

@@ -76,8 +76,11 @@ WITH me AS (
  RETURNING runs.id
 )
 SELECT (SELECT draining FROM me) AS draining,
-       -- Read again only when the renewal found no row of this incarnation.
-       coalesce((SELECT started_at FROM me), (SELECT started_at FROM sisy.hosts WHERE name = $1)) AS holder,
+       -- Read again only when the renewal found no row of this incarnation. This statement's
+       -- snapshot may still show this incarnation's row when the renewal found it deleted
+       -- meanwhile (it waited on the DELETE): that row is gone, not another process's.
+       coalesce((SELECT started_at FROM me),
+                (SELECT started_at FROM sisy.hosts WHERE name = $1 AND started_at <> $8)) AS holder,
        coalesce((SELECT array_agg(id) FROM mine), '{}') AS alive,
        coalesce((SELECT array_agg(id) FROM mine WHERE kill_requested), '{}') AS kill_requested,
        (SELECT count(*) FROM lost) AS lost,
