@@ -30,7 +30,7 @@ GRANT USAGE ON SCHEMA sisy TO sisy_admin, sisy_guardian, sisy_reader;
 GRANT SELECT ON sisy.migrations TO sisy_admin, sisy_guardian, sisy_reader;
 
 -- Readers: results, hosts, views; jobs without env.
-GRANT SELECT ON sisy.runs, sisy.hosts TO sisy_reader;
+GRANT SELECT ON sisy.runs, sisy.hosts, sisy.leases TO sisy_reader;
 GRANT SELECT (id, name, command, schedule, timezone, pool, target, ttl, max_runtime, kill_grace,
               max_retries, retry_delay, overlap, jitter, run_as, workdir, suspended,
               created_at, updated_at, next_due, schedule_error, source,
@@ -49,7 +49,7 @@ GRANT SELECT ON sisy.job_env_keys TO sisy_reader, sisy_admin, sisy_guardian;
 -- Admins: jobs entirely, results read-only, control through the functions.
 GRANT SELECT, INSERT, UPDATE, DELETE ON sisy.jobs, sisy.dependencies TO sisy_admin;
 GRANT EXECUTE ON FUNCTION sisy.cancel_flow(bigint), sisy.rerun_flow(bigint, text) TO sisy_admin;
-GRANT SELECT ON sisy.runs, sisy.hosts TO sisy_admin;
+GRANT SELECT ON sisy.runs, sisy.hosts, sisy.leases TO sisy_admin;
 GRANT EXECUTE ON FUNCTION sisy.trigger(text), sisy.kill(bigint), sisy.retry(bigint),
     sisy.set_suspended(text, boolean), sisy.suspend(text), sisy.resume(text),
     sisy.set_draining(text, boolean), sisy.drain(text), sisy.undrain(text) TO sisy_admin;
@@ -60,6 +60,8 @@ GRANT EXECUTE ON FUNCTION sisy.trigger(text), sisy.kill(bigint), sisy.retry(bigi
 GRANT SELECT ON sisy.jobs TO sisy_guardian;
 GRANT UPDATE (next_due, schedule_error) ON sisy.jobs TO sisy_guardian;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sisy.runs, sisy.hosts TO sisy_guardian;
+-- The rescue lease (heartbeat.sql): taken and renewed by the heartbeat.
+GRANT SELECT, INSERT, UPDATE ON sisy.leases TO sisy_guardian;
 -- The flows' safety net (timeouts, re-decisions) and its due time, from the tick.
 GRANT EXECUTE ON FUNCTION sisy.flows_tend(interval, int), sisy.flows_due_in(interval) TO sisy_guardian;
 -- Housekeeping deletes old finished flow runs (their snapshots go with them).

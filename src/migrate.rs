@@ -116,6 +116,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cached_plans",
         sql: include_str!("../sql/migrations/0012_cached_plans.sql"),
     },
+    Migration {
+        version: 13,
+        name: "fleet_leases",
+        sql: include_str!("../sql/migrations/0013_fleet_leases.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).

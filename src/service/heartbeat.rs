@@ -3,8 +3,11 @@
 //!
 //! Every `heartbeat_interval`, one statement renews the host's lease and the `heartbeat_at`
 //! (and pid) of every run this guardian holds, gives up runs the database says run here but
-//! this guardian no longer knows (for a whole lease), and declares the running runs of
-//! hosts whose lease has passed `lost` (the database trigger schedules their retries). What
+//! this guardian no longer knows (for a whole lease), and, in the one guardian that holds
+//! the `rescue` lease (`sisy.leases`, taken over and renewed by the same statement; see
+//! `heartbeat.sql`), declares the running runs of hosts whose lease has passed `lost` (the
+//! database trigger schedules their retries). A beat's own work reads only this host's row
+//! and runs, so it does not grow with the fleet. What
 //! it returns drives fencing: a run this host supervises that the database no longer calls
 //! running here was taken away (declared lost while this host was paused or cut off), so its
 //! processes are killed at once (SIGKILL); a run with a kill request is stopped (a fallback
@@ -31,7 +34,10 @@
 //! judges. Healthy jobs are not killed because the database went away; a guardian that did
 //! not come back within a lease of the database's return is judged like any dead host, and
 //! fences its runs if it returns later. In steady state a dead host's runs are declared lost
-//! within `lease + heartbeat_interval` of its last renewal.
+//! within `lease + heartbeat_interval` of its last renewal: by the rescue lease's holder, or,
+//! when the dead host was the holder (its rescue lease passes no later than its host lease),
+//! by the next guardian to beat, which takes the rescue lease over in that beat. Only a
+//! guardian that may judge others (the two conditions above) takes or renews it.
 //!
 //! # The watchdog deadline
 //!

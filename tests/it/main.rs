@@ -15,6 +15,7 @@ mod core;
 mod events;
 mod fanout;
 mod faults;
+mod fleet;
 mod flows;
 mod flows_readme;
 mod housekeeping;
