@@ -10,8 +10,8 @@
 //!    so that two processes never act as one host;
 //! 4. write the results the previous process left in the spool, then declare the runs it
 //!    left running `lost`;
-//! 5. run the services — dispatcher (scheduler + claimer + supervisors), heartbeat, listener,
-//!    reaper — until the shutdown token fires or one of them fails.
+//! 5. run the services — dispatcher (scheduler + claimer + supervisors), heartbeat, listener
+//!    (with `listen = true`), reaper — until the shutdown token fires or one of them fails.
 //!
 //! Steps 2–4 are safe to repeat: if the database goes away midway, or does not answer within
 //! a lease, the sequence starts again (`startup`). SIGHUP ([`request_reload`]) reads the

@@ -1,11 +1,14 @@
 //! The dispatcher: the guardian's main loop, from "something is due" to supervised processes.
 //!
 //! Each pass ([`Dispatcher::run_once`]): one tick statement (expires overdue pending runs, says
-//! whether jobs need seeding and when the next job, run and flow deadline fall due), the
-//! flows' safety net when it is due (flow timeouts, re-decisions), the scheduler when a
-//! job is due, then a claim up to the free capacity and admission, and a supervisor task per
-//! started run. Between passes it sleeps until the next due time the database reported,
-//! a wake-up (LISTEN/NOTIFY, a finished run) or the safety poll, whichever comes first.
+//! whether jobs need seeding and when the next job, run and flow deadline fall due, and
+//! which runs held here have a kill request: those are stopped), the flows' safety net when
+//! it is due (flow timeouts, re-decisions), the scheduler when a job is due, then a claim up
+//! to the free capacity and admission, and a supervisor task per started run. Between passes
+//! it sleeps until the next due time the database reported, a wake-up (LISTEN/NOTIFY, a
+//! finished run) or the safety poll, whichever comes first. Without LISTEN (`listen =
+//! false`) the safety poll is `poll_interval`: the tick is then how triggered runs and kill
+//! requests are found.
 //! Does not own SQL semantics (scheduler, claimer) nor processes (supervisor).
 //!
 //! Its shape is every service's: [`run`] is the loop (its timer, its wake-up, `stopping`),
@@ -52,6 +55,7 @@ fn safety_poll(config: &crate::config::GuardianConfig) -> Duration {
         config.poll_interval.min(SAFETY_POLL)
     }
 }
+
 /// How often a run waiting for the run it replaces to end asks again.
 const REPLACE_POLL: Duration = Duration::from_millis(200);
 /// The shortest pause after a pass that made no progress although something looked due

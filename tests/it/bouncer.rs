@@ -145,6 +145,26 @@ impl Bouncer {
         }
     }
 
+    /// The client connections PgBouncer holds for database `name` now (its admin console's
+    /// `SHOW CLIENTS`; this connection to the console is not one of them).
+    pub async fn clients_of(&self, name: &str) -> usize {
+        let url = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=pgbouncer",
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let rows = client.simple_query("SHOW CLIENTS").await.unwrap();
+        rows.iter()
+            .filter(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get("database") == Some(name),
+                _ => false,
+            })
+            .count()
+    }
+
     /// Kills PgBouncer (SIGTERM: immediate shutdown, every client connection cut).
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {

@@ -380,3 +380,35 @@ async fn concurrent_migrations_through_pgbouncer_apply_each_migration_once() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_guardian_opens_at_most_pool_size_plus_one_connections() {
+    let (db, client) = migrated_db().await;
+    let bouncer = Bouncer::start_shared();
+    let _g = Guardian::start(
+        &bouncer.db(&db),
+        "g1",
+        &format!("{POOLED}\npool_size = 2\ncapacity = 8"),
+    );
+    registered(&client, 1).await;
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('quick', 'sleep 0.2', 'allow')",
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        ids.push(trigger(&client, "quick").await);
+    }
+    // Busy (claims, admission, results, heartbeats at once): the most it ever holds.
+    let mut most = 0;
+    for id in &ids {
+        most = most.max(bouncer.clients_of(&db.name).await);
+        assert_eq!(wait_finished(&client, *id, LONG).await, "succeeded");
+    }
+    most = most.max(bouncer.clients_of(&db.name).await);
+    eprintln!("{most} client connections at most");
+    // pool_size for the services, one for the heartbeat, none for LISTEN.
+    assert!((1..=3).contains(&most), "{most} client connections");
+}
