@@ -12,7 +12,9 @@
 //!   trip (`query_typed`). Its parameter types are learned once per statement text by
 //!   preparing it inside a transaction of its own (or the caller's), whose Close is sent
 //!   before the transaction ends, so the named statement never outlives it on the server
-//!   connection; they are kept for the life of the process.
+//!   connection; they are kept for the life of the process. Every parameter and column of
+//!   the catalogue has a built-in type: one of a type created in the schema would make the
+//!   driver look it up with a statement it keeps named per connection.
 //!
 //! Session state is the other thing a transaction pooler does not keep: with
 //! `session_state = false`, the limit on idle time inside a transaction (which the pool

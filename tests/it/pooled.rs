@@ -118,6 +118,7 @@ async fn a_trigger_starts_and_a_kill_stops_within_a_poll_through_pgbouncer() {
         .await
         .unwrap()
         .get(0);
+    eprintln!("trigger to start: {waited:.3} s (poll_interval {POLL:?})");
     assert!(
         waited <= (POLL + SLACK).as_secs_f64(),
         "the trigger took {waited} s to start its run (poll_interval {POLL:?})"
@@ -136,6 +137,7 @@ async fn a_trigger_starts_and_a_kill_stops_within_a_poll_through_pgbouncer() {
     let asked = Instant::now();
     wait_for("the killed process to end", LONG, || process_gone(pid)).await;
     let took = asked.elapsed();
+    eprintln!("kill to process gone: {took:?} (poll_interval {POLL:?})");
     assert!(
         took <= POLL + SLACK,
         "the kill took {took:?} to stop the process (poll_interval {POLL:?})"
