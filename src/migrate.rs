@@ -1,9 +1,10 @@
 //! Schema migrations: `sisy db migrate` and `sisy db status`.
 //!
 //! Owns the ordered list of SQL files under `sql/migrations/` (embedded in the binary) and
-//! applying them exactly once, under a session advisory lock, so that a hundred hosts
-//! starting at once apply each migration once and the others wait and then find nothing to
-//! do. Each migration runs in its own transaction together with its bookkeeping row.
+//! applying them exactly once, each in its own transaction together with its bookkeeping row
+//! under a transaction-level advisory lock, so that a hundred hosts starting at once apply
+//! each migration once and the others wait and then find nothing to do; it holds no session
+//! state, so it works through a transaction pooler too ([`migrate`]).
 //! Does not own what the schema means (see the SQL files themselves).
 //!
 //! # Rolling upgrades
@@ -25,6 +26,8 @@
 
 use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
+
+use crate::db::{self, Session};
 
 /// One versioned SQL file.
 pub struct Migration {
@@ -121,6 +124,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fleet_leases",
         sql: include_str!("../sql/migrations/0013_fleet_leases.sql"),
     },
+    Migration {
+        version: 14,
+        name: "kill_poll",
+        sql: include_str!("../sql/migrations/0014_kill_poll.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).
@@ -168,22 +176,22 @@ impl Status {
 }
 
 /// Applies every pending migration; returns the versions applied now (empty: nothing to do).
+///
+/// One transaction per migration, each under the transaction-level advisory lock: the
+/// lock, the bookkeeping table, the list of applied migrations, the migration and its row
+/// all live in one transaction, so migrators that start together apply each migration once
+/// (the others wait for the lock, then find it applied), and nothing outlives a
+/// transaction: it works the same through a transaction pooler such as PgBouncer in
+/// `pool_mode = transaction`, where a session lock would be taken on one server
+/// connection and released (or not) on another.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .context("cannot take the migration lock")?;
-    let result = apply_pending(client).await;
-    // Unlocking can only fail if the connection is gone, which releases the lock anyway.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
-    result
-}
-
-async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
-    client
-        .batch_execute(
+    let mut done = Vec::new();
+    loop {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await
+            .context("cannot take the migration lock")?;
+        tx.batch_execute(
             "CREATE SCHEMA IF NOT EXISTS sisy;
              CREATE TABLE IF NOT EXISTS sisy.migrations (
                  version    int PRIMARY KEY,
@@ -194,17 +202,25 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
         )
         .await
         .context("cannot create the schema sisy: does this user have CREATE on the database?")?;
-    let applied: Vec<i32> = applied_rows(client).await?.iter().map(|r| r.0).collect();
-    let mut done = Vec::new();
-    // Migrations are applied in version order; a version may be missing from the list
-    // (numbers were reserved for work that landed in another order).
-    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        let applied: Vec<i32> = applied_rows(&tx).await?.iter().map(|r| r.0).collect();
+        // Migrations are applied in version order; a version may be missing from the list
+        // (numbers were reserved for work that landed in another order).
+        let Some(m) = MIGRATIONS.iter().find(|m| !applied.contains(&m.version)) else {
+            // Objects a migration created get their grants, where the roles exist.
+            if roles_exist(&tx).await? {
+                tx.batch_execute(ROLES)
+                    .await
+                    .context("cannot grant the sisy roles their rights")?;
+            }
+            tx.commit().await?;
+            return Ok(done);
+        };
         let compatible_with = m.compatible_with()?;
-        let tx = client.transaction().await?;
         tx.batch_execute(m.sql)
             .await
             .with_context(|| format!("migration {:04}_{} failed", m.version, m.name))?;
-        tx.execute(
+        db::execute(
+            &tx,
             "INSERT INTO sisy.migrations (version, name, compatible_with) VALUES ($1, $2, $3)",
             &[&m.version, &m.name, &compatible_with],
         )
@@ -212,23 +228,15 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
         tx.commit().await?;
         done.push(m.version);
     }
-    // Objects a migration created get their grants, where the roles exist.
-    if roles_exist(client).await? {
-        client
-            .batch_execute(ROLES)
-            .await
-            .context("cannot grant the sisy roles their rights")?;
-    }
-    Ok(done)
 }
 
-async fn roles_exist(client: &Client) -> Result<bool> {
-    let row = client
-        .query_one(
-            "SELECT count(*) = 3 FROM pg_roles WHERE rolname IN ('sisy_admin', 'sisy_guardian', 'sisy_reader')",
-            &[],
-        )
-        .await?;
+async fn roles_exist<S: Session>(client: &S) -> Result<bool> {
+    let row = db::query_one(
+        client,
+        "SELECT count(*) = 3 FROM pg_roles WHERE rolname IN ('sisy_admin', 'sisy_guardian', 'sisy_reader')",
+        &[],
+    )
+    .await?;
     Ok(row.get(0))
 }
 
@@ -241,8 +249,8 @@ pub(crate) async fn roles(client: &mut Client) -> Result<()> {
 }
 
 /// (version, name, declared compatibility) of every applied migration, in order.
-async fn applied_rows(client: &Client) -> Result<Vec<(i32, String, Option<i32>)>> {
-    let rows = client.query(crate::db::q::MIGRATIONS_APPLIED, &[]).await?;
+async fn applied_rows<S: Session>(client: &S) -> Result<Vec<(i32, String, Option<i32>)>> {
+    let rows = db::query(client, db::q::MIGRATIONS_APPLIED, &[]).await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -250,11 +258,14 @@ async fn applied_rows(client: &Client) -> Result<Vec<(i32, String, Option<i32>)>
 }
 
 /// Reads where the database stands without changing anything.
-pub(crate) async fn status(client: &Client) -> Result<Status> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('sisy.migrations') IS NOT NULL", &[])
-        .await?
-        .get(0);
+pub(crate) async fn status<S: Session>(client: &S) -> Result<Status> {
+    let exists: bool = db::query_one(
+        client,
+        "SELECT to_regclass('sisy.migrations') IS NOT NULL",
+        &[],
+    )
+    .await?
+    .get(0);
     let rows = if exists {
         applied_rows(client).await?
     } else {
@@ -285,7 +296,7 @@ pub(crate) async fn status(client: &Client) -> Result<Status> {
 
 /// Fails unless this binary works with the database's schema: every migration it knows is
 /// applied, and every applied migration it does not know declared itself compatible.
-pub(crate) async fn ensure_current(client: &Client) -> Result<()> {
+pub(crate) async fn ensure_current<S: Session>(client: &S) -> Result<()> {
     let status = status(client).await?;
     let known = latest_version();
     if !status.pending.is_empty() {

@@ -1,5 +1,6 @@
 -- The dispatcher's look at the world, one statement: expire pending runs of these pools whose
--- deadline passed, then say what there is to do and when the next thing falls due.
+-- deadline passed, then say what there is to do and when the next thing falls due, and which
+-- runs held here have a kill request.
 --   $1 pools  $2 host
 -- Its cost follows what is due, not the size of the tables: the expiry reads only pending
 -- runs already due (a deadline is due_at + ttl and ttl is positive, so a run whose deadline
@@ -81,4 +82,8 @@ SELECT (SELECT count(*) FROM expired) AS expired,
                     WHEN at < now() THEN -1 ELSE 1e9 END FROM next_job)::float8 AS job_due_in,
        (SELECT CASE WHEN at IS NULL THEN NULL WHEN isfinite(at) THEN extract(epoch FROM at - now())
                     WHEN at < now() THEN -1 ELSE 1e9 END FROM next_run)::float8 AS run_due_in,
-       sisy.flows_due_in() AS flow_due_in
+       sisy.flows_due_in() AS flow_due_in,
+       -- The runs running here with a kill request (index runs_kill_requested: normally no
+       -- row). Without LISTEN, this is how a kill reaches the process within a poll.
+       (SELECT coalesce(array_agg(id), '{}') FROM sisy.runs
+         WHERE state = 'running' AND host = $2 AND kill_requested_at IS NOT NULL) AS kill_requested

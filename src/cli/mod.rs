@@ -309,7 +309,11 @@ pub(crate) fn sql_error(e: tokio_postgres::Error, hint: &str) -> anyhow::Error {
 
 async fn db_migrate(client: &mut Client, output: Output) -> Result<()> {
     let applied = migrate::migrate(client).await?;
-    let status = migrate::status(client).await?;
+    // Read in a transaction: a statement prepared and then run in two round trips stays on
+    // one server connection even through a transaction pooler.
+    let tx = client.transaction().await?;
+    let status = migrate::status(&tx).await?;
+    tx.commit().await?;
     if output == Output::Json {
         outln!(
             "{}",

@@ -82,6 +82,17 @@ pub struct GuardianConfig {
     /// Where the local result spool lives; absolute.
     pub state_dir: PathBuf,
     pub log_format: LogFormat,
+    /// LISTEN for wake-ups and kill requests on a connection of its own (true), or find them
+    /// with the dispatcher's poll every `poll_interval` (false: through a transaction pooler).
+    pub listen: bool,
+    /// Named prepared statements, kept per connection (true), or unnamed ones, one round
+    /// trip each (false: through a pooler that does not track prepared statements).
+    pub prepared_statements: bool,
+    /// With `listen = false`: how often the dispatcher looks for triggered runs and kill
+    /// requests; 100 ms to 1 h.
+    pub poll_interval: Duration,
+    /// The connections of the guardian's main pool (the heartbeat has one of its own).
+    pub pool_size: usize,
     /// The file this configuration was read from (None: the default path, if it existed);
     /// a reload reads it again.
     pub path: Option<PathBuf>,
@@ -107,6 +118,10 @@ impl std::fmt::Debug for GuardianConfig {
             .field("history_retention", &self.history_retention)
             .field("state_dir", &self.state_dir)
             .field("log_format", &self.log_format)
+            .field("listen", &self.listen)
+            .field("prepared_statements", &self.prepared_statements)
+            .field("poll_interval", &self.poll_interval)
+            .field("pool_size", &self.pool_size)
             .field("path", &self.path)
             .finish()
     }
@@ -161,15 +176,20 @@ impl GuardianConfig {
             history_retention: settings.history_retention,
             state_dir: settings.state_dir,
             log_format: settings.log_format,
+            listen: settings.listen,
+            prepared_statements: settings.prepared_statements,
+            poll_interval: settings.poll_interval,
+            pool_size: settings.pool_size,
             path: path.map(Path::to_path_buf),
         })
     }
 
     /// Merges `new` (the file and environment read again) into this running configuration.
     /// Applied at once: `pools`, `capacity`, `default_user`, `allowed_users`, `output_limit`,
-    /// `heartbeat_interval`, `lease`, `shutdown_grace`, `history_retention`. Kept until a
-    /// restart: `database_url`, `host_name`, `state_dir`, `metrics_listen`, `log_format`
-    /// (what the process is, where it keeps state and where it connects or listens).
+    /// `heartbeat_interval`, `lease`, `shutdown_grace`, `history_retention`, `poll_interval`.
+    /// Kept until a restart: `database_url`, `host_name`, `state_dir`, `metrics_listen`,
+    /// `log_format`, `listen`, `prepared_statements`, `pool_size` (what the process is,
+    /// where it keeps state, where and how it connects or listens).
     pub fn reload(&self, new: GuardianConfig) -> Reload {
         let mut applied = Vec::new();
         let mut kept = Vec::new();
@@ -198,14 +218,18 @@ impl GuardianConfig {
             heartbeat_interval,
             lease,
             shutdown_grace,
-            history_retention
+            history_retention,
+            poll_interval
         );
         fixed!(
             database_url,
             host_name,
             state_dir,
             metrics_listen,
-            log_format
+            log_format,
+            listen,
+            prepared_statements,
+            pool_size
         );
         config.path = self.path.clone();
         Reload {
@@ -240,6 +264,10 @@ impl GuardianConfig {
             duration(self.history_retention),
             string(&self.state_dir.to_string_lossy()),
             string(self.log_format.as_str()),
+            Value::Boolean(self.listen),
+            Value::Boolean(self.prepared_statements),
+            duration(self.poll_interval),
+            Value::Integer(i64::try_from(self.pool_size).unwrap_or(i64::MAX)),
         ];
         // `Value`'s Display is its TOML form, quoting and escaping included.
         KEYS.iter()

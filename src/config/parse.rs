@@ -17,7 +17,7 @@ use super::{DEFAULT_PATH, LogFormat, trust};
 
 /// Every key the file may contain, in the order of [`Settings`]' fields (the order
 /// `to_redacted_toml` prints them in).
-pub(super) const KEYS: [&str; 14] = [
+pub(super) const KEYS: [&str; 18] = [
     "database_url",
     "host_name",
     "pools",
@@ -32,7 +32,21 @@ pub(super) const KEYS: [&str; 14] = [
     "history_retention",
     "state_dir",
     "log_format",
+    "listen",
+    "prepared_statements",
+    "poll_interval",
+    "pool_size",
 ];
+
+/// The bounds of `poll_interval`: more often is a load on the database (or the pooler)
+/// for nothing, less often is no longer a wake-up.
+const MIN_POLL: Duration = Duration::from_millis(100);
+const MAX_POLL: Duration = Duration::from_secs(3600);
+/// The most connections one guardian's main pool may open: a guardian runs its statements
+/// one service at a time, so more are never used and only cost the database.
+const MAX_POOL_SIZE: usize = 64;
+/// The fewest: the dispatcher, the recorder and start-up may each hold one at once.
+const MIN_POOL_SIZE: usize = 2;
 
 /// Durations beyond this are typos, and would overflow timer arithmetic.
 const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -82,6 +96,24 @@ pub(super) struct Settings {
     pub state_dir: PathBuf,
     #[serde(default, deserialize_with = "log_format")]
     pub log_format: LogFormat,
+    #[serde(default = "yes", deserialize_with = "boolean")]
+    pub listen: bool,
+    #[serde(default = "yes", deserialize_with = "boolean")]
+    pub prepared_statements: bool,
+    #[serde(default = "one_second", deserialize_with = "poll")]
+    pub poll_interval: Duration,
+    #[serde(default = "default_pool_size", deserialize_with = "pool_size")]
+    pub pool_size: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_pool_size() -> usize {
+    6
 }
 
 fn default_pools() -> Vec<String> {
@@ -270,6 +302,9 @@ deserializers! {
     listen: Option<SocketAddr> = address;
     dir: PathBuf = absolute_dir;
     log_format: LogFormat = format_word;
+    boolean: bool = yes_or_no;
+    poll: Duration = poll_duration;
+    pool_size: usize = pool_count;
 }
 
 /// The message for a bad value: what was expected, and the value.
@@ -481,5 +516,36 @@ fn format_word(value: &Value) -> Result<LogFormat, String> {
         Some("human") => Ok(LogFormat::Human),
         Some("json") => Ok(LogFormat::Json),
         _ => Err(expected("\"human\" or \"json\"", value)),
+    }
+}
+
+/// `true` or `false` (a string from the environment: "true" or "false").
+fn yes_or_no(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Boolean(b) => Ok(*b),
+        Value::String(s) if s.trim() == "true" => Ok(true),
+        Value::String(s) if s.trim() == "false" => Ok(false),
+        _ => Err(expected("true or false", value)),
+    }
+}
+
+fn poll_duration(value: &Value) -> Result<Duration, String> {
+    let d = any_duration(value)?;
+    if !(MIN_POLL..=MAX_POLL).contains(&d) {
+        return Err(expected(
+            "a duration from 100ms to 1h such as \"1s\"",
+            value,
+        ));
+    }
+    Ok(d)
+}
+
+fn pool_count(value: &Value) -> Result<usize, String> {
+    match count(value) {
+        Ok(n) if (MIN_POOL_SIZE..=MAX_POOL_SIZE).contains(&n) => Ok(n),
+        _ => Err(expected(
+            &format!("a whole number from {MIN_POOL_SIZE} to {MAX_POOL_SIZE}"),
+            value,
+        )),
     }
 }

@@ -84,6 +84,64 @@ fn defaults() {
     assert_eq!(config.history_retention, Duration::from_secs(30 * 86_400));
     assert_eq!(config.state_dir, Path::new("/var/lib/sisyphus"));
     assert_eq!(config.log_format, LogFormat::Human);
+    assert!(config.listen && config.prepared_statements);
+    assert_eq!(config.poll_interval, Duration::from_secs(1));
+    assert_eq!(config.pool_size, 6);
+}
+
+#[test]
+fn pooled_mode_keys() {
+    let text = with_url(
+        "listen = false\nprepared_statements = false\npoll_interval = \"250ms\"\npool_size = 3",
+    );
+    let config = load(&text, &[]).0.unwrap();
+    assert!(!config.listen && !config.prepared_statements);
+    assert_eq!(config.poll_interval, Duration::from_millis(250));
+    assert_eq!(config.pool_size, 3);
+    let shown = config.to_redacted_toml();
+    assert!(shown.contains("listen = false\n"), "{shown}");
+    assert!(shown.contains("poll_interval = \"250ms\"\n"), "{shown}");
+    let again = load(&shown, &[]).0.unwrap();
+    assert_eq!(again.to_redacted_toml(), shown);
+
+    let vars = [
+        ("SISY_LISTEN", "false"),
+        ("SISY_PREPARED_STATEMENTS", "true"),
+        ("SISY_POLL_INTERVAL", "2s"),
+        ("SISY_POOL_SIZE", "10"),
+    ];
+    let config = load(&with_url(""), &vars).0.unwrap();
+    assert!(!config.listen && config.prepared_statements);
+    assert_eq!(config.poll_interval, Duration::from_secs(2));
+    assert_eq!(config.pool_size, 10);
+
+    let (msg, path) = error(&with_url("listen = \"no\""), &[]);
+    assert_eq!(
+        msg,
+        format!("{path}: listen: expected true or false, got \"no\"")
+    );
+    let (msg, path) = error(&with_url("poll_interval = \"10ms\""), &[]);
+    assert_eq!(
+        msg,
+        format!(
+            "{path}: poll_interval: expected a duration from 100ms to 1h such as \"1s\", got \"10ms\""
+        )
+    );
+    let (msg, _) = error(&with_url(""), &[("SISY_POLL_INTERVAL", "2h")]);
+    assert!(
+        msg.starts_with("SISY_POLL_INTERVAL: expected a duration from 100ms"),
+        "{msg}"
+    );
+    let (msg, path) = error(&with_url("pool_size = 1"), &[]);
+    assert_eq!(
+        msg,
+        format!("{path}: pool_size: expected a whole number from 2 to 64, got 1")
+    );
+    let (msg, _) = error(&with_url(""), &[("SISY_POOL_SIZE", "100")]);
+    assert_eq!(
+        msg,
+        "SISY_POOL_SIZE: expected a whole number from 2 to 64, got \"100\""
+    );
 }
 
 #[test]
@@ -173,7 +231,8 @@ fn unknown_key() {
         format!(
             "{path}: unknown key \"capacty\" (known keys: database_url, host_name, pools, \
              capacity, default_user, allowed_users, output_limit, heartbeat_interval, lease, \
-             shutdown_grace, metrics_listen, history_retention, state_dir, log_format)"
+             shutdown_grace, metrics_listen, history_retention, state_dir, log_format, listen, \
+             prepared_statements, poll_interval, pool_size)"
         )
     );
     let (msg, path) = error("foo = 1\n[guardian]\ncapacity = 4", &[]);

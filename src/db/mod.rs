@@ -19,6 +19,7 @@ mod connect;
 mod conninfo;
 mod pgpass;
 mod queries;
+mod statements;
 mod tls;
 
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub(crate) use bounded::{answer_limit, timed_out};
 use connect::{Endpoint, process_env};
 pub(crate) use conninfo::{env_vars_set, redact_password, url_from_env};
 pub use queries::{cli, q};
+pub use statements::{Mode, Session, begin, configure, execute, mode, query, query_one};
 
 /// A connection's driver half, returned by [`connect_for_notifications`] so the caller can
 /// poll it for notifications. One concrete type for TCP and Unix sockets, TLS or not.
@@ -106,7 +108,10 @@ pub const DEFAULT_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 /// statements of a transaction would otherwise hold its row locks for as long as it is
 /// paused: every other guardian would skip the jobs it locked (SKIP LOCKED) and wait on them
 /// at admission. The setting is sent with `SET` on each new connection rather than as a
-/// startup option, which connection poolers such as PgBouncer refuse by default.
+/// startup option, which connection poolers such as PgBouncer refuse by default. Without
+/// session state ([`Mode`]: through a transaction pooler, where a connection's `SET` lands
+/// on one server connection of many) nothing is sent here: [`begin`] sets the limit in each
+/// transaction that takes row locks.
 pub fn pool_with_lock_limit(url: &str, size: usize, idle_in_transaction: Duration) -> Result<Pool> {
     let endpoint = Endpoint::resolve(url, &process_env())?;
     let limit = endpoint.connect_limit();
@@ -121,9 +126,13 @@ pub fn pool_with_lock_limit(url: &str, size: usize, idle_in_transaction: Duratio
         "SET idle_in_transaction_session_timeout = {}",
         idle_in_transaction.as_millis().max(1)
     );
+    let session_state = statements::mode().session_state;
     let hook = deadpool_postgres::Hook::async_fn(move |client, _| {
         let set = set.clone();
         Box::pin(async move {
+            if !session_state {
+                return Ok(());
+            }
             match tokio::time::timeout(limit, client.batch_execute(&set)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(deadpool_postgres::HookError::Backend(e)),

@@ -10,8 +10,8 @@
 //!    so that two processes never act as one host;
 //! 4. write the results the previous process left in the spool, then declare the runs it
 //!    left running `lost`;
-//! 5. run the services — dispatcher (scheduler + claimer + supervisors), heartbeat, listener,
-//!    reaper — until the shutdown token fires or one of them fails.
+//! 5. run the services — dispatcher (scheduler + claimer + supervisors), heartbeat, listener
+//!    (with `listen = true`), reaper — until the shutdown token fires or one of them fails.
 //!
 //! Steps 2–4 are safe to repeat: if the database goes away midway, or does not answer within
 //! a lease, the sequence starts again (`startup`). SIGHUP ([`request_reload`]) reads the
@@ -92,7 +92,15 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
     // A guardian paused inside a transaction gives its row locks up within this: other
     // guardians skip (SKIP LOCKED) or wait on (admission) the jobs it locked meanwhile.
     let locks_held_at_most = config.lease.max(std::time::Duration::from_secs(10));
-    let pool = db::pool_with_lock_limit(&config.database_url, 6, locks_held_at_most)?;
+    // Through a transaction pooler (listen = false) no setting outlives a transaction, and
+    // without prepared statements none is named: every statement of the process follows.
+    db::configure(db::Mode {
+        prepared_statements: config.prepared_statements,
+        session_state: config.listen,
+        idle_in_transaction: locks_held_at_most,
+    });
+    let pool =
+        db::pool_with_lock_limit(&config.database_url, config.pool_size, locks_held_at_most)?;
     let recorder = Recorder {
         db: pool.clone(),
         spool: state.spool.clone(),
@@ -127,18 +135,21 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
     };
     let draining = Draining::default();
     let mut services = Services::new();
-    services.spawn(
-        "listener",
-        listener::Listener {
-            config: g.config.clone(),
-            host: g.host.clone(),
-            runs: g.runs.clone(),
-            wake: g.wake.clone(),
-            outage: outage.clone(),
-            abandon: g.abandon.clone(),
-        }
-        .run(),
-    );
+    // Without LISTEN, the dispatcher's tick every poll_interval finds what it would forward.
+    if g.config.get().listen {
+        services.spawn(
+            "listener",
+            listener::Listener {
+                config: g.config.clone(),
+                host: g.host.clone(),
+                runs: g.runs.clone(),
+                wake: g.wake.clone(),
+                outage: outage.clone(),
+                abandon: g.abandon.clone(),
+            }
+            .run(),
+        );
+    }
     services.spawn(
         "heartbeat",
         heartbeat::run(heartbeat::Heartbeat {

@@ -2,11 +2,11 @@
 //! caught and turned into a reason, and a service that ends before shutdown is a failure of
 //! the whole guardian (STYLE: a daemon is never alive-but-dead).
 //!
-//! The services (dispatcher, heartbeat, listener, reaper) loop until shutdown; none returns
-//! on its own. One that returns early or panics is a bug: the guardian logs which and why,
-//! stops (see `shutdown`) and exits non-zero so that systemd restarts it. What a dead
-//! dispatcher had claimed but not started stays `running` in the database until the next
-//! start declares it lost (retried where the job allows).
+//! The services (dispatcher, heartbeat, listener unless `listen = false`, reaper) loop
+//! until shutdown; none returns on its own. One that returns early or panics is a bug: the
+//! guardian logs which and why, stops (see `shutdown`) and exits non-zero so that systemd
+//! restarts it. What a dead dispatcher had claimed but not started stays `running` in the
+//! database until the next start declares it lost (retried where the job allows).
 //!
 //! Each service is raced against its test fault hook (`service::fault`, debug builds only).
 

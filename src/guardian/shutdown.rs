@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use super::services::Services;
 use super::{Guardian, q};
+use crate::db;
 use crate::run::StopReason;
 
 /// The longest wait for stopped jobs to end (each has its kill_grace; past this the run
@@ -89,9 +90,12 @@ pub(super) async fn shut_down(
 async fn release_lease(shared: &Guardian) {
     let released = async {
         let client = shared.db.get().await?;
-        client
-            .execute(q::HOSTS_RELEASE, &[&shared.host, &shared.incarnation])
-            .await?;
+        db::execute(
+            &*client,
+            q::HOSTS_RELEASE,
+            &[&shared.host, &shared.incarnation],
+        )
+        .await?;
         anyhow::Ok(())
     };
     match tokio::time::timeout(Duration::from_secs(5), released).await {

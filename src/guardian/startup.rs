@@ -122,9 +122,7 @@ async fn start_up(
         );
     }
     let lost = bounded(limit, "declaring the previous process's runs lost", async {
-        Ok(client
-            .execute(q::RUNS_ORPHANED_BY_RESTART, &[&config.host_name])
-            .await?)
+        Ok(db::execute(&client, q::RUNS_ORPHANED_BY_RESTART, &[&config.host_name]).await?)
     })
     .await?;
     if lost > 0 {
@@ -139,7 +137,7 @@ async fn start_up(
 
 /// Registers this host, waiting while another process holds its lease.
 async fn register(
-    client: &tokio_postgres::Client,
+    client: &db::Conn,
     config: &GuardianConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<Registration>> {
@@ -149,18 +147,18 @@ async fn register(
     loop {
         let sent = Instant::now();
         let row = bounded(step_limit(config), "registering the host", async {
-            Ok(client
-                .query_one(
-                    q::HOSTS_REGISTER,
-                    &[
-                        &config.host_name,
-                        &config.pools,
-                        &env!("CARGO_PKG_VERSION"),
-                        &lease,
-                        &capacity,
-                    ],
-                )
-                .await?)
+            Ok(db::query_one(
+                client,
+                q::HOSTS_REGISTER,
+                &[
+                    &config.host_name,
+                    &config.pools,
+                    &env!("CARGO_PKG_VERSION"),
+                    &lease,
+                    &capacity,
+                ],
+            )
+            .await?)
         })
         .await?;
         // Registered when the upsert wrote the row (it returns the new `started_at`).

@@ -243,25 +243,24 @@ async fn write(db: &Pool, e: &Entry) -> Result<Written> {
     let client = db::checkout(db).await?;
     let bytes = e.output_bytes as i64;
     let pid = e.pid.map(|p| p as i32);
-    let statement = client.prepare_cached(q::RUNS_FINISH).await?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &e.run_id,
-                &e.host,
-                &e.state,
-                &e.exit_code,
-                &e.signal,
-                &e.output,
-                &bytes,
-                &e.error,
-                &e.no_retry,
-                &pid,
-                &e.result,
-            ],
-        )
-        .await?;
+    let rows = db::query(
+        &client,
+        q::RUNS_FINISH,
+        &[
+            &e.run_id,
+            &e.host,
+            &e.state,
+            &e.exit_code,
+            &e.signal,
+            &e.output,
+            &bytes,
+            &e.error,
+            &e.no_retry,
+            &pid,
+            &e.result,
+        ],
+    )
+    .await?;
     if !rows.is_empty() {
         client.release();
         return Ok(Written::Recorded);
@@ -286,9 +285,12 @@ async fn write(db: &Pool, e: &Entry) -> Result<Written> {
             Written::Late,
         )
     };
-    client
-        .execute(q::RUNS_NOTE, &[&e.run_id, &note, &e.output, &bytes])
-        .await?;
+    db::execute(
+        &client,
+        q::RUNS_NOTE,
+        &[&e.run_id, &note, &e.output, &bytes],
+    )
+    .await?;
     client.release();
     Ok(written)
 }

@@ -79,10 +79,12 @@ impl Claimer {
             return Ok(Vec::new());
         }
         let client = db::checkout(&self.db).await?;
-        let claim = client.prepare_cached(q::RUNS_CLAIM).await?;
-        let rows = client
-            .query(&claim, &[&self.host, &pools, &(free as i64)])
-            .await?;
+        let rows = db::query(
+            &client,
+            q::RUNS_CLAIM,
+            &[&self.host, &pools, &(free as i64)],
+        )
+        .await?;
         client.release();
         Ok(rows.iter().map(claimed_from_row).collect())
     }
@@ -99,12 +101,11 @@ impl Claimer {
         {
             // Nothing to serialise: no job lock, no transaction, one statement.
             let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
-            let admit = client.prepare_cached(q::RUNS_ADMIT).await?;
-            let rows = client.query(&admit, &[&ids, &self.host]).await?;
+            let rows = db::query(&client, q::RUNS_ADMIT, &[&ids, &self.host]).await?;
             client.release();
             return Ok(rows.iter().map(admitted_from_row).collect());
         }
-        let tx = client.transaction().await?;
+        let tx = db::begin(&mut client).await?;
         let guarded: Vec<i64> = {
             let set: HashSet<i64> = runs
                 .iter()
@@ -119,14 +120,12 @@ impl Claimer {
         // The caps as they are under the lock (a change since the claim applies now).
         let mut caps: HashMap<i64, i32> = HashMap::new();
         if !guarded.is_empty() {
-            let lock = tx.prepare_cached(q::JOBS_LOCK_FOR_ADMISSION).await?;
-            for row in tx.query(&lock, &[&guarded]).await? {
+            for row in db::query(&tx, q::JOBS_LOCK_FOR_ADMISSION, &[&guarded]).await? {
                 if let Some(cap) = row.get::<_, Option<i32>>(1) {
                     caps.insert(row.get(0), cap);
                 }
             }
-            let running = tx.prepare_cached(q::RUNS_RUNNING_OF_JOBS).await?;
-            for row in tx.query(&running, &[&guarded]).await? {
+            for row in db::query(&tx, q::RUNS_RUNNING_OF_JOBS, &[&guarded]).await? {
                 started.push(Started {
                     id: row.get(0),
                     job_id: row.get(1),
@@ -138,9 +137,7 @@ impl Claimer {
         // Killed while waiting: ended before any rule is applied (a killed run must neither
         // skip nor replace anything).
         let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
-        let end_killed = tx.prepare_cached(q::RUNS_KILL_UNSTARTED).await?;
-        let killed: HashSet<i64> = tx
-            .query(&end_killed, &[&ids, &self.host])
+        let killed: HashSet<i64> = db::query(&tx, q::RUNS_KILL_UNSTARTED, &[&ids, &self.host])
             .await?
             .iter()
             .map(|row| row.get(0))
@@ -173,27 +170,23 @@ impl Claimer {
             .filter(|(_, d)| matches!(d, Decision::Release))
             .map(|(id, _)| *id)
             .collect();
-        let statement = tx.prepare_cached(q::RUNS_ADMIT).await?;
-        let rows = tx.query(&statement, &[&admit, &self.host]).await?;
+        let rows = db::query(&tx, q::RUNS_ADMIT, &[&admit, &self.host]).await?;
         let mut result: HashMap<i64, Admission> = rows.iter().map(admitted_from_row).collect();
         result.extend(killed.into_iter().map(|id| (id, Admission::Killed)));
         if !skip_ids.is_empty() {
-            let skip = tx.prepare_cached(q::RUNS_SKIP).await?;
-            tx.execute(&skip, &[&skip_ids, &skip_errors, &self.host])
-                .await?;
+            db::execute(&tx, q::RUNS_SKIP, &[&skip_ids, &skip_errors, &self.host]).await?;
             for id in &skip_ids {
                 result.insert(*id, Admission::Skipped);
             }
         }
         if !release.is_empty() {
-            let statement = tx.prepare_cached(q::RUNS_RELEASE).await?;
-            for row in tx.query(&statement, &[&release, &self.host]).await? {
+            for row in db::query(&tx, q::RUNS_RELEASE, &[&release, &self.host]).await? {
                 result.insert(row.get(0), Admission::Released);
             }
         }
         for (id, d) in &decisions {
             if let Decision::Replace { victims } = d {
-                tx.query(q::RUNS_REQUEST_REPLACE, &[victims, id]).await?;
+                db::query(&tx, q::RUNS_REQUEST_REPLACE, &[victims, id]).await?;
                 result.insert(
                     *id,
                     Admission::Wait {
@@ -236,8 +229,7 @@ impl Claimer {
             return Ok(());
         }
         let (flow_runs, jobs): (Vec<i64>, Vec<String>) = missing.into_iter().unzip();
-        let statement = client.prepare_cached(q::FLOW_MEMBER_INPUTS).await?;
-        let rows = client.query(&statement, &[&flow_runs, &jobs]).await?;
+        let rows = db::query(client, q::FLOW_MEMBER_INPUTS, &[&flow_runs, &jobs]).await?;
         let mut known = self.known_inputs();
         let mut read: HashMap<(i64, String), Arc<str>> = HashMap::new();
         for row in &rows {

@@ -1,11 +1,14 @@
 //! The dispatcher: the guardian's main loop, from "something is due" to supervised processes.
 //!
 //! Each pass ([`Dispatcher::run_once`]): one tick statement (expires overdue pending runs, says
-//! whether jobs need seeding and when the next job, run and flow deadline fall due), the
-//! flows' safety net when it is due (flow timeouts, re-decisions), the scheduler when a
-//! job is due, then a claim up to the free capacity and admission, and a supervisor task per
-//! started run. Between passes it sleeps until the next due time the database reported,
-//! a wake-up (LISTEN/NOTIFY, a finished run) or the safety poll, whichever comes first.
+//! whether jobs need seeding and when the next job, run and flow deadline fall due, and
+//! which runs held here have a kill request: those are stopped), the flows' safety net when
+//! it is due (flow timeouts, re-decisions), the scheduler when a job is due, then a claim up
+//! to the free capacity and admission, and a supervisor task per started run. Between passes
+//! it sleeps until the next due time the database reported, a wake-up (LISTEN/NOTIFY, a
+//! finished run) or the safety poll, whichever comes first. Without LISTEN (`listen =
+//! false`) the safety poll is `poll_interval`: the tick is then how triggered runs and kill
+//! requests are found.
 //! Does not own SQL semantics (scheduler, claimer) nor processes (supervisor).
 //!
 //! Its shape is every service's: [`run`] is the loop (its timer, its wake-up, `stopping`),
@@ -27,7 +30,6 @@ use tokio_util::task::TaskTracker;
 use crate::db::{self, q};
 use crate::metrics;
 use crate::outage::{self, Outage};
-use crate::run::ClaimedRun;
 use crate::run::launch;
 use crate::run::orphans::Registry;
 use crate::run::recorder::{self, Recorder, Verdict, Written};
@@ -35,6 +37,7 @@ use crate::run::result::Room;
 use crate::run::supervisor::{self, Supervision};
 use crate::run::table::{RunTable, Started};
 use crate::run::users::Policy;
+use crate::run::{ClaimedRun, StopReason};
 use crate::service::claimer::{Admission, Claimer};
 use crate::service::fault::{fault_point, panic_message};
 use crate::service::scheduler::{Scheduler, Seed};
@@ -42,6 +45,17 @@ use crate::service::{Draining, Failure, LiveConfig};
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);
+
+/// The longest the dispatcher sleeps without a reason under `config`: the safety poll with
+/// LISTEN, else `poll_interval`, at which the tick finds triggered runs and kill requests.
+fn safety_poll(config: &crate::config::GuardianConfig) -> Duration {
+    if config.listen {
+        SAFETY_POLL
+    } else {
+        config.poll_interval.min(SAFETY_POLL)
+    }
+}
+
 /// How often a run waiting for the run it replaces to end asks again.
 const REPLACE_POLL: Duration = Duration::from_millis(200);
 /// The shortest pause after a pass that made no progress although something looked due
@@ -118,7 +132,8 @@ pub async fn run(handles: Handles) {
         let pause = match d.run_once().await {
             Ok(pass) => {
                 failures = 0;
-                pass.next_in.unwrap_or(SAFETY_POLL).min(SAFETY_POLL)
+                let poll = safety_poll(&shared.config.get());
+                pass.next_in.unwrap_or(poll).min(poll)
             }
             Err(e) => {
                 failures += 1;
@@ -172,11 +187,9 @@ impl Dispatcher {
         let sent = std::time::Instant::now();
         let tick = db::within(pool, limit, "the dispatcher's tick", async {
             let client = db::checkout(pool).await?;
-            // Prepared once per pooled connection: one round trip, no parse or plan per pass.
-            let statement = client.prepare_cached(q::RUNS_TICK).await?;
-            let tick = client
-                .query_one(&statement, &[&cfg.pools, &self.shared.host])
-                .await?;
+            // One round trip, no parse or plan per pass (see `db::query`).
+            let tick =
+                db::query_one(&client, q::RUNS_TICK, &[&cfg.pools, &self.shared.host]).await?;
             client.release();
             Ok(tick)
         })
@@ -186,13 +199,18 @@ impl Dispatcher {
         let job_due_in: Option<f64> = tick.get("job_due_in");
         let run_due_in: Option<f64> = tick.get("run_due_in");
         let mut flow_due_in: Option<f64> = tick.get("flow_due_in");
+        // Kill requests on runs held here: the listener's `sisy_kill` stops them first when
+        // it runs; without it (listen = false) this is the kill's way in.
+        for id in tick.get::<_, Vec<i64>>("kill_requested") {
+            self.shared.runs.stop(id, StopReason::KillRequested);
+        }
         let mut pass = Outcome::default();
         if flow_due_in.is_some_and(|s| s <= 0.0) {
             // The flows' safety net: timeouts and re-decisions (see sql/queries/flows_tend.sql).
             // Said and tried again at the next pass; never in the way of claiming.
             let tend = db::within(pool, limit, "the flows' safety net", async {
                 let client = db::checkout(pool).await?;
-                client.execute(q::FLOWS_TEND, &[]).await?;
+                db::execute(&client, q::FLOWS_TEND, &[]).await?;
                 client.release();
                 Ok(())
             })
@@ -472,8 +490,7 @@ async fn wake_pool(shared: &Arc<Handles>, id: i64) {
     let limit = db::answer_limit(shared.config.get().lease);
     let woken = db::within(pool, limit, "waking the pool", async {
         let client = db::checkout(pool).await?;
-        let statement = client.prepare_cached(q::RUNS_WAKE_POOL).await?;
-        client.query(&statement, &[&id]).await?;
+        db::query(&client, q::RUNS_WAKE_POOL, &[&id]).await?;
         client.release();
         Ok(())
     })

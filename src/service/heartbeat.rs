@@ -338,22 +338,21 @@ impl Beater {
         let since = *self.connected_since.get_or_insert_with(Instant::now);
         let rescue = since.elapsed() >= cfg.lease;
         let client = db::checkout(&shared.db).await?;
-        let statement = client.prepare_cached(q::HEARTBEAT).await?;
-        let row = client
-            .query_one(
-                &statement,
-                &[
-                    &shared.host,
-                    &cfg.lease.as_secs_f64(),
-                    &(cfg.capacity as i32),
-                    &ids,
-                    &pids,
-                    &cfg.pools,
-                    &rescue,
-                    &shared.incarnation,
-                ],
-            )
-            .await?;
+        let row = db::query_one(
+            &client,
+            q::HEARTBEAT,
+            &[
+                &shared.host,
+                &cfg.lease.as_secs_f64(),
+                &(cfg.capacity as i32),
+                &ids,
+                &pids,
+                &cfg.pools,
+                &rescue,
+                &shared.incarnation,
+            ],
+        )
+        .await?;
         let draining: Option<bool> = row.get("draining");
         let holder: Option<chrono::DateTime<chrono::Utc>> = row.get("holder");
         if draining.is_none() && holder.is_some() {
@@ -378,19 +377,19 @@ impl Beater {
         let forgotten: i64 = row.get("unknown");
         if draining.is_none() {
             // The host row is gone (deleted by hand): announce ourselves again.
-            client
-                .execute(
-                    q::HOSTS_REANNOUNCE,
-                    &[
-                        &shared.host,
-                        &cfg.pools,
-                        &env!("CARGO_PKG_VERSION"),
-                        &cfg.lease.as_secs_f64(),
-                        &(cfg.capacity as i32),
-                        &shared.incarnation,
-                    ],
-                )
-                .await?;
+            db::execute(
+                &client,
+                q::HOSTS_REANNOUNCE,
+                &[
+                    &shared.host,
+                    &cfg.pools,
+                    &env!("CARGO_PKG_VERSION"),
+                    &cfg.lease.as_secs_f64(),
+                    &(cfg.capacity as i32),
+                    &shared.incarnation,
+                ],
+            )
+            .await?;
         }
         // Every answer is read: the connection may serve the next beat.
         client.release();

@@ -13,7 +13,9 @@
 //! `lease − heartbeat_interval` closes it and reconnects. Once per lease, not per heartbeat:
 //! a notification lost meanwhile costs at most the dispatcher's safety poll, and an idle
 //! guardian's statements stay few. Connecting and subscribing are bounded by the same limit.
-//! Does not act on anything itself beyond forwarding.
+//! Does not act on anything itself beyond forwarding. Not started with `listen = false`
+//! (through a transaction pooler, where LISTEN cannot work): the dispatcher's tick every
+//! `poll_interval` then finds triggered runs and kill requests.
 //!
 //! Its shape is every service's, with one difference: its work is not a pass but a session.
 //! [`Listener::run_once`] connects, subscribes and forwards until the connection breaks —

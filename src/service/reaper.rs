@@ -86,7 +86,7 @@ pub async fn prune(db: &Pool, retention: Duration) -> Result<Outcome> {
     let client = db::within(db, STATEMENT_LIMIT, "a connection", db::checkout(db)).await?;
     let mut outcome = Outcome::default();
     loop {
-        let batch = async { Ok(client.execute(q::RUNS_PRUNE, &[&secs, &BATCH]).await?) };
+        let batch = async { Ok(db::execute(&client, q::RUNS_PRUNE, &[&secs, &BATCH]).await?) };
         let n = db::within(db, STATEMENT_LIMIT, "history pruning", batch).await?;
         outcome.runs += n;
         if n < BATCH as u64 {
@@ -96,7 +96,7 @@ pub async fn prune(db: &Pool, retention: Duration) -> Result<Outcome> {
         tokio::task::yield_now().await;
     }
     loop {
-        let batch = async { Ok(client.execute(q::FLOW_RUNS_PRUNE, &[&secs, &BATCH]).await?) };
+        let batch = async { Ok(db::execute(&client, q::FLOW_RUNS_PRUNE, &[&secs, &BATCH]).await?) };
         let n = db::within(db, STATEMENT_LIMIT, "flow run pruning", batch).await?;
         outcome.flow_runs += n;
         if n < BATCH as u64 {
@@ -104,7 +104,7 @@ pub async fn prune(db: &Pool, retention: Duration) -> Result<Outcome> {
         }
         tokio::task::yield_now().await;
     }
-    let hosts = async { Ok(client.execute(q::HOSTS_PRUNE, &[&secs]).await?) };
+    let hosts = async { Ok(db::execute(&client, q::HOSTS_PRUNE, &[&secs]).await?) };
     outcome.hosts = db::within(db, STATEMENT_LIMIT, "host pruning", hosts).await?;
     client.release();
     Ok(outcome)

@@ -15,8 +15,8 @@
 //!             └─ occ > now ─────────────────▶ the new next_due
 //! ```
 //! Next occurrences are always computed from the previous scheduled instant, never from
-//! "now", so a slow tick neither skips nor repeats an occurrence. Statements are prepared
-//! once per connection (`prepare_cached`): parsed and planned once, one round trip each.
+//! "now", so a slow tick neither skips nor repeats an occurrence. Statements run through
+//! `db::query` (prepared once per connection, or unnamed through a transaction pooler).
 //!
 //! Not a service of its own: the dispatcher calls [`Scheduler::run_once`] when its tick says
 //! a job is due, and bounds it. It has no config either: the dispatcher hands it the pools
@@ -122,10 +122,8 @@ impl Scheduler {
     /// Gives jobs without a `next_due` their first one (after the database's now), or flags them.
     async fn seed(&self) -> Result<usize> {
         let mut client = db::checkout(&self.db).await?;
-        let tx = client.transaction().await?;
-        let rows = tx
-            .query(&tx.prepare_cached(q::JOBS_UNSEEN).await?, &[&BATCH])
-            .await?;
+        let tx = db::begin(&mut client).await?;
+        let rows = db::query(&tx, q::JOBS_UNSEEN, &[&BATCH]).await?;
         let (mut ids, mut next, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
             let (id, expr, tz, now): (i64, String, String, DateTime<Utc>) =
@@ -154,8 +152,7 @@ impl Scheduler {
             }
         }
         if !ids.is_empty() {
-            let set_next_due = tx.prepare_cached(q::JOBS_SET_NEXT_DUE).await?;
-            tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
+            db::execute(&tx, q::JOBS_SET_NEXT_DUE, &[&ids, &next, &errors]).await?;
         }
         tx.commit().await?;
         client.release();
@@ -165,13 +162,8 @@ impl Scheduler {
     /// Materialises the occurrences of due jobs of this guardian's pools.
     async fn materialise(&self) -> Result<(usize, usize)> {
         let mut client = db::checkout(&self.db).await?;
-        let tx = client.transaction().await?;
-        let rows = tx
-            .query(
-                &tx.prepare_cached(q::JOBS_DUE).await?,
-                &[&self.pools, &BATCH],
-            )
-            .await?;
+        let tx = db::begin(&mut client).await?;
+        let rows = db::query(&tx, q::JOBS_DUE, &[&self.pools, &BATCH]).await?;
         if rows.is_empty() {
             tx.commit().await?;
             client.release();
@@ -192,9 +184,7 @@ impl Scheduler {
             }
         }
         let hosts = if jobs.iter().any(|j| j.target_all) {
-            let rows = tx
-                .query(&tx.prepare_cached(q::HOSTS_LIVE).await?, &[])
-                .await?;
+            let rows = db::query(&tx, q::HOSTS_LIVE, &[]).await?;
             rows.iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<String>>(1)))
                 .collect()
@@ -228,8 +218,7 @@ impl Scheduler {
             next.push(plan.next_due);
         }
         let inserted = batch.insert(&tx).await?;
-        let set_next_due = tx.prepare_cached(q::JOBS_SET_NEXT_DUE).await?;
-        tx.execute(&set_next_due, &[&ids, &next, &errors]).await?;
+        db::execute(&tx, q::JOBS_SET_NEXT_DUE, &[&ids, &next, &errors]).await?;
         tx.commit().await?;
         client.release();
         Ok((rows.len(), inserted))

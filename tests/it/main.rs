@@ -6,6 +6,7 @@
 mod badinput;
 mod badrows;
 mod blackhole;
+mod bouncer;
 mod chaos;
 mod cli;
 mod cli_fanout;
@@ -26,6 +27,7 @@ mod metrics;
 mod outages;
 mod package;
 mod pg;
+mod pooled;
 mod privilege;
 mod results;
 mod security;

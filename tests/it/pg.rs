@@ -115,7 +115,7 @@ pub struct Server {
     pub log_path: PathBuf,
     pub port: u16,
     /// Whose uid and gid the server runs under; `None` when we are not root.
-    run_as: Option<(libc::uid_t, libc::gid_t)>,
+    pub(crate) run_as: Option<(libc::uid_t, libc::gid_t)>,
     /// `None` while stopped.
     postmaster: Mutex<Option<Child>>,
     /// The postmaster's pid, 0 while stopped: the atexit hook must not take a lock that
@@ -390,7 +390,7 @@ impl Server {
 
     /// Runs `cmd` as the cluster owner, in a directory it can read, and makes it receive
     /// SIGQUIT (postgres: immediate shutdown) when the spawning thread dies.
-    fn as_cluster_owner(&self, cmd: &mut Command) {
+    pub(crate) fn as_cluster_owner(&self, cmd: &mut Command) {
         // initdb resolves its own path relative to the working directory, which must be
         // readable by the postgres user; the repository may not be.
         cmd.current_dir(&self.socket_dir);
@@ -452,7 +452,7 @@ extern "C" fn stop_shared_at_exit() {
 /// Spawns `cmd` from a thread that never exits, so a PR_SET_PDEATHSIG child is signalled
 /// when the process dies rather than when some test thread finishes. A tiny service: it
 /// takes commands from a channel and sends back the spawned child.
-fn spawn_from_long_lived_thread(cmd: Command) -> io::Result<Child> {
+pub(crate) fn spawn_from_long_lived_thread(cmd: Command) -> io::Result<Child> {
     type Request = (Command, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: LazyLock<mpsc::Sender<Request>> = LazyLock::new(|| {
         let (tx, rx) = mpsc::channel::<Request>();
@@ -496,7 +496,10 @@ where
     })
 }
 
-fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn wait_for_exit(
+    child: &mut Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     let mut backoff = Duration::from_millis(1);
     loop {

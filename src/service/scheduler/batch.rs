@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::DueJob;
 use super::plan::{Missed, Occurrence, Plan, later};
-use crate::db::q;
+use crate::db::{self, q};
 
 /// The rows one pass inserts, as the columns of one `unnest` INSERT.
 #[derive(Default)]
@@ -136,13 +136,12 @@ impl RunBatch {
         let ids: Vec<i64> = self.hostless.iter().map(|h| h.job.id).collect();
         let counts: Vec<i64> = self.hostless.iter().map(|h| h.count).collect();
         let lasts: Vec<DateTime<Utc>> = self.hostless.iter().map(|h| h.last).collect();
-        let statement = tx.prepare_cached(q::RUNS_EXTEND_HOSTLESS).await?;
-        let extended: std::collections::HashSet<i64> = tx
-            .query(&statement, &[&ids, &counts, &lasts])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let extended: std::collections::HashSet<i64> =
+            db::query(tx, q::RUNS_EXTEND_HOSTLESS, &[&ids, &counts, &lasts])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
         for h in std::mem::take(&mut self.hostless) {
             if extended.contains(&h.job.id) {
                 continue;
@@ -171,24 +170,23 @@ impl RunBatch {
         if self.job_id.is_empty() {
             return Ok(0);
         }
-        let statement = tx.prepare_cached(q::RUNS_INSERT).await?;
-        let n = tx
-            .execute(
-                &statement,
-                &[
-                    &self.job_id,
-                    &self.job_name,
-                    &self.pool,
-                    &self.scheduled_for,
-                    &self.target_host,
-                    &self.due_at,
-                    &self.deadline,
-                    &self.state,
-                    &self.error,
-                    &self.missed_count,
-                ],
-            )
-            .await?;
+        let n = db::execute(
+            tx,
+            q::RUNS_INSERT,
+            &[
+                &self.job_id,
+                &self.job_name,
+                &self.pool,
+                &self.scheduled_for,
+                &self.target_host,
+                &self.due_at,
+                &self.deadline,
+                &self.state,
+                &self.error,
+                &self.missed_count,
+            ],
+        )
+        .await?;
         Ok(n as usize)
     }
 }
