@@ -7,11 +7,10 @@
 --
 -- * runs_running_host: a host's own running runs (its heartbeat, its start-up, the runs of a
 --   dead host) are read through this index, not by reading every running run of the fleet.
--- * fillfactor: every beat updates its host's row and the heartbeat_at of its running runs,
---   columns no index covers; room left on each page lets those updates stay on the page
---   (HOT) instead of adding an entry to every index of the table (10 on sisy.runs). Pages
---   written from now on get the room; a beat of 4 runs then touches about a third of the
---   buffers it did.
+-- * fillfactor of sisy.hosts: every beat updates its host's row in columns no index covers;
+--   room left on each page lets that update stay on the page (HOT) instead of adding an
+--   entry to the primary key. Not on sisy.runs: room on its pages spreads a fan-out's items
+--   over almost twice the pages, which every scan of a member's items then reads.
 -- * sisy.leases: named leases in a row each, taken and renewed by single statements (no
 --   session state: they work through a pooler in transaction mode). `rescue` is held by the
 --   one guardian that declares dead hosts' runs lost, renewed by its heartbeat; when it
@@ -22,7 +21,6 @@
 
 CREATE INDEX runs_running_host ON sisy.runs (host) WHERE state = 'running';
 
-ALTER TABLE sisy.runs SET (fillfactor = 90);
 ALTER TABLE sisy.hosts SET (fillfactor = 80);
 
 CREATE TABLE sisy.leases (
