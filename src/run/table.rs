@@ -176,8 +176,13 @@ impl RunTable {
     pub fn stop(&self, id: i64, reason: StopReason) -> bool {
         let mut t = self.lock();
         if let Some(h) = t.running.get(&id) {
-            tracing::info!(run_id = id, job = %h.job_name, ?reason, "stopping run");
-            h.stop.send_replace(Some(reason));
+            // Asked again for the same reason (each heartbeat, each poll of the dispatcher
+            // while the process ends): nothing new to say or to do. Fencing is sent each
+            // time: the supervisor kills again.
+            if reason == StopReason::Fenced || h.stop.borrow().as_ref() != Some(&reason) {
+                tracing::info!(run_id = id, job = %h.job_name, ?reason, "stopping run");
+                h.stop.send_replace(Some(reason));
+            }
             return true;
         }
         if !t.held.contains(&id) {
