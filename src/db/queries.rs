@@ -36,6 +36,8 @@ pub mod q {
     pub const FLOW_RUNS_PRUNE: &str = include_str!("../../sql/queries/flow_runs_prune.sql");
     pub const FLOWS_TEND: &str = include_str!("../../sql/queries/flows_tend.sql");
     pub const HOSTS_PRUNE: &str = include_str!("../../sql/queries/hosts_prune.sql");
+    pub const RUNS_LOST_WITHOUT_HOST: &str =
+        include_str!("../../sql/queries/runs_lost_without_host.sql");
     pub const RUNS_ORPHANED_BY_RESTART: &str =
         include_str!("../../sql/queries/runs_orphaned_by_restart.sql");
     pub const MIGRATIONS_APPLIED: &str = include_str!("../../sql/queries/migrations_applied.sql");

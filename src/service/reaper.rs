@@ -4,7 +4,8 @@
 //! [`BATCH`] rows (each its own short statement, so no long lock and no huge transaction),
 //! and forgetting hosts dead for longer than the retention. Every guardian runs it every
 //! [`INTERVAL`]; SKIP LOCKED keeps several from contending. Does not touch pending or
-//! running runs. Each statement is bounded ([`STATEMENT_LIMIT`]): a silent database must not
+//! running runs, but for one case: a running run whose host has no row at all (written by
+//! hand), which no heartbeat's rescue would ever find, is declared lost. Each statement is bounded ([`STATEMENT_LIMIT`]): a silent database must not
 //! hold the reaper, or the shutdown that waits for it, for good.
 //!
 //! Its shape is every service's: the `Reaper` holds its handles, `Reaper::run` is the
@@ -37,6 +38,8 @@ pub struct Outcome {
     pub runs: u64,
     pub flow_runs: u64,
     pub hosts: u64,
+    /// Running runs whose host has no row, declared lost (`runs_lost_without_host.sql`).
+    pub hostless: u64,
 }
 
 /// What the reaper needs: the pool it deletes through, the configuration it takes the
@@ -57,6 +60,12 @@ impl Reaper {
                 _ = stopping.cancelled() => return,
             }
             match self.run_once().await {
+                Ok(o) if o.hostless > 0 => {
+                    tracing::warn!(
+                        runs = o.hostless,
+                        "running runs of hosts without a row in sisy.hosts declared lost"
+                    )
+                }
                 Ok(o) if o.runs > 0 || o.flow_runs > 0 || o.hosts > 0 => {
                     tracing::info!(
                         runs = o.runs,
@@ -106,6 +115,8 @@ pub async fn prune(db: &Pool, retention: Duration) -> Result<Outcome> {
     }
     let hosts = async { Ok(db::execute(&client, q::HOSTS_PRUNE, &[&secs]).await?) };
     outcome.hosts = db::within(db, STATEMENT_LIMIT, "host pruning", hosts).await?;
+    let hostless = async { Ok(db::execute(&client, q::RUNS_LOST_WITHOUT_HOST, &[]).await?) };
+    outcome.hostless = db::within(db, STATEMENT_LIMIT, "runs without a host", hostless).await?;
     client.release();
     Ok(outcome)
 }
