@@ -64,5 +64,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON sisy.runs, sisy.hosts TO sisy_guardian;
 GRANT SELECT, INSERT, UPDATE ON sisy.leases TO sisy_guardian;
 -- The flows' safety net (timeouts, re-decisions) and its due time, from the tick.
 GRANT EXECUTE ON FUNCTION sisy.flows_tend(interval, int), sisy.flows_due_in(interval) TO sisy_guardian;
+-- The tick and the heartbeat (runs_tick.sql, heartbeat.sql), with the guardian's own rights.
+GRANT EXECUTE ON FUNCTION sisy.guardian_tick(text[], text, text[]),
+    sisy.guardian_beat(text, float8, int, bigint[], int[], text[], boolean, timestamptz, boolean)
+    TO sisy_guardian;
 -- Housekeeping deletes old finished flow runs (their snapshots go with them).
 GRANT DELETE ON sisy.flow_runs TO sisy_guardian;

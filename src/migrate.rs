@@ -129,6 +129,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "kill_poll",
         sql: include_str!("../sql/migrations/0014_kill_poll.sql"),
     },
+    Migration {
+        version: 15,
+        name: "one_wakes",
+        sql: include_str!("../sql/migrations/0015_one_wakes.sql"),
+    },
+    Migration {
+        version: 16,
+        name: "pooled_plans",
+        sql: include_str!("../sql/migrations/0016_pooled_plans.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).

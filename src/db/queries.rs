@@ -26,6 +26,7 @@ pub mod q {
     pub const FLOW_MEMBER_INPUTS: &str = include_str!("../../sql/queries/flow_member_inputs.sql");
     pub const RUNS_RELEASE: &str = include_str!("../../sql/queries/runs_release.sql");
     pub const RUNS_WAKE_POOL: &str = include_str!("../../sql/queries/runs_wake_pool.sql");
+    pub const RUNS_HELP: &str = include_str!("../../sql/queries/runs_help.sql");
     pub const RUNS_SKIP: &str = include_str!("../../sql/queries/runs_skip.sql");
     pub const RUNS_KILL_UNSTARTED: &str = include_str!("../../sql/queries/runs_kill_unstarted.sql");
     pub const RUNS_REQUEST_REPLACE: &str =

@@ -42,7 +42,7 @@ use crate::db::{self, q};
 use crate::outage::Outage;
 use crate::run::recorder::Recorder;
 use crate::run::table::RunTable;
-use crate::service::{Draining, Failure, LiveConfig};
+use crate::service::{Draining, Failure, Leads, LiveConfig};
 use crate::service::{dispatcher, heartbeat, listener, reaper};
 use services::Services;
 use startup::StateDir;
@@ -134,6 +134,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
         tasks: TaskTracker::new(),
     };
     let draining = Draining::default();
+    let leads = Leads::default();
     let mut services = Services::new();
     // Without LISTEN, the dispatcher's tick every poll_interval finds what it would forward.
     if g.config.get().listen {
@@ -144,6 +145,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
                 host: g.host.clone(),
                 runs: g.runs.clone(),
                 wake: g.wake.clone(),
+                leads: leads.clone(),
                 outage: outage.clone(),
                 abandon: g.abandon.clone(),
             }
@@ -160,6 +162,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
             runs: g.runs.clone(),
             wake: g.wake.clone(),
             draining: draining.clone(),
+            leads: leads.clone(),
             failure: g.failure.clone(),
             lease: lease.clone(),
             outage: outage.clone(),
@@ -177,6 +180,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
             runs: g.runs.clone(),
             wake: g.wake.clone(),
             draining,
+            leads,
             stopping: g.stopping.clone(),
             abandon: g.abandon.clone(),
             tasks: g.tasks.clone(),

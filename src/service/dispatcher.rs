@@ -41,7 +41,7 @@ use crate::run::{ClaimedRun, StopReason};
 use crate::service::claimer::{Admission, Claimer};
 use crate::service::fault::{fault_point, panic_message};
 use crate::service::scheduler::{Scheduler, Seed};
-use crate::service::{Draining, Failure, LiveConfig};
+use crate::service::{Draining, Failure, Leads, LiveConfig};
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);
@@ -81,6 +81,8 @@ pub struct Handles {
     /// Its wake-up: a notification, a finished run, a reload.
     pub wake: Arc<Notify>,
     pub draining: Draining,
+    /// The leases the heartbeat holds; the dispatcher sets the pools it acts for.
+    pub leads: Leads,
     /// Stop claiming (the guardian shuts down).
     pub stopping: CancellationToken,
     /// Stop waiting for the database to take results (the process is about to exit).
@@ -117,6 +119,8 @@ struct Dispatcher {
     /// The pools the scheduler was given (a reload may change them).
     pools: Vec<String>,
     claimer: Claimer,
+    /// When this guardian last asked its pools for help (`runs_help.sql`).
+    helped: Option<std::time::Instant>,
 }
 
 /// The dispatcher's loop; returns when the guardian stops.
@@ -171,6 +175,7 @@ impl Dispatcher {
             scheduler,
             pools,
             claimer,
+            helped: None,
         }
     }
 
@@ -188,8 +193,13 @@ impl Dispatcher {
         let tick = db::within(pool, limit, "the dispatcher's tick", async {
             let client = db::checkout(pool).await?;
             // One round trip, no parse or plan per pass (see `db::query`).
-            let tick =
-                db::query_one(&client, q::RUNS_TICK, &[&cfg.pools, &self.shared.host]).await?;
+            let held = self.shared.leads.held();
+            let tick = db::query_one(
+                &client,
+                q::RUNS_TICK,
+                &[&cfg.pools, &self.shared.host, &held],
+            )
+            .await?;
             client.release();
             Ok(tick)
         })
@@ -198,7 +208,13 @@ impl Dispatcher {
         let unseen: bool = tick.get("unseen");
         let job_due_in: Option<f64> = tick.get("job_due_in");
         let run_due_in: Option<f64> = tick.get("run_due_in");
-        let mut flow_due_in: Option<f64> = tick.get("flow_due_in");
+        let wake_in: Option<f64> = tick.get("wake_in");
+        let acting: Vec<String> = tick.get("acting");
+        let tend: bool = tick.get("tend");
+        // The flows' safety net is the `tend` lease holder's (or anyone's while nobody holds it).
+        let mut flow_due_in: Option<f64> =
+            tick.get::<_, Option<f64>>("flow_due_in").filter(|_| tend);
+        self.shared.leads.set_acting(acting.clone());
         // Kill requests on runs held here: the listener's `sisy_kill` stops them first when
         // it runs; without it (listen = false) this is the kill's way in.
         for id in tick.get::<_, Vec<i64>>("kill_requested") {
@@ -223,13 +239,15 @@ impl Dispatcher {
         }
         let mut progress = false;
         let job_due = job_due_in.is_some_and(|s| s <= 0.0);
+        // New jobs are seeded by the guardians acting for a pool or tending, not by all.
+        let unseen = unseen && (tend || !acting.is_empty());
         if unseen || job_due {
             let o = db::within(
                 pool,
                 limit,
                 "the scheduler",
                 self.scheduler
-                    .run_once(if unseen { Seed::Unseen } else { Seed::Skip }),
+                    .run_once(if unseen { Seed::Unseen } else { Seed::Skip }, &acting),
             )
             .await?;
             pass.materialised = o.runs;
@@ -240,7 +258,9 @@ impl Dispatcher {
             return Ok(pass);
         }
         let mut claimed = Vec::new();
-        if free > 0 && !self.shared.draining.get() {
+        // Only when something is due: an idle pass (a poll) costs the tick alone.
+        let due = run_due_in.is_some_and(|s| s <= 0.0) || pass.materialised > 0;
+        if free > 0 && !self.shared.draining.get() && due {
             let claim = self.claimer.claim(&cfg.pools, free);
             claimed = db::within(pool, limit, "the claim", claim)
                 .await
@@ -257,8 +277,16 @@ impl Dispatcher {
             // A run due now that this host cannot take (no free capacity, draining) is no
             // reason to look again: the finish of a run or a notification wakes us.
             let cannot_claim = self.free_capacity(cfg.capacity) == 0 || self.shared.draining.get();
-            let run_due_in = run_due_in.filter(|s| !(cannot_claim && *s <= 0.0));
-            let mut next = [job_due_in, run_due_in, flow_due_in]
+            // Full, and due runs of the pools it acts for wait: a few others are asked; again
+            // after a short pause while they still wait.
+            let mut help_again = None;
+            if cannot_claim && !acting.is_empty() && wake_in.is_some_and(|s| s <= 0.0) {
+                help_again = self.ask_for_help(&acting).await.map(|d| d.as_secs_f64());
+            }
+            // Only what is this guardian's to wake for (`wake_in`: the pools it acts for, its
+            // own runs): a run due in any pool is everyone's to claim, no one's to wake for.
+            let wake_in = wake_in.filter(|s| !(cannot_claim && *s <= 0.0));
+            let mut next = [job_due_in, wake_in, flow_due_in, help_again]
                 .into_iter()
                 .flatten()
                 // Clamped: a far-off or odd due time is no reason to sleep past the poll.
@@ -296,6 +324,31 @@ impl Dispatcher {
                 shared.runs.finished(run.id);
             });
         }
+    }
+
+    /// The pools this guardian acts for have runs due that it cannot take (it is full): a few
+    /// other guardians of those pools with free capacity are woken (those that listen; the
+    /// others poll). Best effort; returns when to look again (and ask others if the runs
+    /// still wait): each ask wakes some guardians, so not at every pass.
+    async fn ask_for_help(&mut self, pools: &[String]) -> Option<Duration> {
+        const EVERY: Duration = Duration::from_millis(100);
+        if let Some(at) = self.helped.filter(|at| at.elapsed() < EVERY) {
+            return Some(EVERY - at.elapsed().min(EVERY));
+        }
+        self.helped = Some(std::time::Instant::now());
+        let db = &self.shared.db;
+        let limit = db::answer_limit(self.shared.config.get().lease);
+        let asked = db::within(db, limit, "asking the pool for help", async {
+            let client = db::checkout(db).await?;
+            db::query(&client, q::RUNS_HELP, &[&pools, &self.shared.host]).await?;
+            client.release();
+            Ok(())
+        })
+        .await;
+        if let Err(e) = asked {
+            tracing::debug!(error = %format!("{e:#}"), "could not wake the pool's other guardians");
+        }
+        Some(EVERY)
     }
 
     fn free_capacity(&self, capacity: usize) -> usize {

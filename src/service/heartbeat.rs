@@ -117,7 +117,7 @@ use crate::db::{self, q};
 use crate::outage::{self, Outage};
 use crate::run::StopReason;
 use crate::run::table::RunTable;
-use crate::service::{Draining, Failure, LiveConfig};
+use crate::service::{Draining, Failure, Leads, LiveConfig};
 
 /// What the heartbeat needs: its own connection, this process's registration, the run
 /// table it renews and fences, and the lease channel it publishes the watchdog deadline on.
@@ -133,6 +133,8 @@ pub struct Heartbeat {
     pub runs: Arc<RunTable>,
     pub wake: Arc<Notify>,
     pub draining: Draining,
+    /// The leases the beat holds (see `Leads`).
+    pub leads: Leads,
     pub failure: Arc<Failure>,
     /// Until when this guardian's jobs may run without a renewal: the run shims' watchdog
     /// deadline.
@@ -156,9 +158,13 @@ pub async fn run(shared: Heartbeat) {
     let mut deadline = Deadline::new(*shared.lease.borrow());
     let mut every = shared.config.get().heartbeat_interval;
     let mut ticker = ticker(every);
+    // One beat at once when the guardian starts to stop: it gives up the pools' leases
+    // (`Leads`), which another guardian then takes, rather than keep them through the grace.
+    let mut stop_told = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = shared.stopping.cancelled(), if !stop_told => stop_told = true,
             never = keep_alive(&shared, &mut deadline) => match never {},
             _ = shared.abandon.cancelled() => return,
         }
@@ -350,6 +356,7 @@ impl Beater {
                 &cfg.pools,
                 &rescue,
                 &shared.incarnation,
+                &!shared.stopping.is_cancelled(),
             ],
         )
         .await?;
@@ -375,6 +382,7 @@ impl Beater {
         let kill_requested: Vec<i64> = row.get("kill_requested");
         let declared_lost: i64 = row.get("lost");
         let forgotten: i64 = row.get("unknown");
+        let leases: Vec<String> = row.get("leases");
         if draining.is_none() {
             // The host row is gone (deleted by hand): announce ourselves again.
             db::execute(
@@ -413,6 +421,11 @@ impl Beater {
         }
         for id in kill_requested {
             shared.runs.stop(id, StopReason::KillRequested);
+        }
+        if shared.leads.set_held(leases) {
+            // A pool taken over (or given up) changes what the dispatcher sleeps until.
+            tracing::debug!(leases = ?shared.leads.held(), "leases held changed");
+            shared.wake.notify_one();
         }
         if declared_lost > 0 {
             tracing::warn!(count = declared_lost, "runs of dead hosts declared lost");

@@ -1,7 +1,9 @@
 //! The listener: LISTEN/NOTIFY wake-ups on a dedicated connection.
 //!
 //! Owns the channels `sisy_wakeup` (payload: a pool: a job changed or a pending run
-//! appeared), `sisy_kill` (payload: a run id: `sisy.kill` or `overlap = replace`) and
+//! appeared; forwarded only by the guardian acting for the pool, see `Leads`), `sisy_help`
+//! (payload: a host asked by the full guardian acting for its pool), `sisy_kill` (payload:
+//! a run id: `sisy.kill` or `overlap = replace`) and
 //! `sisy_hosts` (payload: a host: drained or undrained). It wakes the dispatcher or stops a
 //! run; kill requests reach the process in milliseconds instead of at the next heartbeat.
 //! On a broken connection it reconnects with backoff (capped at the heartbeat interval, so it
@@ -41,7 +43,7 @@ use crate::db::{self, q};
 use crate::outage::{self, Outage};
 use crate::run::StopReason;
 use crate::run::table::RunTable;
-use crate::service::LiveConfig;
+use crate::service::{Leads, LiveConfig};
 
 /// What the listener needs: where to forward (the dispatcher's wake-up, the run table), and
 /// when to end (`abandon`: it listens for kills until the guardian exits).
@@ -50,6 +52,8 @@ pub struct Listener {
     pub host: String,
     pub runs: Arc<RunTable>,
     pub wake: Arc<Notify>,
+    /// Which pools' wake-ups are this guardian's to act on.
+    pub leads: Leads,
     pub outage: Arc<Outage>,
     pub abandon: CancellationToken,
 }
@@ -153,16 +157,14 @@ impl Listener {
 
     fn handle(&self, channel: &str, payload: &str) {
         match channel {
-            "sisy_wakeup" if self.config.get().pools.iter().any(|p| p == payload) => {
-                self.wake.notify_one();
-            }
+            // A new run or a changed job of a pool: for the one guardian acting for it.
+            "sisy_wakeup" if self.leads.acts_for(payload) => self.wake.notify_one(),
+            // This host, asked by the full guardian acting for its pool; drained or undrained.
+            "sisy_help" | "sisy_hosts" if payload == self.host => self.wake.notify_one(),
             "sisy_kill" => {
                 if let Ok(id) = payload.parse::<i64>() {
                     self.runs.stop(id, StopReason::KillRequested);
                 }
-            }
-            "sisy_hosts" if payload == self.host => {
-                self.wake.notify_one();
             }
             _ => {}
         }

@@ -94,3 +94,36 @@ impl Draining {
         self.0.swap(draining, Ordering::Relaxed) != draining
     }
 }
+
+/// Who does what no two guardians need to do (see `runs_tick.sql`): the leases this guardian
+/// holds, as its heartbeat last renewed them (`rescue`, `tend`, `pool:<name>`), and the pools
+/// its dispatcher acts for since its last tick (those whose lease it holds or nobody holds):
+/// it materialises their jobs and its listener forwards their wake-ups.
+#[derive(Clone, Default)]
+pub struct Leads(Arc<RwLock<(Vec<String>, Vec<String>)>>);
+
+impl Leads {
+    /// The leases held after the last beat.
+    pub fn held(&self) -> Vec<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// Sets the leases held; whether they changed.
+    pub fn set_held(&self, leases: Vec<String>) -> bool {
+        let mut both = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let changed = both.0 != leases;
+        both.0 = leases;
+        changed
+    }
+
+    /// Whether the dispatcher acts for `pool`.
+    pub fn acts_for(&self, pool: &str) -> bool {
+        let both = self.0.read().unwrap_or_else(|p| p.into_inner());
+        both.1.iter().any(|p| p == pool)
+    }
+
+    /// Sets the pools the dispatcher acts for.
+    pub fn set_acting(&self, pools: Vec<String>) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).1 = pools;
+    }
+}

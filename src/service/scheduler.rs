@@ -92,7 +92,9 @@ impl Scheduler {
 
     /// Seeds unseen jobs, then materialises due ones, batch after batch while batches come
     /// back full, for up to [`PASS_BUDGET`].
-    pub async fn run_once(&self, seed: Seed) -> Result<Outcome> {
+    /// `acting`: the pools whose every job it materialises; of its other pools, only the
+    /// `all` jobs (see `jobs_due.sql`).
+    pub async fn run_once(&self, seed: Seed, acting: &[String]) -> Result<Outcome> {
         let began = Instant::now();
         let mut outcome = Outcome::default();
         let full = |n: usize| n as i64 == BATCH;
@@ -108,7 +110,7 @@ impl Scheduler {
         }
         // Materialise even when seeding used up the budget: due occurrences come first.
         loop {
-            let (jobs, runs) = self.materialise().await?;
+            let (jobs, runs) = self.materialise(acting).await?;
             outcome.jobs += jobs;
             outcome.runs += runs;
             if !full(jobs) || began.elapsed() >= PASS_BUDGET {
@@ -160,10 +162,10 @@ impl Scheduler {
     }
 
     /// Materialises the occurrences of due jobs of this guardian's pools.
-    async fn materialise(&self) -> Result<(usize, usize)> {
+    async fn materialise(&self, acting: &[String]) -> Result<(usize, usize)> {
         let mut client = db::checkout(&self.db).await?;
         let tx = db::begin(&mut client).await?;
-        let rows = db::query(&tx, q::JOBS_DUE, &[&self.pools, &BATCH]).await?;
+        let rows = db::query(&tx, q::JOBS_DUE, &[&self.pools, &BATCH, &acting]).await?;
         if rows.is_empty() {
             tx.commit().await?;
             client.release();

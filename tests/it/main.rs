@@ -19,6 +19,7 @@ mod faults;
 mod fleet;
 mod flows;
 mod flows_readme;
+mod herd;
 mod housekeeping;
 mod import;
 mod kill;

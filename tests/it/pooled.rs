@@ -320,6 +320,14 @@ async fn named_prepared_statements_fail_through_transaction_pooling() {
     // The failure mode `prepared_statements = false` avoids: a statement prepared on one
     // server connection is executed on another.
     let (db, client) = migrated_db().await;
+    // Work to do, so that the guardian's statements spread over several server connections
+    // (an idle guardian's few statements may all find the same one).
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, schedule) VALUES ('tick', 'true', '* * * * * *')",
+        )
+        .await
+        .unwrap();
     let bouncer = Bouncer::start_shared();
     let g = Guardian::start(&bouncer.db(&db), "g1", "listen = false");
     wait_for("the guardian to fail on a prepared statement", LONG, || {
