@@ -70,6 +70,11 @@ impl Cluster {
         Ok(Cluster { server, admin })
     }
 
+    /// The PostgreSQL server (for a pooler in front of it).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// A fresh database with the sisy schema.
     pub async fn database(&self) -> Result<Db> {
         let name = self.server.fresh_database().name;

@@ -1,7 +1,8 @@
 //! The sisyphus benchmark: a program that prints numbers (STYLE.md item 11).
 //!
 //! `cargo bench --bench sisy` runs every scenario; `cargo bench --bench sisy -- latency idle`
-//! runs the ones named (latency, throughput, scale, idle, control, flows, fanout). It starts its own
+//! runs the ones named (latency, throughput, scale, idle, control, flows, fanout, fleet; fleet,
+//! some 25 minutes, only when named). It starts its own
 //! throwaway PostgreSQL (the integration tests' `pg.rs`, with production-like settings and
 //! TCP on 127.0.0.1), real release-built `sisy guardian` processes (the tests' `util.rs`)
 //! and real jobs, and prints one JSON document on stdout: the conditions (cores, PostgreSQL
@@ -19,8 +20,10 @@ mod pg;
 #[path = "../../tests/it/util.rs"]
 mod util;
 
+mod bouncer;
 mod control;
 mod fanout;
+mod fleet;
 mod flows;
 mod harness;
 mod idle;
@@ -40,7 +43,11 @@ const SCENARIOS: &[&str] = &[
     "control",
     "flows",
     "fanout",
+    "fleet",
 ];
+
+/// Run only when named: it takes some 25 minutes.
+const ON_REQUEST: &[&str] = &["fleet"];
 
 #[tokio::main]
 async fn main() {
@@ -62,7 +69,11 @@ async fn main() {
         std::process::exit(2);
     }
     if chosen.is_empty() {
-        chosen = SCENARIOS.to_vec();
+        chosen = SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| !ON_REQUEST.contains(s))
+            .collect();
     }
     match run(&chosen).await {
         Ok(report) => println!("{}", serde_json::to_string_pretty(&report).unwrap()),
@@ -93,6 +104,7 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
             "control" => control::run(&cluster).await?,
             "flows" => flows::run(&cluster).await?,
             "fanout" => fanout::run(&cluster).await?,
+            "fleet" => fleet::run(&cluster).await?,
             _ => unreachable!("checked in main"),
         };
         // Other work on this machine (builds, tests) takes CPU from the benchmark.

@@ -19,6 +19,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::output::write_out(format_args!($($arg)*)) };
 }
 
+mod fleet;
 mod flows;
 mod hosts;
 mod import;
@@ -86,6 +87,9 @@ pub enum Command {
     ImportCrontab(import::ImportArgs),
     /// The fleet on one screen: hosts, running, failing jobs, missed runs.
     Status,
+    /// A benchmark tool: N guardians in one process (see `cli/fleet.rs`).
+    #[command(name = "__fleet", hide = true)]
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +235,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
     let output = Output::from_json_flag(cli.json);
     match cli.command {
         Command::Guardian(args) => Ok(run_guardian(args, shutdown).await?),
+        Command::Fleet(args) => Ok(fleet::run(args, shutdown).await?),
         Command::Schedule(ScheduleCommand::Check {
             expr,
             tz,
@@ -255,7 +260,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 Command::Hosts(cmd) => hosts::run(c, cmd, output).await,
                 Command::ImportCrontab(args) => import::run(c, &args, output == Output::Json).await,
                 Command::Status => status::run(c, output).await,
-                Command::Guardian(_) | Command::Schedule(_) => {
+                Command::Guardian(_) | Command::Fleet(_) | Command::Schedule(_) => {
                     unreachable!("handled above")
                 }
             };
