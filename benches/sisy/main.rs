@@ -1,7 +1,8 @@
 //! The sisyphus benchmark: a program that prints numbers (STYLE.md item 11).
 //!
 //! `cargo bench --bench sisy` runs every scenario; `cargo bench --bench sisy -- latency idle`
-//! runs the ones named (latency, throughput, scale, idle, control, flows, fanout). It starts its own
+//! runs the ones named (latency, throughput, scale, idle, control, flows, fanout,
+//! failover). It starts its own
 //! throwaway PostgreSQL (the integration tests' `pg.rs`, with production-like settings and
 //! TCP on 127.0.0.1), real release-built `sisy guardian` processes (the tests' `util.rs`)
 //! and real jobs, and prints one JSON document on stdout: the conditions (cores, PostgreSQL
@@ -20,6 +21,7 @@ mod pg;
 mod util;
 
 mod control;
+mod failover;
 mod fanout;
 mod flows;
 mod harness;
@@ -40,6 +42,7 @@ const SCENARIOS: &[&str] = &[
     "control",
     "flows",
     "fanout",
+    "failover",
 ];
 
 #[tokio::main]
@@ -93,6 +96,7 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
             "control" => control::run(&cluster).await?,
             "flows" => flows::run(&cluster).await?,
             "fanout" => fanout::run(&cluster).await?,
+            "failover" => failover::run(&cluster).await?,
             _ => unreachable!("checked in main"),
         };
         // Other work on this machine (builds, tests) takes CPU from the benchmark.
