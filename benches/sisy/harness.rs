@@ -19,7 +19,7 @@ use crate::util::{self, Guardian};
 /// Settings over the test defaults of `pg.rs` (fsync off, autovacuum off, 16 MB buffers, no
 /// TCP): the benchmark measures the database as it would run in production. The cluster
 /// still lives on tmpfs, so a WAL flush costs a system call, not a disk round trip.
-const SETTINGS: &[&str] = &[
+pub const SETTINGS: &[&str] = &[
     "listen_addresses=127.0.0.1",
     "fsync=on",
     "synchronous_commit=on",

@@ -1,8 +1,8 @@
 //! The sisyphus benchmark: a program that prints numbers (STYLE.md item 11).
 //!
 //! `cargo bench --bench sisy` runs every scenario; `cargo bench --bench sisy -- latency idle`
-//! runs the ones named (latency, throughput, scale, idle, control, flows, fanout, fleet; fleet,
-//! some 25 minutes, only when named). It starts its own
+//! runs the ones named (latency, throughput, scale, idle, control, flows, fanout, failover,
+//! fleet; fleet, some 25 minutes, only when named). It starts its own
 //! throwaway PostgreSQL (the integration tests' `pg.rs`, with production-like settings and
 //! TCP on 127.0.0.1), real release-built `sisy guardian` processes (the tests' `util.rs`)
 //! and real jobs, and prints one JSON document on stdout: the conditions (cores, PostgreSQL
@@ -22,6 +22,7 @@ mod util;
 
 mod bouncer;
 mod control;
+mod failover;
 mod fanout;
 mod fleet;
 mod flows;
@@ -44,6 +45,7 @@ const SCENARIOS: &[&str] = &[
     "flows",
     "fanout",
     "fleet",
+    "failover",
 ];
 
 /// Run only when named: it takes some 25 minutes.
@@ -105,6 +107,7 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
             "flows" => flows::run(&cluster).await?,
             "fanout" => fanout::run(&cluster).await?,
             "fleet" => fleet::run(&cluster).await?,
+            "failover" => failover::run(&cluster).await?,
             _ => unreachable!("checked in main"),
         };
         // Other work on this machine (builds, tests) takes CPU from the benchmark.

@@ -622,7 +622,14 @@ impl Server {
     /// A private cluster that streams from this one: a `pg_basebackup -R` of it, started on
     /// a socket and port of its own, read-only until [`Server::promote`].
     pub fn start_replica(&self) -> Server {
-        let replica = Server::start_private();
+        self.start_replica_with(&[])
+    }
+
+    /// [`Server::start_replica`] with `settings` over the test defaults, as for
+    /// [`Server::start_private_with`]: a standby needs at least the primary's
+    /// `max_connections`, and the benchmark's replica listens on TCP too.
+    pub fn start_replica_with(&self, settings: &[&str]) -> Server {
+        let replica = Server::start_private_with(settings);
         // The fresh cluster only provides the directories, port and cleanup; its data is
         // replaced by a copy of this one.
         replica.stop();
