@@ -180,7 +180,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
             runs: g.runs.clone(),
             wake: g.wake.clone(),
             draining,
-            leads,
+            leads: leads.clone(),
             stopping: g.stopping.clone(),
             abandon: g.abandon.clone(),
             tasks: g.tasks.clone(),
@@ -197,6 +197,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
         reaper::Reaper {
             db: g.db.clone(),
             config: g.config.clone(),
+            leads,
         }
         .run(g.stopping.clone()),
     );

@@ -214,7 +214,7 @@ impl Dispatcher {
         // The flows' safety net is the `tend` lease holder's (or anyone's while nobody holds it).
         let mut flow_due_in: Option<f64> =
             tick.get::<_, Option<f64>>("flow_due_in").filter(|_| tend);
-        self.shared.leads.set_acting(acting.clone());
+        self.shared.leads.set_acting(acting.clone(), tend);
         // Kill requests on runs held here: the listener's `sisy_kill` stops them first when
         // it runs; without it (listen = false) this is the kill's way in.
         for id in tick.get::<_, Vec<i64>>("kill_requested") {
@@ -518,7 +518,7 @@ async fn supervise_run(
     match written {
         Ok(Written::Fenced) => tracing::warn!(
             run_id = run.id,
-            "run had been declared lost; its processes were killed here"
+            "run was no longer this host's in the database (declared lost, or lost in a failover); its processes were killed here and its result is only in this log"
         ),
         Ok(Written::Late) => tracing::warn!(
             run_id = run.id,

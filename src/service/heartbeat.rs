@@ -415,7 +415,7 @@ impl Beater {
             if shared.runs.stop(*id, StopReason::Fenced) {
                 tracing::warn!(
                     run_id = id,
-                    "run was declared lost while running here: killing its processes (fencing)"
+                    "the database no longer has this run running here (declared lost, or its claim lost with the last commits of a failed-over primary): killing its processes (fencing)"
                 );
             }
         }

@@ -96,34 +96,56 @@ impl Draining {
 }
 
 /// Who does what no two guardians need to do (see `runs_tick.sql`): the leases this guardian
-/// holds, as its heartbeat last renewed them (`rescue`, `tend`, `pool:<name>`), and the pools
-/// its dispatcher acts for since its last tick (those whose lease it holds or nobody holds):
-/// it materialises their jobs and its listener forwards their wake-ups.
+/// holds, as its heartbeat last renewed them (`rescue`, `tend`, `pool:<name>`), and, since
+/// the dispatcher's last tick, the pools it acts for (those whose lease it holds or nobody
+/// holds: it materialises their jobs and its listener forwards their wake-ups) and whether
+/// it tends (the flows' safety net and housekeeping).
 #[derive(Clone, Default)]
-pub struct Leads(Arc<RwLock<(Vec<String>, Vec<String>)>>);
+pub struct Leads(Arc<RwLock<Lead>>);
+
+#[derive(Default)]
+struct Lead {
+    held: Vec<String>,
+    acting: Vec<String>,
+    tending: bool,
+}
 
 impl Leads {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Lead> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Lead> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The leases held after the last beat.
     pub fn held(&self) -> Vec<String> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+        self.read().held.clone()
     }
 
     /// Sets the leases held; whether they changed.
     pub fn set_held(&self, leases: Vec<String>) -> bool {
-        let mut both = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let changed = both.0 != leases;
-        both.0 = leases;
+        let mut lead = self.write();
+        let changed = lead.held != leases;
+        lead.held = leases;
         changed
     }
 
     /// Whether the dispatcher acts for `pool`.
     pub fn acts_for(&self, pool: &str) -> bool {
-        let both = self.0.read().unwrap_or_else(|p| p.into_inner());
-        both.1.iter().any(|p| p == pool)
+        self.read().acting.iter().any(|p| p == pool)
     }
 
-    /// Sets the pools the dispatcher acts for.
-    pub fn set_acting(&self, pools: Vec<String>) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).1 = pools;
+    /// Whether this guardian tends (its housekeeping runs).
+    pub fn tending(&self) -> bool {
+        self.read().tending
+    }
+
+    /// What the dispatcher's tick found: the pools it acts for, whether it tends.
+    pub fn set_acting(&self, pools: Vec<String>, tending: bool) {
+        let mut lead = self.write();
+        lead.acting = pools;
+        lead.tending = tending;
     }
 }

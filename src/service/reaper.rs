@@ -2,8 +2,9 @@
 //!
 //! Owns deleting finished runs (and ended flow runs) older than `history_retention`, in batches of
 //! [`BATCH`] rows (each its own short statement, so no long lock and no huge transaction),
-//! and forgetting hosts dead for longer than the retention. Every guardian runs it every
-//! [`INTERVAL`]; SKIP LOCKED keeps several from contending. Does not touch pending or
+//! and forgetting hosts dead for longer than the retention. The guardian that tends (holds
+//! the `tend` lease, or sees nobody hold it: `Leads`) runs it every [`INTERVAL`]; the others
+//! skip their pass. SKIP LOCKED keeps several from contending during a hand-over. Does not touch pending or
 //! running runs, but for one case: a running run whose host has no row at all (written by
 //! hand), which no heartbeat's rescue would ever find, is declared lost. Each statement is bounded ([`STATEMENT_LIMIT`]): a silent database must not
 //! hold the reaper, or the shutdown that waits for it, for good.
@@ -24,7 +25,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, q};
-use crate::service::LiveConfig;
+use crate::service::{Leads, LiveConfig};
 
 pub const BATCH: i64 = 1000;
 pub(crate) const INTERVAL: Duration = Duration::from_secs(600);
@@ -47,6 +48,8 @@ pub struct Outcome {
 pub(crate) struct Reaper {
     pub db: Pool,
     pub config: LiveConfig,
+    /// Whether this guardian tends: only the `tend` lease's holder prunes (see `Leads`).
+    pub leads: Leads,
 }
 
 impl Reaper {
@@ -59,7 +62,14 @@ impl Reaper {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = stopping.cancelled() => return,
             }
-            match self.run_once().await {
+            // One guardian of the fleet, not each of them: a thousand guardians started
+            // together pruned together, a minute after their start.
+            let pass = if self.leads.tending() {
+                self.run_once().await
+            } else {
+                Ok(Outcome::default())
+            };
+            match pass {
                 Ok(o) if o.hostless > 0 => {
                     tracing::warn!(
                         runs = o.hostless,
