@@ -1,5 +1,8 @@
 -- 0016: the guardian's two statements of every interval keep their plans through a pooler.
--- compatible-with: 15
+-- compatible-with: 12
+--
+-- Compatible with a sisy built for schema 12: it only adds two functions. Such a guardian
+-- sends the statements itself and acts for every pool, as it always did.
 --
 -- Through a transaction pooler (`prepared_statements = false`) every statement is sent
 -- unnamed and so parsed and planned at every execution. The tick (every `poll_interval` on
