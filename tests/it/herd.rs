@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::pg;
-use crate::util::{fleet, migrated_db, migrated_db_on, shared_dir, until_file, wait_until};
+use crate::util::{
+    Guardian, fleet, migrated_db, migrated_db_on, shared_dir, until_file, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -329,7 +331,8 @@ async fn a_full_lease_holder_asks_the_others_of_its_pool_for_help() {
     let dir = shared_dir();
     let flag = dir.path().join("go");
     // LISTEN: a new run wakes the holder only; with capacity 1 it is full after one run.
-    let mut guardians = fleet(&db, &client, 2, "capacity = 1").await;
+    // The holder starts alone and takes the long run; the other joins once it is full.
+    let mut guardians = vec![Guardian::start(&db, "g1", "capacity = 1")];
     client
         .batch_execute(&format!(
             "INSERT INTO sisy.jobs (name, command) VALUES ('long', '{}'), ('quick', 'true');",
@@ -337,23 +340,36 @@ async fn a_full_lease_holder_asks_the_others_of_its_pool_for_help() {
         ))
         .await
         .unwrap();
-    let holder = leader(&client).await;
+    assert_eq!(leader(&client).await, "g1");
     client
         .execute("SELECT sisy.trigger('long')", &[])
         .await
         .unwrap();
-    let ran_on: String = wait_until(
+    let _: i64 = wait_until(
         &client,
-        "the long run to start",
+        "the long run to start on g1",
         LONG,
-        || "SELECT coalesce((SELECT host FROM sisy.runs WHERE job_name = 'long' AND state = 'running'), '')".into(),
-        |h: String| !h.is_empty(),
+        || "SELECT count(*) FROM sisy.runs WHERE job_name = 'long' AND state = 'running' AND host = 'g1'".into(),
+        |n: i64| n == 1,
     )
     .await;
-    assert_eq!(
-        ran_on, holder,
-        "the run went to a guardian the notification did not wake"
-    );
+    guardians.push(Guardian::start(&db, "g2", "capacity = 1"));
+    // Settled: both listen, and g2 has beaten (it knows it holds no lease).
+    let _: i64 = wait_until(
+        &client,
+        "g2 to listen and beat",
+        LONG,
+        || {
+            "SELECT (SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND query LIKE 'LISTEN%')
+                  + (SELECT count(*) FROM sisy.hosts WHERE name = 'g2' AND last_seen > started_at)"
+                .into()
+        },
+        |n: i64| n == 3,
+    )
+    .await;
+    let holder = leader(&client).await;
+    assert_eq!(holder, "g1");
     for _ in 0..3 {
         let began = Instant::now();
         client
