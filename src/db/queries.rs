@@ -10,6 +10,8 @@ pub mod q {
     pub const JOBS_SET_NEXT_DUE: &str = include_str!("../../sql/queries/jobs_set_next_due.sql");
     pub const JOBS_LOCK_FOR_ADMISSION: &str =
         include_str!("../../sql/queries/jobs_lock_for_admission.sql");
+    pub const JOBS_LOCK_FOR_OWN_ADMISSION: &str =
+        include_str!("../../sql/queries/jobs_lock_for_own_admission.sql");
     pub const HOSTS_LIVE: &str = include_str!("../../sql/queries/hosts_live.sql");
     pub const HOSTS_REGISTER: &str = include_str!("../../sql/queries/hosts_register.sql");
     pub const HOSTS_RELEASE: &str = include_str!("../../sql/queries/hosts_release.sql");

@@ -16,6 +16,10 @@
 //! `max_concurrency` is applied under the same lock: the job's started runs are counted
 //! fleet-wide and at most the free slots start, in item order ([`limit`]); the others go back
 //! to `pending` (`runs_release.sql`) and are claimed again when a run of the job ends.
+//! Runs that are this host's own (targeted at it, as `target = 'all'` occurrences are) of a
+//! job without a cap are compared only with the job's other runs on this host, which no other
+//! guardian claims: they are ordered by a lock per (host, job) instead, so the hosts of a pool
+//! do not queue on the job row for their runs of one `all` occurrence.
 //! Runs of jobs with `overlap = 'allow'` and no cap have nothing to order: they are admitted
 //! by one statement, without a lock or a transaction. Statements are prepared once per connection.
 //! A run whose kill was requested while it waited (`sisy.kill`, or replaced by a newer
@@ -23,7 +27,7 @@
 //! `cancelled`), before any overlap rule is applied to it.
 //! Does not own running the process (supervisor) nor materialising runs (scheduler).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,25 +110,47 @@ impl Claimer {
             return Ok(rows.iter().map(admitted_from_row).collect());
         }
         let tx = db::begin(&mut client).await?;
-        let guarded: Vec<i64> = {
-            let set: HashSet<i64> = runs
-                .iter()
-                .filter(|r| r.overlap != Overlap::Allow || r.max_concurrency.is_some())
-                .map(|r| r.job_id)
-                .collect();
-            let mut v: Vec<i64> = set.into_iter().collect();
-            v.sort_unstable();
-            v
-        };
+        // The jobs whose rules apply here, split by who else could decide about the same runs:
+        // any guardian (a run of the job not targeted at this host, a cap counted fleet-wide:
+        // the job row is locked) or this host only (all its runs here targeted at this host:
+        // jobs_lock_for_own_admission.sql).
+        let mut fleet_wide: BTreeSet<i64> = BTreeSet::new();
+        let mut own: BTreeSet<i64> = BTreeSet::new();
+        for r in runs
+            .iter()
+            .filter(|r| r.overlap != Overlap::Allow || r.max_concurrency.is_some())
+        {
+            let mine = r.target_host.as_deref() == Some(self.host.as_str());
+            if mine && r.max_concurrency.is_none() {
+                own.insert(r.job_id);
+            } else {
+                fleet_wide.insert(r.job_id);
+            }
+        }
+        own.retain(|id| !fleet_wide.contains(id));
+        let guarded: Vec<i64> = fleet_wide.union(&own).copied().collect();
         let mut started = Vec::new();
         // The caps as they are under the lock (a change since the claim applies now).
         let mut caps: HashMap<i64, i32> = HashMap::new();
-        if !guarded.is_empty() {
-            for row in db::query(&tx, q::JOBS_LOCK_FOR_ADMISSION, &[&guarded]).await? {
+        if !own.is_empty() {
+            let own: Vec<i64> = own.into_iter().collect();
+            let rows = db::query(&tx, q::JOBS_LOCK_FOR_OWN_ADMISSION, &[&own, &self.host]).await?;
+            for row in rows {
+                if row.get::<_, Option<i32>>(1).is_some() {
+                    // Capped since the claim: the cap is counted under the job row's lock.
+                    fleet_wide.insert(row.get(0));
+                }
+            }
+        }
+        if !fleet_wide.is_empty() {
+            let locked: Vec<i64> = fleet_wide.into_iter().collect();
+            for row in db::query(&tx, q::JOBS_LOCK_FOR_ADMISSION, &[&locked]).await? {
                 if let Some(cap) = row.get::<_, Option<i32>>(1) {
                     caps.insert(row.get(0), cap);
                 }
             }
+        }
+        if !guarded.is_empty() {
             for row in db::query(&tx, q::RUNS_RUNNING_OF_JOBS, &[&guarded]).await? {
                 started.push(Started {
                     id: row.get(0),

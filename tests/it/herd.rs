@@ -446,3 +446,47 @@ async fn a_bad_pool_lease_row_does_not_stop_the_pool() {
         g.stop();
     }
 }
+
+/// The hosts of a pool start their own runs of one `target = 'all'` occurrence without
+/// queueing on the job row: a transaction that holds it as an admission does (another host's
+/// admission, slow on a loaded database) holds none of them back. The overlap rules of those
+/// runs compare only runs on the same host, which no other guardian claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_an_all_occurrence_start_while_another_admission_holds_the_job() {
+    let (db, client) = migrated_db().await;
+    let mut guardians = fleet(&db, &client, 2, "listen = false").await;
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, target, overlap) VALUES ('every', 'true', 'all', 'forbid')",
+        )
+        .await
+        .unwrap();
+    let mut locker = db.connect().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM sisy.jobs WHERE name = 'every' FOR NO KEY UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline, target_host)
+             SELECT id, name, 'default', now(), 'manual', now(), now() + interval '1 hour', h
+               FROM sisy.jobs, unnest('{g1,g2}'::text[]) h WHERE name = 'every'",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        &client,
+        "both hosts' runs to succeed while the job row is locked",
+        Duration::from_secs(30),
+        || "SELECT count(*) FROM sisy.runs WHERE state = 'succeeded'".into(),
+        |v: i64| v == 2,
+    )
+    .await;
+    lock.rollback().await.unwrap();
+    for g in &mut guardians {
+        g.stop();
+    }
+}
