@@ -18,7 +18,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use deadpool_postgres::Pool;
@@ -41,7 +41,7 @@ use crate::run::{ClaimedRun, StopReason};
 use crate::service::claimer::{Admission, Claimer};
 use crate::service::fault::{fault_point, panic_message};
 use crate::service::scheduler::{Scheduler, Seed};
-use crate::service::{Draining, Failure, Leads, LiveConfig};
+use crate::service::{Draining, Failure, Leads, LiveConfig, slot};
 
 /// The longest the dispatcher sleeps without a reason: a lost notification costs at most this.
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);
@@ -128,16 +128,22 @@ pub async fn run(handles: Handles) {
     let shared = Arc::new(handles);
     let mut d = Dispatcher::new(shared.clone());
     let mut failures = 0u32;
+    let poll_key = format!("{}/poll", shared.host);
     loop {
         // Register interest before the pass, so a wake-up during the pass is not lost.
         let woken = shared.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let began = std::time::Instant::now();
         let pause = match d.run_once().await {
             Ok(pass) => {
                 failures = 0;
+                // The poll at this host's place in the period (`slot`): a fleet started
+                // together does not poll in step. Never more than a period after this pass
+                // began, as before.
                 let poll = safety_poll(&shared.config.get());
-                pass.next_in.unwrap_or(poll).min(poll)
+                let at_slot = slot::next_in(&poll_key, poll, began.elapsed(), SystemTime::now());
+                pass.next_in.unwrap_or(poll).min(at_slot)
             }
             Err(e) => {
                 failures += 1;

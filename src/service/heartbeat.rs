@@ -117,7 +117,7 @@ use crate::db::{self, q};
 use crate::outage::{self, Outage};
 use crate::run::StopReason;
 use crate::run::table::RunTable;
-use crate::service::{Draining, Failure, Leads, LiveConfig};
+use crate::service::{Draining, Failure, Leads, LiveConfig, slot};
 
 /// What the heartbeat needs: its own connection, this process's registration, the run
 /// table it renews and fences, and the lease channel it publishes the watchdog deadline on.
@@ -156,14 +156,16 @@ pub async fn run(shared: Heartbeat) {
     };
     // Start-up published the deadline of the registration: a confirmed one.
     let mut deadline = Deadline::new(*shared.lease.borrow());
-    let mut every = shared.config.get().heartbeat_interval;
-    let mut ticker = ticker(every);
+    // The first beat at once; then at this host's place in the interval (`slot`), so that a
+    // fleet started together does not beat in step.
+    let key = format!("{}/heartbeat", shared.host);
+    let mut next = Instant::now();
     // One beat at once when the guardian starts to stop: it gives up the pools' leases
     // (`Leads`), which another guardian then takes, rather than keep them through the grace.
     let mut stop_told = false;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = shared.stopping.cancelled(), if !stop_told => stop_told = true,
             never = keep_alive(&shared, &mut deadline) => match never {},
             _ = shared.abandon.cancelled() => return,
@@ -197,10 +199,10 @@ pub async fn run(shared: Heartbeat) {
                 }
             }
         }
-        if config.heartbeat_interval != every {
-            every = config.heartbeat_interval;
-            ticker = ticker_after(every);
-        }
+        // The interval as configured now (a reload applies from the next beat).
+        let every = shared.config.get().heartbeat_interval;
+        next = Instant::now()
+            + slot::next_in(&key, every, sent.elapsed(), std::time::SystemTime::now());
         // Keep beating through shutdown while runs are still being recorded.
         if shared.stopping.is_cancelled() && shared.tasks.is_closed() && shared.tasks.is_empty() {
             return;
@@ -306,19 +308,6 @@ async fn keep_alive(shared: &Heartbeat, deadline: &mut Deadline) -> Infallible {
         }
         publish(shared, deadline);
     }
-}
-
-fn ticker(every: Duration) -> tokio::time::Interval {
-    let mut t = tokio::time::interval(every);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
-}
-
-/// A ticker whose first tick is one interval away (after a reload changed the interval).
-fn ticker_after(every: Duration) -> tokio::time::Interval {
-    let mut t = tokio::time::interval_at(Instant::now() + every, every);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
 }
 
 /// What a beat that the database answered found.

@@ -1,7 +1,7 @@
 //! The guardian's background services, each found by its name: `dispatcher` (the main
 //! loop: tick, `scheduler`, `claimer`, a supervisor task per started run), `heartbeat`
 //! (lease, runs, dead hosts, fencing, the watchdog deadline), `listener` (LISTEN/NOTIFY),
-//! `reaper` (history).
+//! `reaper` (history); `slot` places each host's periodic statements in their period.
 //!
 //! Each service takes the narrow handles it needs — a pool, the [`RunTable`], a wake-up,
 //! a token, the [`LiveConfig`] — never the guardian's whole state, and none imports the
@@ -25,6 +25,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod listener;
 pub mod reaper;
 pub(crate) mod scheduler;
+pub mod slot;
 
 /// The running configuration, replaced as a whole by a reload. Read it once per decision
 /// ([`LiveConfig::get`]), so that one decision sees one configuration.

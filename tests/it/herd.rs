@@ -490,3 +490,66 @@ async fn runs_of_an_all_occurrence_start_while_another_admission_holds_the_job()
         g.stop();
     }
 }
+
+/// Guardians started together do not beat in step: each beats at its own place in the
+/// interval (a hash of its name on the wall clock), whatever the moment it started. A thousand
+/// guardians beating in the same few milliseconds stalled the database for every run due
+/// then. The beats are read from `sisy.hosts.last_seen` (the database's clock, on this same
+/// machine): after the first beat at start, each host's beats fall just after its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardians_started_together_beat_at_their_own_place_in_the_interval() {
+    const N: usize = 8;
+    let (db, client) = migrated_db().await;
+    let mut guardians = fleet(
+        &db,
+        &client,
+        N,
+        "heartbeat_interval = \"1s\"\nlease = \"3s\"",
+    )
+    .await;
+    let second = Duration::from_secs(1);
+    let mut seen: Vec<std::collections::BTreeSet<i64>> = vec![Default::default(); N];
+    let began = Instant::now();
+    // Beats within this much after the host's place count as at it (a loaded machine).
+    let late_ms = 400;
+    let at_place = |seen: &Vec<std::collections::BTreeSet<i64>>| -> Vec<usize> {
+        (0..N)
+            .map(|i| {
+                let phase =
+                    sisyphus::service::slot::phase_of(&format!("g{}/heartbeat", i + 1), second)
+                        .as_millis() as i64;
+                seen[i]
+                    .iter()
+                    .filter(|ms| (*ms % 1000 - phase).rem_euclid(1000) < late_ms)
+                    .count()
+            })
+            .collect()
+    };
+    loop {
+        let rows = client
+            .query(
+                "SELECT name, (extract(epoch FROM last_seen) * 1000)::int8 FROM sisy.hosts
+                  WHERE last_seen > started_at + interval '500 milliseconds'",
+                &[],
+            )
+            .await
+            .unwrap();
+        for row in rows {
+            let name: String = row.get(0);
+            let i: usize = name[1..].parse::<usize>().unwrap() - 1;
+            seen[i].insert(row.get(1));
+        }
+        let counts = at_place(&seen);
+        if counts.iter().all(|&c| c >= 2) {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "beats at each host's place in the interval, by host: {counts:?} (beats seen: {seen:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for g in &mut guardians {
+        g.stop();
+    }
+}
