@@ -102,6 +102,12 @@ impl RunTable {
         self.lock().running.keys().copied().collect()
     }
 
+    /// Whether run `id` is this guardian's already: with a process, held or waiting.
+    pub fn knows(&self, id: i64) -> bool {
+        let t = self.lock();
+        t.running.contains_key(&id) || t.held.contains(&id) || t.waiting.iter().any(|r| r.id == id)
+    }
+
     /// Run `id` is this guardian's without a process (claimed, or its result pending).
     pub fn hold(&self, id: i64) {
         self.lock().held.insert(id);

@@ -271,6 +271,21 @@ impl Dispatcher {
             claimed = db::within(pool, limit, "the claim", claim)
                 .await
                 .inspect_err(|_| metrics::claim_error())?;
+            // A run this guardian has already, claimed again: the database lost its claim (a
+            // failover that lost the last commits put it back to pending) while its process
+            // runs here or its result is being written. What has it keeps it (its end is
+            // recorded on the row, running here again); a second process would run it twice.
+            claimed.retain(|run| {
+                let known = self.shared.runs.knows(run.id);
+                if known {
+                    tracing::warn!(
+                        job = %run.job_name,
+                        run_id = run.id,
+                        "run claimed again while this guardian still has it (the database had lost its claim, as a failover that loses the last commits does): no second process starts; the one that has it records its end"
+                    );
+                }
+                !known
+            });
             progress |= claimed.len() == free;
         }
         // Waiting runs already count against capacity: admitted again on every pass, even

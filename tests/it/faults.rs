@@ -433,3 +433,64 @@ async fn a_guardian_cut_off_from_the_database_fences_its_lost_run_when_it_comes_
         "fencing took {fenced_in:?} after the partition healed"
     );
 }
+
+/// A run whose claim the database lost while its process runs here (a failover that lost
+/// the last commits: the row is `pending` again) and that the same guardian claims again
+/// does not start a second process: the process that has it keeps it, and its end is
+/// recorded on the row, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_claimed_again_while_its_process_runs_here_does_not_run_twice() {
+    let (db, client) = migrated_db().await;
+    let dir = shared_dir();
+    // A long beat: the heartbeat would otherwise fence the process in the moment the row is
+    // pending (a different story, told by the failover tests).
+    let mut g = Guardian::start(
+        &db,
+        "g1",
+        "listen = false\npoll_interval = \"100ms\"\nheartbeat_interval = \"20s\"\nlease = \"60s\"",
+    );
+    let d = dir.path().display();
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('long', $1)",
+            &[&format!(
+                "echo $$ >> {d}/starts; until [ -e {d}/go ]; do sleep 0.05; done"
+            )],
+        )
+        .await
+        .unwrap();
+    let id = trigger(&client, "long").await;
+    wait_started(&client, id).await;
+    let starts = || {
+        std::fs::read_to_string(dir.path().join("starts"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_for("the job's process to start", LONG, || starts() == 1).await;
+    // The row as a primary that lost the claim's commit has it.
+    client
+        .execute(
+            "UPDATE sisy.runs SET state = 'pending', host = NULL, claimed_at = NULL,
+                    started_at = NULL, heartbeat_at = NULL WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    wait_for("the run claimed again, or a second process", LONG, || {
+        starts() > 1
+            || g.log()
+                .contains("run claimed again while this guardian still has it")
+    })
+    .await;
+    let state: String = client
+        .query_one("SELECT state FROM sisy.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "running");
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    assert_eq!(wait_finished(&client, id, LONG).await, "succeeded");
+    assert_eq!(starts(), 1, "the job's process started twice");
+    g.stop();
+}
