@@ -8,6 +8,7 @@ pub mod q {
     pub const JOBS_UNSEEN: &str = include_str!("../../sql/queries/jobs_unseen.sql");
     pub const JOBS_DUE: &str = include_str!("../../sql/queries/jobs_due.sql");
     pub const JOBS_SET_NEXT_DUE: &str = include_str!("../../sql/queries/jobs_set_next_due.sql");
+    pub const JOBS_SEED: &str = include_str!("../../sql/queries/jobs_seed.sql");
     pub const JOBS_LOCK_FOR_ADMISSION: &str =
         include_str!("../../sql/queries/jobs_lock_for_admission.sql");
     pub const JOBS_LOCK_FOR_OWN_ADMISSION: &str =

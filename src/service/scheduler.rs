@@ -154,7 +154,7 @@ impl Scheduler {
             }
         }
         if !ids.is_empty() {
-            db::execute(&tx, q::JOBS_SET_NEXT_DUE, &[&ids, &next, &errors]).await?;
+            db::execute(&tx, q::JOBS_SEED, &[&ids, &next, &errors]).await?;
         }
         tx.commit().await?;
         client.release();

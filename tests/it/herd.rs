@@ -553,3 +553,58 @@ async fn guardians_started_together_beat_at_their_own_place_in_the_interval() {
         g.stop();
     }
 }
+
+/// With LISTEN, the guardian acting for a pool sleeps until what it knew was due: a new job
+/// of its pool seeded by another guardian (any guardian seeds any pool) must wake it, or the
+/// job's first occurrences wait for its safety poll (30 s). Here the only guardian serves
+/// pool `a`; a job of pool `b` it seeds wakes pool `b` (`sisy_wakeup`, payload `b`) once it
+/// has a next_due, after the insert's own wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_seeded_by_another_guardian_wakes_its_pool() {
+    use futures_util::StreamExt;
+    let (db, client) = migrated_db().await;
+    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN sisy_wakeup").await.unwrap();
+    let mut g = Guardian::start(&db, "g1", "pools = [\"a\"]");
+    settled(&client, 1).await;
+    client
+        .batch_execute(
+            "INSERT INTO sisy.jobs (name, command, pool, schedule) VALUES ('elsewhere', 'true', 'b', '0 0 1 1 *');
+             INSERT INTO sisy.jobs (name, command, pool, schedule) VALUES ('here', 'true', 'a', '0 0 1 1 *');",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        &client,
+        "the job of pool b seeded",
+        LONG,
+        || {
+            "SELECT count(*) FROM sisy.jobs WHERE name = 'elsewhere' AND next_due IS NOT NULL"
+                .into()
+        },
+        |v: i64| v == 1,
+    )
+    .await;
+    let mut b = 0;
+    while b < 2 {
+        let payload = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("pool b woken again once its job had a next_due")
+            .expect("the listener is alive");
+        if payload == "b" {
+            b += 1;
+        }
+    }
+    g.stop();
+}
