@@ -1,14 +1,15 @@
 //! The history scenario's measuring: one window of the running load (statements, latency,
-//! the table's size and counters, pruning, the claim's plan) and the table's figures.
-//! Does not own the procedure or the targets (`history.rs`).
+//! the table's size and counters, pruning, the claim's plan), the table's figures, and the
+//! autovacuums of `sisy.runs` the server logged. Does not own the procedure or the targets
+//! (`history.rs`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use super::{Instant_, RETENTION_SECS, WINDOW};
+use super::{Instant_, RETENTION_SECS};
 use crate::harness::{self, Cluster, Db, distribution, round};
 use crate::util::Guardian;
 
@@ -30,12 +31,67 @@ pub struct Window {
     slowest: Value,
     /// The housekeeping passes that ended in the window, from the guardians' logs.
     passes: Value,
+    /// What ended the window, and how many autovacuums of `sisy.runs` ended in it.
+    ended_by: Value,
+}
+
+/// When a window ends.
+pub enum Until {
+    /// After this long.
+    Elapsed(Duration),
+    /// Once autovacuum has ended this many more vacuums of `sisy.runs` (its
+    /// `autovacuum_count` in `pg_stat_user_tables`), or at the bound, whichever comes first.
+    Autovacuums(i64, Duration),
+}
+
+impl Until {
+    async fn wait(&self, client: &Client) -> Result<Value> {
+        match *self {
+            Until::Elapsed(d) => {
+                tokio::time::sleep(d).await;
+                Ok(json!({"elapsed_s": d.as_secs()}))
+            }
+            Until::Autovacuums(n, bound) => {
+                let began = Instant::now();
+                let first = autovacuum_count(client).await?;
+                loop {
+                    let now = autovacuum_count(client).await?;
+                    if now >= first + n || began.elapsed() >= bound {
+                        return Ok(json!({
+                            "autovacuums_wanted": n,
+                            "autovacuums_ended": now - first,
+                            "bound_s": bound.as_secs(),
+                            "bound_reached": now < first + n,
+                        }));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// How many autovacuums of `sisy.runs` have ended (statistics are read afresh: each
+/// statement is its own transaction).
+pub async fn autovacuum_count(client: &Client) -> Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = 'sisy.runs'::regclass",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 impl Window {
     pub fn mean_ms(&self, name: &str) -> f64 {
         let s = self.statements.get(name);
         s.ms / s.calls.max(1) as f64
+    }
+
+    pub fn buffers_per_call(&self, name: &str) -> f64 {
+        let s = self.statements.get(name);
+        s.blocks as f64 / s.calls.max(1) as f64
     }
 
     pub fn table_delta(&self, key: &str) -> f64 {
@@ -56,6 +112,7 @@ impl Window {
         let inserted = self.table_delta("n_tup_ins");
         json!({
             "window_s": round(self.window_s, 1),
+            "ended_by": self.ended_by,
             "runs_per_s": round(self.runs_per_s, 1),
             "dispatch_latency": self.latency,
             "dispatch_by_10s": self.slices,
@@ -79,12 +136,17 @@ impl Window {
     }
 }
 
-pub async fn window(cluster: &Cluster, db: &Db, guardians: &[Guardian]) -> Result<Window> {
+pub async fn window(
+    cluster: &Cluster,
+    db: &Db,
+    guardians: &[Guardian],
+    until: Until,
+) -> Result<Window> {
     let over_retention_before = over_retention(&db.client).await?;
     let table_before = sizes(&db.client).await?;
     cluster.reset_statements(db).await?;
     let start: Instant_ = db.client.query_one("SELECT now()", &[]).await?.get(0);
-    tokio::time::sleep(WINDOW).await;
+    let ended_by = until.wait(&db.client).await?;
     let end: Instant_ = db.client.query_one("SELECT now()", &[]).await?.get(0);
     let statements = cluster.statements(db).await?;
     let prune = prune_statements(cluster, db).await?;
@@ -165,6 +227,7 @@ pub async fn window(cluster: &Cluster, db: &Db, guardians: &[Guardian]) -> Resul
         slices: json!(slices),
         slowest: json!(slowest),
         passes,
+        ended_by,
     })
 }
 
@@ -300,4 +363,47 @@ pub async fn explain_claim(client: &Client) -> Result<Value> {
     client.batch_execute("ROLLBACK").await?;
     let lines: Vec<String> = rows?.iter().map(|r| r.get(0)).collect();
     Ok(json!(lines))
+}
+
+/// The autovacuums of `sisy.runs` in database `dbname` that the server logged (the scenario
+/// sets `log_autovacuum_min_duration = 0` on the table), in order: when each ended, its
+/// index scans (0 when bypassed), the line saying why the index pass ran or was bypassed,
+/// what `runs_pending_due` had, buffers, and its duration.
+pub fn autovacuums(log_path: &std::path::Path, dbname: &str) -> Vec<Value> {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    // `LOG:`: the same words open the context of a cancelled autovacuum's error.
+    let head = format!("LOG:  automatic vacuum of table \"{dbname}.sisy.runs\"");
+    let mut found = Vec::new();
+    let mut lines = log.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(at) = line.find(&head) else {
+            continue;
+        };
+        // The message's other lines start with a tab.
+        let mut body = vec![line[at + "LOG:  ".len()..].to_string()];
+        while let Some(next) = lines.peek() {
+            if !next.starts_with('\t') {
+                break;
+            }
+            body.push(next.trim().to_string());
+            lines.next();
+        }
+        let find = |prefix: &str| body.iter().find(|l| l.starts_with(prefix)).cloned();
+        let elapsed = body
+            .iter()
+            .find_map(|l| l.split("elapsed: ").nth(1))
+            .and_then(|t| t.trim_end_matches(" s").trim().parse::<f64>().ok());
+        found.push(json!({
+            // The log line's prefix (`%m`): the end of the vacuum.
+            "ended": line.get(..23),
+            "elapsed_s": elapsed,
+            "index_scans": body[0].split("index scans: ").nth(1),
+            "heap_pages": find("pages:"),
+            "tuples": find("tuples:"),
+            "index_pass": find("index scan"),
+            "runs_pending_due": find("index \"runs_pending_due\""),
+            "buffer_usage": find("buffer usage:"),
+        }));
+    }
+    found
 }
