@@ -139,6 +139,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pooled_plans",
         sql: include_str!("../sql/migrations/0016_pooled_plans.sql"),
     },
+    Migration {
+        version: 17,
+        name: "runs_autovacuum",
+        sql: include_str!("../sql/migrations/0017_runs_autovacuum.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench sisy` runs every scenario; `cargo bench --bench sisy -- latency idle`
 //! runs the ones named (latency, throughput, scale, idle, control, flows, fanout, failover,
-//! fleet; fleet, some 25 minutes, only when named). It starts its own
+//! fleet, history; fleet, some 25 minutes, and history, some 7 minutes and 10 million
+//! runs, only when named). It starts its own
 //! throwaway PostgreSQL (the integration tests' `pg.rs`, with production-like settings and
 //! TCP on 127.0.0.1), real release-built `sisy guardian` processes (the tests' `util.rs`)
 //! and real jobs, and prints one JSON document on stdout: the conditions (cores, PostgreSQL
@@ -27,6 +28,7 @@ mod fanout;
 mod fleet;
 mod flows;
 mod harness;
+mod history;
 mod idle;
 mod latency;
 mod scale;
@@ -46,10 +48,11 @@ const SCENARIOS: &[&str] = &[
     "fanout",
     "fleet",
     "failover",
+    "history",
 ];
 
-/// Run only when named: it takes some 25 minutes.
-const ON_REQUEST: &[&str] = &["fleet"];
+/// Run only when named: fleet takes some 25 minutes, history some 7 and 10 million rows.
+const ON_REQUEST: &[&str] = &["fleet", "history"];
 
 #[tokio::main]
 async fn main() {
@@ -108,6 +111,7 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
             "fanout" => fanout::run(&cluster).await?,
             "fleet" => fleet::run(&cluster).await?,
             "failover" => failover::run(&cluster).await?,
+            "history" => history::run(&cluster).await?,
             _ => unreachable!("checked in main"),
         };
         // Other work on this machine (builds, tests) takes CPU from the benchmark.

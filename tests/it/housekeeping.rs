@@ -1,8 +1,10 @@
 //! Housekeeping against a real database: old finished runs go, in batches; nothing else does.
+//! And autovacuum (migration 0017) keeps the dead entries runs leave in the indexes in check.
 
 use std::time::Duration;
 
-use crate::util::migrated_db;
+use crate::pg;
+use crate::util::{migrated_db, migrated_db_on, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_older_than_the_retention_is_deleted_in_batches() {
@@ -75,5 +77,101 @@ async fn housekeeping_declares_lost_a_running_run_whose_host_has_no_row() {
     assert!(
         error.contains("'ghost'") && error.contains("no row"),
         "{error}"
+    );
+}
+
+/// Migration 0017: sisy.runs is vacuumed after a fixed number of dead versions, and always
+/// with its indexes (no "bypass" when few heap pages hold dead items).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_vacuumed_by_dead_versions_and_with_their_indexes() {
+    let (_db, client) = migrated_db().await;
+    let options: Vec<String> = client
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE oid = 'sisy.runs'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for expected in [
+        "autovacuum_vacuum_scale_factor=0",
+        "autovacuum_vacuum_threshold=10000",
+        "vacuum_index_cleanup=on",
+    ] {
+        assert!(
+            options.iter().any(|o| o == expected),
+            "{expected} not in {options:?}"
+        );
+    }
+}
+
+/// What 0017 is for: a large history whose default autovacuum threshold (20 % of the table)
+/// is far away still has the dead entries that finished runs leave in runs_pending_due
+/// removed by autovacuum, so the claim does not walk them. 250,000 finished runs put the
+/// default threshold at 50,050 dead versions; 20,000 runs that went through pending and
+/// running leave 40,000 and fill some hundred leaf pages of runs_pending_due with dead
+/// entries. Without the migration autovacuum would not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autovacuum_cleans_the_pending_index_of_a_large_history() {
+    // Autovacuum looks at each database once per naptime: one second here, one minute by
+    // default.
+    let server = pg::Server::start_private_with(&["autovacuum=on", "autovacuum_naptime=1"]);
+    let (_db, client) = migrated_db_on(&server).await;
+    // Off while the history is loaded, so that the insert-driven vacuum a load brings does
+    // not count; the manual VACUUM below resets what autovacuum counts.
+    client
+        .batch_execute(
+            "CREATE EXTENSION pgstattuple;
+             ALTER TABLE sisy.runs SET (autovacuum_enabled = false);
+             INSERT INTO sisy.jobs (name, command) VALUES ('j', 'true');
+             INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline, state, finished_at)
+             SELECT 1, 'j', 'default', now() - make_interval(secs => i), 'schedule',
+                    now() - make_interval(secs => i), now(), 'succeeded', now()
+               FROM generate_series(100001, 350000) i;",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("VACUUM ANALYZE sisy.runs")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline)
+             SELECT 1, 'j', 'default', now() - make_interval(secs => i), 'schedule',
+                    now() - make_interval(secs => i), now() + interval '1 hour'
+               FROM generate_series(1, 20000) i;
+             UPDATE sisy.runs SET state = 'running', host = 'h', claimed_at = now(),
+                    started_at = now(), heartbeat_at = now(), pid = 1
+              WHERE state = 'pending';
+             UPDATE sisy.runs SET state = 'succeeded', exit_code = 0, finished_at = now()
+              WHERE state = 'running';",
+        )
+        .await
+        .unwrap();
+    // Leaf pages in use, read without touching the heap (an index scan would prune what it
+    // visits and so lower the dead count autovacuum goes by).
+    let leaf_pages = "SELECT leaf_pages FROM pgstatindex('sisy.runs_pending_due')";
+    let before: i64 = client.query_one(leaf_pages, &[]).await.unwrap().get(0);
+    assert!(before >= 50, "the churn filled {before} leaf pages");
+    client
+        .batch_execute("ALTER TABLE sisy.runs RESET (autovacuum_enabled)")
+        .await
+        .unwrap();
+    wait_until(
+        &client,
+        "autovacuum of sisy.runs",
+        Duration::from_secs(60),
+        || {
+            "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = 'sisy.runs'::regclass"
+                .into()
+        },
+        |n: i64| n >= 1,
+    )
+    .await;
+    let after: i64 = client.query_one(leaf_pages, &[]).await.unwrap().get(0);
+    assert!(
+        after <= 2,
+        "runs_pending_due still has {after} leaf pages (of {before}) after autovacuum"
     );
 }
