@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::pg;
 use crate::util::{
-    Guardian, fleet, migrated_db, migrated_db_on, shared_dir, until_file, wait_until,
+    Guardian, Listener, fleet, migrated_db, migrated_db_on, shared_dir, until_file, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -561,21 +561,8 @@ async fn guardians_started_together_beat_at_their_own_place_in_the_interval() {
 /// has a next_due, after the insert's own wake-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_seeded_by_another_guardian_wakes_its_pool() {
-    use futures_util::StreamExt;
     let (db, client) = migrated_db().await;
-    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    listener.batch_execute("LISTEN sisy_wakeup").await.unwrap();
+    let mut wakeups = Listener::start(&db, "sisy_wakeup").await;
     let mut g = Guardian::start(&db, "g1", "pools = [\"a\"]");
     settled(&client, 1).await;
     client
@@ -598,10 +585,12 @@ async fn a_job_seeded_by_another_guardian_wakes_its_pool() {
     .await;
     let mut b = 0;
     while b < 2 {
-        let payload = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("pool b woken again once its job had a next_due")
-            .expect("the listener is alive");
+        let payload = wakeups
+            .next(
+                Duration::from_secs(10),
+                "pool b woken again once its job had a next_due",
+            )
+            .await;
         if payload == "b" {
             b += 1;
         }

@@ -623,3 +623,45 @@ impl Drop for Proxy {
         self.cut();
     }
 }
+
+/// A connection of its own that listens on a channel: the payloads of its notifications, in
+/// the order the server sent them.
+pub struct Listener {
+    /// Kept: the connection ends with its client.
+    _client: Client,
+    payloads: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    pub async fn start(db: &TestDb, channel: &str) -> Listener {
+        use futures_util::StreamExt;
+        let (client, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tx, payloads) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {channel}"))
+            .await
+            .unwrap();
+        Listener {
+            _client: client,
+            payloads,
+        }
+    }
+
+    /// The next payload, within `limit`; panics saying `what` was awaited.
+    pub async fn next(&mut self, limit: Duration, what: &str) -> String {
+        tokio::time::timeout(limit, self.payloads.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} within {limit:?}"))
+            .expect("the listening connection is alive")
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{exec, flow_state};
-use crate::util::{Guardian, migrated_db, wait_until};
+use crate::util::{Guardian, Listener, migrated_db, wait_until};
 
 /// The scheduler's one statement (runs_insert.sql) with a coalesced `expired` row for missed
 /// occurrences and the next occurrence, `pending`, of a flow's root (overlap = 'forbid'): the
@@ -112,21 +112,8 @@ async fn a_scheduled_root_opens_one_flow_run_per_occurrence() {
 /// sees it `running` (an alert on "flow started" would fire for a flow that never ran).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_run_skipped_by_overlap_is_published_once_as_skipped() {
-    use futures_util::StreamExt;
     let (db, client) = migrated_db().await;
-    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
-                let _ = tx.send(serde_json::from_str::<serde_json::Value>(n.payload()).unwrap());
-            }
-        }
-    });
-    listener.batch_execute("LISTEN sisy_events").await.unwrap();
+    let mut listener = Listener::start(&db, "sisy_events").await;
     exec(
         &client,
         "INSERT INTO sisy.jobs (name, command) VALUES ('a', 'true'), ('b', 'true');
@@ -144,10 +131,8 @@ async fn a_flow_run_skipped_by_overlap_is_published_once_as_skipped() {
     .await;
     let mut events = Vec::new();
     loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("the marker within 10 s")
-            .unwrap();
+        let e = listener.next(Duration::from_secs(10), "the marker").await;
+        let e: serde_json::Value = serde_json::from_str(&e).unwrap();
         if e.get("marker").is_some() {
             break;
         }
@@ -167,5 +152,4 @@ async fn a_flow_run_skipped_by_overlap_is_published_once_as_skipped() {
             (Value::from(second), Value::Null, Value::from("skipped")),
         ]
     );
-    drop(listener);
 }
