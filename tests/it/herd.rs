@@ -10,7 +10,8 @@ use tokio_postgres::Client;
 
 use crate::pg;
 use crate::util::{
-    Guardian, Listener, fleet, migrated_db, migrated_db_on, shared_dir, until_file, wait_until,
+    Guardian, Listener, fleet, migrated_db, migrated_db_on, shared_dir, until_file, wait_finished,
+    wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -596,4 +597,40 @@ async fn a_job_seeded_by_another_guardian_wakes_its_pool() {
         }
     }
     g.stop();
+}
+
+/// The per-host lock of a host's own runs still applies the job's overlap rules: a run of an
+/// `all` job with `overlap = 'forbid'` on this host while its previous one still runs here is
+/// skipped, naming the run that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_own_run_is_skipped_while_its_previous_one_runs_there() {
+    let (db, client) = migrated_db().await;
+    let dir = shared_dir();
+    let mut guardians = fleet(&db, &client, 1, "listen = false\npoll_interval = \"100ms\"").await;
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, target, overlap) VALUES ('long', $1, 'all', 'forbid')",
+            &[&until_file(&dir.path().join("go"))],
+        )
+        .await
+        .unwrap();
+    let insert = "INSERT INTO sisy.runs (job_id, job_name, pool, scheduled_for, reason, due_at, deadline, target_host)
+                  SELECT id, name, 'default', now(), 'manual', now(), now() + interval '1 hour', 'g1'
+                    FROM sisy.jobs WHERE name = 'long' RETURNING id";
+    let first: i64 = client.query_one(insert, &[]).await.unwrap().get(0);
+    wait_started(&client, first).await;
+    let second: i64 = client.query_one(insert, &[]).await.unwrap().get(0);
+    let state = wait_finished(&client, second, LONG).await;
+    assert_eq!(state, "skipped");
+    let error: String = client
+        .query_one("SELECT error FROM sisy.runs WHERE id = $1", &[&second])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains(&format!("run {first}")), "{error}");
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    assert_eq!(wait_finished(&client, first, LONG).await, "succeeded");
+    for g in &mut guardians {
+        g.stop();
+    }
 }
