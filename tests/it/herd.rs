@@ -501,6 +501,8 @@ async fn runs_of_an_all_occurrence_start_while_another_admission_holds_the_job()
 async fn guardians_started_together_beat_at_their_own_place_in_the_interval() {
     const N: usize = 8;
     let (db, client) = migrated_db().await;
+    // Before the guardians start: no host can have beaten more than once a second since.
+    let started = Instant::now();
     let mut guardians = fleet(
         &db,
         &client,
@@ -544,6 +546,13 @@ async fn guardians_started_together_beat_at_their_own_place_in_the_interval() {
         if counts.iter().all(|&c| c >= 2) {
             break;
         }
+        // And no more often than the interval: a beat at every look would be "at its place"
+        // too.
+        let most = started.elapsed().as_secs() as usize + 2;
+        assert!(
+            seen.iter().all(|beats| beats.len() <= most),
+            "more beats than one a second: {seen:?}"
+        );
         assert!(
             began.elapsed() < Duration::from_secs(20),
             "beats at each host's place in the interval, by host: {counts:?} (beats seen: {seen:?})"
