@@ -416,6 +416,17 @@ async fn a_bad_pool_lease_row_does_not_stop_the_pool() {
         .await
         .unwrap();
     leader(&client).await;
+    // Scheduling under way before any row is damaged: without LISTEN (and a poll of an hour)
+    // the new job is first seen at a guardian's safety poll, up to 30 s after its insert,
+    // which is no lease row's doing.
+    ticks_after(
+        &client,
+        "scheduled runs before the lease row is damaged",
+        "-infinity",
+        1,
+        LONG,
+    )
+    .await;
     for row in [
         // A live host that does not serve the pool, for ever.
         "'intruder', 'infinity'",
