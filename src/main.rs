@@ -1,7 +1,7 @@
 //! The `sisy` binary: parses arguments, sets up logging and signals, and calls the library.
 //! Only `sisy guardian` (and the hidden benchmark tool `__fleet`, see `cli/fleet.rs`) handles signals (SIGTERM/SIGINT: graceful shutdown, SIGHUP: reload);
 //! the other commands die of them as any command-line tool does.
-//! The hidden `__run-shim` subcommand (the per-run process the guardian starts, see
+//! The hidden `__run-shim` subcommand (the shim spawner the guardian starts, see
 //! `sisyphus::run::shim`) is dispatched before anything else: it must stay single-threaded and
 //! start no runtime.
 

@@ -406,6 +406,34 @@ pub fn memory_kib(pid: i32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The shim spawners (`sisy __run-shim`) whose parent is one of `guardians`: each guardian
+/// starts its own at its first run.
+pub fn spawners_of(guardians: &[i32]) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|pid| {
+            proc_stat(*pid).is_some_and(|s| guardians.contains(&s.ppid))
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == b"__run-shim")
+        })
+        .collect()
+}
+
+/// CPU of this process's reaped children (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 pub fn cpu_of(pids: &[i32]) -> Duration {
     pids.iter()
         .filter_map(|p| proc_stat(*p))

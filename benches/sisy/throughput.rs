@@ -27,15 +27,19 @@ pub async fn run(cluster: &Cluster) -> Result<Value> {
     let parallelism = GUARDIANS * CAPACITY;
     progress("throughput: raw spawn rate of /bin/sh -c true");
     let (busy0, own0) = (harness::machine_busy(), harness::own_cpu());
+    let children0 = harness::children_cpu();
     let began = Instant::now();
     let raw = raw_spawn_rate(parallelism, RUNS as usize);
+    // What one `/bin/sh -c true` costs itself (the child side of a spawn): the job's share of
+    // a run, against which the shims' share is told apart below.
+    let shell = (harness::children_cpu() - children0) / RUNS as u32;
     let others = (harness::machine_busy() - busy0).saturating_sub(harness::own_cpu() - own0);
     let raw_others_pct = round(
         others.as_secs_f64() / began.elapsed().as_secs_f64() * 100.0,
         0,
     );
     progress("throughput: sisy end to end");
-    let sisy = end_to_end(cluster).await?;
+    let sisy = end_to_end(cluster, shell).await?;
     let rate = sisy["runs_per_s"].as_f64().unwrap_or(0.0);
     let ratio = rate / raw;
     Ok(json!({
@@ -44,6 +48,7 @@ pub async fn run(cluster: &Cluster) -> Result<Value> {
         "parallelism": parallelism,
         "runs": RUNS,
         "raw_spawn_per_s": round(raw, 0),
+        "raw_shell_cpu_us": round(shell.as_secs_f64() * 1e6, 0),
         "raw_other_processes_cpu_pct": raw_others_pct,
         "sisy": sisy,
         "ratio": round(ratio, 3),
@@ -77,7 +82,8 @@ fn raw_spawn_rate(parallelism: usize, total: usize) -> f64 {
     total as f64 / began.elapsed().as_secs_f64()
 }
 
-async fn end_to_end(cluster: &Cluster) -> Result<Value> {
+/// `shell`: the CPU of one `/bin/sh -c true` of the raw measurement (the job's own share).
+async fn end_to_end(cluster: &Cluster, shell: Duration) -> Result<Value> {
     let db = cluster.database().await?;
     let guardians = harness::fleet(
         &db,
@@ -125,8 +131,13 @@ async fn end_to_end(cluster: &Cluster) -> Result<Value> {
     )
     .await?;
     let (g1, jobs1) = stat(&pids);
+    // The spawners start at the first run, so all of theirs is in the window: their own CPU
+    // (a fork per run) and their reaped children's (each run's shim and the job's shell).
+    let spawners = harness::spawners_of(&pids);
+    let (spawner, shims_and_jobs) = stat(&spawners);
     let pg = cluster.postgres_cpu() - pg0;
-    let ours = (g1 - g0) + (jobs1 - jobs0) + pg + (harness::own_cpu() - own0);
+    let ours =
+        (g1 - g0) + (jobs1 - jobs0) + spawner + shims_and_jobs + pg + (harness::own_cpu() - own0);
     let others = (harness::machine_busy() - busy0).saturating_sub(ours);
     let others_pct = round(
         others.as_secs_f64() / window.elapsed().as_secs_f64() * 100.0,
@@ -153,8 +164,14 @@ async fn end_to_end(cluster: &Cluster) -> Result<Value> {
         "drain_s": round(span, 2),
         "cpu_us_per_run": {
             "guardians": per_run_us(g1 - g0),
-            "jobs": per_run_us(jobs1 - jobs0),
+            "spawners": per_run_us(spawner),
+            // The guardians' other reaped children (none unless a spawner was restarted).
+            "guardians_children": per_run_us(jobs1 - jobs0),
+            "shims_and_jobs": per_run_us(shims_and_jobs),
+            "job_shell_as_raw": per_run_us(shell * RUNS as u32),
+            "shims_estimated": per_run_us(shims_and_jobs.saturating_sub(shell * RUNS as u32)),
             "postgres": per_run_us(pg),
+            "total": per_run_us(ours - (harness::own_cpu() - own0)),
         },
         "other_processes_cpu_pct": others_pct,
         "statements_per_run": round(statements.total().calls as f64 / RUNS as f64, 2),

@@ -71,7 +71,8 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
     let pid = match shim.reports.next().await {
         Some(Report::Started(pid)) => pid,
         other => {
-            let _ = shim.child.wait().await;
+            // The shim exits after an error: its reports end.
+            while shim.reports.next().await.is_some() {}
             output.abort();
             return start_failed(match other {
                 Some(Report::Error(e)) => e,
@@ -91,13 +92,13 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
         ..Outcome::default()
     };
     let timeout_at = spec.max_runtime.map(|d| began + d);
-    let (mut reports_open, mut stop_open, mut lease_open) = (true, true, true);
-    let status = loop {
+    let (mut stop_open, mut lease_open) = (true, true);
+    loop {
         tokio::select! {
-            status = shim.child.wait() => break status,
-            report = shim.reports.next(), if reports_open => match report {
+            // The shim's report pipe ends when the shim has exited (it is not inherited).
+            report = shim.reports.next() => match report {
                 Some(report) => note(&mut outcome, &spec, report),
-                None => reports_open = false,
+                None => break,
             },
             _ = sleep_until(timeout_at.unwrap_or(began)), if timeout_at.is_some() && !outcome.timed_out && outcome.stopped.is_none() => {
                 outcome.timed_out = true;
@@ -121,22 +122,12 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
                 Err(_) => lease_open = false,
             },
         }
-    };
-    // The shim closes its end when it exits: the last reports are there to read.
-    while reports_open {
-        match tokio::time::timeout(Duration::from_secs(2), shim.reports.next()).await {
-            Ok(Some(report)) => note(&mut outcome, &spec, report),
-            Ok(None) | Err(_) => reports_open = false,
-        }
     }
     if outcome.exit_code.is_none() && outcome.signal.is_none() {
-        let how = match status {
-            Ok(s) => s.to_string(),
-            Err(e) => e.to_string(),
-        };
-        outcome.start_error = Some(format!(
-            "lost track of the job: its run shim ended ({how}) before the job did; the job's processes were killed"
-        ));
+        outcome.start_error = Some(
+            "lost track of the job: its run shim ended before the job did; the job's processes were killed"
+                .into(),
+        );
     }
     // Normally the shim left nothing behind; if it was killed itself, this cleans up.
     reap_group(pgid, spec.kill_grace).await;

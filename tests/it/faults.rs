@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::util::{
-    Guardian, ProcessSampler, Proxy, fleet, migrated_db, process_gone, processes_with_env,
-    shared_dir, shims_of, trigger, wait_finished, wait_for, wait_started, wait_until,
+    Guardian, ProcessSampler, Proxy, fleet, migrated_db, parent_of, process_gone,
+    processes_with_env, shared_dir, shims_of, spawner_of, trigger, until_file, wait_finished,
+    wait_for, wait_started, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -61,8 +62,16 @@ async fn a_guardian_killed_with_sigkill_leaves_no_job_process_behind() {
     let id = start_stubborn(&client, dir.path(), &tag).await;
     let pids = pids_in(dir.path());
 
+    let guardian = g.pid().expect("the guardian runs");
+    let spawner = spawner_of(guardian).expect("the guardian's shim spawner runs");
     let killed = Instant::now();
     g.kill();
+    wait_for(
+        "the shim spawner to end with its guardian",
+        Duration::from_secs(20),
+        || process_gone(spawner),
+    )
+    .await;
     wait_for(
         "every process of the job to die with its guardian",
         Duration::from_secs(20),
@@ -493,4 +502,46 @@ async fn a_run_claimed_again_while_its_process_runs_here_does_not_run_twice() {
     assert_eq!(wait_finished(&client, id, LONG).await, "succeeded");
     assert_eq!(starts(), 1, "the job's process started twice");
     g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_shim_spawner_loses_no_run() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "");
+    let dir = shared_dir();
+    let flag = dir.path().join("go");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('waits', $1), ('quick', 'echo again')",
+            &[&until_file(&flag)],
+        )
+        .await
+        .unwrap();
+    let id = trigger(&client, "waits").await;
+    let shell = wait_started(&client, id).await;
+    let guardian = g.pid().expect("the guardian runs");
+    let spawner = spawner_of(guardian).expect("the guardian's shim spawner runs");
+    assert_ne!(
+        parent_of(shell),
+        Some(guardian),
+        "the shell's parent is its shim, not the guardian"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawner), Signal::SIGKILL).unwrap();
+    wait_for("the spawner to be gone", LONG, || process_gone(spawner)).await;
+    // The run's shim and job go on: the spawner holds nothing of a run once it has forked.
+    assert!(!process_gone(shell), "the job died with the spawner");
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(wait_finished(&client, id, LONG).await, "succeeded");
+    // The next run gets a new spawner.
+    let next = trigger(&client, "quick").await;
+    assert_eq!(wait_finished(&client, next, LONG).await, "succeeded");
+    let output: String = client
+        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&next])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(output, "again\n");
+    let again = spawner_of(guardian).expect("a new spawner runs");
+    assert_ne!(again, spawner);
+    assert!(g.log().contains("spawner"), "{}", g.log());
 }

@@ -205,3 +205,32 @@ async fn a_workdir_is_judged_as_the_jobs_user_not_as_root() {
         errors[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_holds_no_descriptor_but_its_stdin_stdout_and_stderr() {
+    let (db, client) = migrated_db().await;
+    let _g = Guardian::start(&db, "g1", "");
+    let dir = crate::util::shared_dir();
+    let flag = dir.path().join("go");
+    // Another run holds its pipes while this one starts: none of them may reach this job.
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('other', $1),
+                    ('fds', 'ls /proc/$$/fd | sort -n | tr ''\\n'' '' ''')",
+            &[&crate::util::until_file(&flag)],
+        )
+        .await
+        .unwrap();
+    let other = trigger(&client, "other").await;
+    crate::util::wait_started(&client, other).await;
+    let id = trigger(&client, "fds").await;
+    let state = crate::util::wait_finished(&client, id, Duration::from_secs(60)).await;
+    let output: String = client
+        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((state.as_str(), output.as_str()), ("succeeded", "0 1 2 "));
+    std::fs::write(&flag, "").unwrap();
+    crate::util::wait_finished(&client, other, Duration::from_secs(60)).await;
+}

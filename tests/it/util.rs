@@ -379,21 +379,36 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<(i32, Option<i64>)> {
         .collect()
 }
 
-/// The live run shims (`sisy __run-shim`) whose parent is the guardian process `guardian`.
+/// The shim spawner of the guardian process `guardian` (a `sisy __run-shim` process whose
+/// parent is the guardian; it starts at the guardian's first run).
+pub fn spawner_of(guardian: i32) -> Option<i32> {
+    pids().into_iter().find(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim")
+            && parent_of(*pid) == Some(guardian)
+            && !process_gone(*pid)
+    })
+}
+
+/// The live run shims of the guardian process `guardian`: the children of its shim spawner
+/// (both are `sisy __run-shim` processes; the spawner's parent is the guardian).
 pub fn shims_of(guardian: i32) -> Vec<i32> {
-    pids()
+    let shim_processes: Vec<i32> = pids()
         .into_iter()
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim")
-                && parent_of(*pid) == Some(guardian)
-                && !process_gone(*pid)
+            cmdline.split(|b| *b == 0).any(|arg| arg == b"__run-shim") && !process_gone(*pid)
         })
+        .collect();
+    let spawners: Vec<i32> = spawner_of(guardian).into_iter().collect();
+    shim_processes
+        .into_iter()
+        .filter(|pid| parent_of(*pid).is_some_and(|p| spawners.contains(&p)))
         .collect()
 }
 
 /// The parent pid of `pid`, from /proc.
-fn parent_of(pid: i32) -> Option<i32> {
+pub fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
         .1

@@ -1,7 +1,8 @@
-//! The guardian's side of the run shim: starting it from the long-lived spawner thread
-//! (PR_SET_PDEATHSIG follows the thread that forked, so that thread must live as long as
-//! the guardian) with an empty environment and the job on a memfd, then its control pipe
-//! (`lease`, `term`, `kill`) and its reports. Does not decide when to stop a job
+//! The guardian's side of the run shim: the shim spawner (started once from the long-lived
+//! spawner thread, since PR_SET_PDEATHSIG follows the thread that forked, so that thread must
+//! live as long as the guardian; started again if it has died), each run's message to it
+//! (the shim's arguments, the job on a memfd, control and report pipes), then the control
+//! pipe (`lease`, `term`, `kill`) and the reports. Does not decide when to stop a job
 //! (supervisor) nor what the shim does with a request (`process`).
 
 use std::io;
@@ -12,15 +13,17 @@ use std::sync::LazyLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 
-use super::protocol::{Args, JOB_FD, Job, REPORT_FD, Report, SUBCOMMAND};
+use super::protocol::{Args, Job, MAX_ARGS_BYTES, Report, SOCKET_FD, SUBCOMMAND, monotonic_ns};
 use crate::run::Spec;
 
-/// A started shim, as the supervisor holds it.
+/// A started shim, as the supervisor holds it: its reports end when it has exited.
 pub(crate) struct Handle {
-    pub child: tokio::process::Child,
     pub reports: Reports,
     pub control: Control,
 }
@@ -39,65 +42,28 @@ pub(crate) async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io:
         env: spec.env.clone(),
     })?;
     let args = Args {
-        guardian: std::process::id() as i32,
         user: spec
             .identity
             .switch
             .as_ref()
             .map(|s| (s.uid, s.gid, s.groups.clone())),
         kill_grace_ms: spec.kill_grace.as_millis() as u64,
-        lease_ms: lease.as_millis() as u64,
+        watchdog_at_ns: monotonic_ns() + lease.as_nanos() as u64,
     };
-    let exe = if std::path::Path::new("/proc/self/exe").exists() {
-        // The running binary even if the file was replaced by an upgrade meanwhile.
-        std::path::PathBuf::from("/proc/self/exe")
-    } else {
-        std::env::current_exe()?
-    };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg0("sisy")
-        .arg(SUBCOMMAND)
-        .arg(serde_json::to_string(&args).map_err(io::Error::other)?)
-        // The shim runs as root: nothing of the job may reach its loader (see above).
-        .env_clear()
-        // The shim holds no directory busy; the shell changes to the workdir itself.
-        .current_dir("/")
-        .stdin(Stdio::from(control_r))
-        .stdout(Stdio::from(output.try_clone()?))
-        .stderr(Stdio::from(output));
-    let report_fd = report_w.as_raw_fd();
-    let job_fd = job.as_raw_fd();
-    let guardian = args.guardian;
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl, getppid) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Out of the way first, so that placing one cannot overwrite the other; dup2
-            // clears close-on-exec on the copies at 3 and 4, the others close at exec.
-            let report = libc::fcntl(report_fd, libc::F_DUPFD_CLOEXEC, 10);
-            let job = libc::fcntl(job_fd, libc::F_DUPFD_CLOEXEC, 10);
-            if report < 0
-                || job < 0
-                || libc::dup2(report, REPORT_FD) < 0
-                || libc::dup2(job, JOB_FD) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The spawner thread lives as long as the guardian process, so this fires when
-            // the process dies, not when some worker thread ends.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != guardian {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
+    let args = serde_json::to_vec(&args).map_err(io::Error::other)?;
+    if args.len() > MAX_ARGS_BYTES {
+        return Err(io::Error::other(format!(
+            "user '{}' has too many supplementary groups to hand to the run shim",
+            spec.identity.name
+        )));
     }
-    let child = spawn_from_spawner_thread(cmd).await?;
-    drop(report_w);
-    drop(job);
+    // The spawner holds its own copies once the message is sent; ours close with the request.
+    send_from_spawner_thread(Request {
+        args,
+        fds: [control_r, output, report_w, job],
+    })
+    .await?;
     Ok(Handle {
-        child,
         reports: Reports {
             lines: BufReader::new(pipe::Receiver::from_owned_fd(report_r)?).lines(),
         },
@@ -173,34 +139,141 @@ impl Control {
     }
 }
 
-/// Forks `cmd` from one thread that lives as long as the process: PR_SET_PDEATHSIG fires
-/// when the *thread* that forked the child ends, and tokio runs tasks on threads it may end.
-async fn spawn_from_spawner_thread(
-    cmd: std::process::Command,
-) -> io::Result<tokio::process::Child> {
-    type Reply = tokio::sync::oneshot::Sender<io::Result<tokio::process::Child>>;
-    type Request = (std::process::Command, tokio::runtime::Handle, Reply);
-    static SPAWNER: LazyLock<io::Result<mpsc::Sender<Request>>> = LazyLock::new(|| {
-        let (tx, rx) = mpsc::channel::<Request>();
+/// One run for the spawner: the shim's arguments (JSON) and its descriptors (control read
+/// end, output, report write end, job).
+struct Request {
+    args: Vec<u8>,
+    fds: [OwnedFd; 4],
+}
+
+/// Hands `request` to the shim spawner from one thread that lives as long as the process:
+/// the spawner is started from it (PR_SET_PDEATHSIG fires when the *thread* that forked the
+/// child ends, and tokio runs tasks on threads it may end), and sends block there, not on a
+/// worker of the runtime.
+async fn send_from_spawner_thread(request: Request) -> io::Result<()> {
+    type Reply = tokio::sync::oneshot::Sender<io::Result<()>>;
+    static SPAWNER: LazyLock<io::Result<mpsc::Sender<(Request, Reply)>>> = LazyLock::new(|| {
+        let (tx, rx) = mpsc::channel::<(Request, Reply)>();
         std::thread::Builder::new()
             .name("sisy-spawner".into())
             .spawn(move || {
+                let mut spawner: Option<Spawner> = None;
                 // The sender lives in a static: this loop ends only with the process.
-                for (cmd, runtime, reply) in rx {
-                    let _entered = runtime.enter();
-                    let _ = reply.send(tokio::process::Command::from(cmd).spawn());
+                for (request, reply) in rx {
+                    let _ = reply.send(send(&mut spawner, &request));
                 }
             })?;
         Ok(tx)
     });
-    let spawner = SPAWNER
+    let thread = SPAWNER
         .as_ref()
         .map_err(|e| io::Error::other(format!("cannot start the spawner thread: {e}")))?;
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-    spawner
-        .send((cmd, tokio::runtime::Handle::current(), reply_tx))
+    thread
+        .send((request, reply_tx))
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
     reply_rx
         .await
         .map_err(|_| io::Error::other("the spawner thread is gone"))?
+}
+
+/// The running shim spawner: the process and the guardian's end of its socket.
+struct Spawner {
+    process: std::process::Child,
+    socket: OwnedFd,
+}
+
+/// Sends one run to the spawner, starting it first if there is none or it has ended (then
+/// once more: a message is whole or not sent at all, so a retry cannot start a run twice).
+fn send(spawner: &mut Option<Spawner>, request: &Request) -> io::Result<()> {
+    let fds = request.fds.each_ref().map(|fd| fd.as_raw_fd());
+    let mut last = None;
+    for _ in 0..2 {
+        // One that ended is reaped and replaced before it fails a send.
+        if let Some(s) = spawner
+            && !matches!(s.process.try_wait(), Ok(None))
+        {
+            tracing::warn!("the run shim spawner has ended; starting another");
+            *spawner = None;
+        }
+        if spawner.is_none() {
+            *spawner = Some(start_spawner()?);
+        }
+        let s = spawner.as_mut().expect("started above");
+        let iov = [io::IoSlice::new(&request.args)];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        match sendmsg::<()>(
+            s.socket.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "the run shim spawner is gone; starting another");
+                let mut gone = spawner.take().expect("checked above");
+                let _ = gone.process.kill();
+                let _ = gone.process.wait();
+                last = Some(e);
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "cannot reach the run shim spawner: {}",
+        last.expect("two failed attempts")
+    )))
+}
+
+/// Starts the shim spawner (`sisy __run-shim GUARDIAN_PID`) with its socket on fd 3.
+fn start_spawner() -> io::Result<Spawner> {
+    let (mine, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let exe = if std::path::Path::new("/proc/self/exe").exists() {
+        // The running binary even if the file was replaced by an upgrade meanwhile.
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe()?
+    };
+    let guardian = std::process::id() as i32;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg0("sisy")
+        .arg(SUBCOMMAND)
+        .arg(guardian.to_string())
+        // The spawner and its shims run as root: nothing of a job may reach their loader.
+        .env_clear()
+        // It holds no directory busy; each shell changes to its workdir itself.
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let socket = theirs.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Out of the way first; dup2 clears close-on-exec on the copy at 3.
+            let high = libc::fcntl(socket, libc::F_DUPFD_CLOEXEC, 10);
+            if high < 0 || libc::dup2(high, SOCKET_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The spawner thread lives as long as the guardian process, so this fires when
+            // the process dies, not when some worker thread ends.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != guardian {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let process = cmd.spawn()?;
+    drop(theirs);
+    Ok(Spawner {
+        process,
+        socket: mine,
+    })
 }

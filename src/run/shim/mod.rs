@@ -1,23 +1,27 @@
-//! The run shim: a small process of the same binary (`sisy __run-shim`) between the guardian
-//! and each job, so that no job process lives on unsupervised, whatever happens to the
-//! guardian.
+//! The run shim: a small process between the guardian and each job, so that no job process
+//! lives on unsupervised, whatever happens to the guardian. Each shim is forked by the shim
+//! spawner (`sisy __run-shim`, one per guardian, see `spawner`), so a run costs a fork of a
+//! small process and the exec of the job's shell, not an exec of the whole `sisy` binary.
 //!
 //! ```text
-//!  guardian ──fork from the spawner thread──▶ sisy __run-shim ARGS  (own session, subreaper,
-//!     │                                         empty environment, still root)
+//!  guardian ──spawner thread──▶ sisy __run-shim PID  (spawner: own session, empty environment)
+//!     │        one message per run: ARGS + 4 fds │ fork
+//!     │                                          ▼
+//!     │                                        run shim (own session, subreaper, still root)
 //!     │  the job, its fd 4:   command, workdir, env (JSON, read once) │
 //!     │  control, its stdin:  lease <ms> | term | kill | EOF          │ setuid, chdir, then
 //!     │  reports, its fd 3:   started <pid> | exited <code> |         └──▶ /bin/sh -c -- COMMAND
 //!     │                       signaled <sig> | unresponsive |              with the job's env
 //!     │                       error <why> | survivors                      (own session: the
-//!     │                                                                     job's process group)
+//!     │  the guardian's pidfd, its fd 5                                     job's process group)
 //!     └─ output pipe: the shim's stdout/stderr, handed to the shell, never written by the shim
 //! ```
 //!
-//! **Nothing of the job row reaches a process that runs as root.** The shim starts with an
+//! **Nothing of the job row reaches a process that runs as root.** The spawner starts with an
 //! empty environment, so `LD_PRELOAD`, `LD_LIBRARY_PATH`, `LD_AUDIT` and the like in a job's
-//! `env` never reach its dynamic loader; its command line (`ARGS`, visible in `ps`) holds
-//! only what the guardian decided (its pid, the uid and groups, kill_grace, the lease). The
+//! `env` never reach its dynamic loader (nor a shim's: they are forks of it); its command
+//! line (visible in `ps`, also the shims') holds only the guardian's pid, and a run's `ARGS`
+//! only what the guardian decided (the uid and groups, kill_grace, the lease). The
 //! job's command, workdir and environment travel on fd 4 (a memfd, so no value shows in
 //! `ps` or in the shim's own environment), and are applied only to the shell: the switch of
 //! user, then `chdir`, then `execve` with the job's environment, so the loader reads it
@@ -28,9 +32,10 @@
 //!   not to PID 1, so even a process that left the job's process group with `setsid` stays
 //!   in reach. The shim exits only when it has no descendant left.
 //! - **Guardian death** (SIGKILL, crash): the control pipe reaches EOF (the kernel closes the
-//!   guardian's end with the process, whatever thread was running), PR_SET_PDEATHSIG sends
-//!   SIGTERM, and the parent pid changes; any of the three stops the job: SIGTERM to the
-//!   tree, SIGKILL after `kill_grace`.
+//!   guardian's end with the process, whatever thread was running) and the guardian's pidfd
+//!   becomes readable; either stops the job: SIGTERM to the tree, SIGKILL after
+//!   `kill_grace`. The spawner's end changes nothing for a shim (it dies with the guardian,
+//!   PR_SET_PDEATHSIG, and a killed spawner is started again at the next run).
 //! - **Watchdog**: the guardian renews a deadline (`lease <ms>`) after every heartbeat; it is
 //!   never later than the moment the database would let the guardian's lease expire. If it
 //!   passes (the guardian is paused with SIGSTOP or hung), the shim SIGKILLs the tree and
@@ -42,15 +47,16 @@
 //! - When the shell exits, whatever it left behind gets the same `term` treatment.
 //!
 //! The shim never starts a runtime, takes no lock and allocates little: it is a `poll` loop
-//! over the control pipe and a signalfd. It deliberately does not know about the database,
+//! over the control pipe, a signalfd and the guardian's pidfd. It deliberately does not know about the database,
 //! the run's verdict or its output (the guardian reads the output pipe itself).
 
 mod client;
 mod process;
 mod protocol;
 mod shell;
+mod spawner;
 
 pub(crate) use client::{Control, launch};
-pub use process::main;
 pub(crate) use protocol::Report;
 pub use protocol::SUBCOMMAND;
+pub use spawner::main;

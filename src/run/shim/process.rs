@@ -1,24 +1,24 @@
-//! The shim process itself: `sisy __run-shim ARGS`, started by the guardian with the job on
-//! fd 4 (see the parent module for the protocol and the guarantees).
+//! The shim process itself: a child of the shim spawner (see `spawner`), forked for one run
+//! with the job on fd 4, its reports on fd 3, its control pipe as stdin and the guardian's
+//! pidfd (where the kernel has them) on fd 5.
 //!
-//! A single-threaded `poll` loop over the control pipe (stdin) and a signalfd, with the
-//! watchdog deadline and the stop timers as its timeout:
+//! A single-threaded `poll` loop over the control pipe (stdin), a signalfd and the
+//! guardian's pidfd, with the watchdog deadline and the stop timers as its timeout:
 //!
 //! ```text
 //!  loop: reap children ─▶ shell ended and no descendant left? exit
-//!        guardian gone (EOF, PDEATHSIG, new parent)? ─▶ stop: SIGTERM, SIGKILL after grace
+//!        guardian gone (control EOF, pidfd readable)? ─▶ stop: SIGTERM, SIGKILL after grace
 //!        watchdog deadline passed? ─▶ report `unresponsive`, SIGKILL the tree
 //!        shell ended? ─▶ stop what it left behind
 //!        stopping? ─▶ signal the job's group and every adopted descendant
-//!        poll(control, signalfd, timeout)
+//!        poll(control, signalfd, pidfd, timeout)
 //! ```
 //! Does not start a runtime, take a lock or know about the database.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
@@ -27,37 +27,25 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::protocol::{
-    Args, GIVE_UP, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND,
+    Args, GIVE_UP, GUARDIAN_FD, JOB_FD, Job, MAX_JOB_BYTES, REPORT_FD, Report, SCAN, SUBCOMMAND,
+    monotonic_ns,
 };
 use super::shell::spawn_shell;
+use super::spawner::exited;
 use crate::run::proc;
 
-/// The shim's entry point: `sisy __run-shim ARGS`; never returns.
-pub fn main(args: &[OsString]) -> ! {
-    let parsed = match args {
-        [json] => json
-            .to_str()
-            .and_then(|a| serde_json::from_str::<Args>(a).ok()),
-        _ => None,
-    };
-    let code = match parsed {
-        Some(args) => run(args),
-        None => {
-            eprintln!("error: {SUBCOMMAND} is internal to `sisy guardian` and not for direct use");
-            2
-        }
-    };
-    std::process::exit(code)
-}
-
-fn run(args: Args) -> i32 {
+/// The shim, in the child the spawner forked; returns the exit code.
+pub(super) fn run(args: Args) -> i32 {
     // SAFETY: fd 3 was set up by the guardian; we check it is open before taking it.
     if unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         eprintln!("error: {SUBCOMMAND} must be started by `sisy guardian`");
         return 2;
     }
     let mut reports = unsafe { File::from_raw_fd(REPORT_FD) };
-    let started = read_job().and_then(|job| Shim::start(args, &job, &mut reports));
+    // SAFETY: F_GETFD only tells whether fd 5 is open; the spawner placed it for us to own.
+    let guardian = (unsafe { libc::fcntl(GUARDIAN_FD, libc::F_GETFD) } >= 0)
+        .then(|| unsafe { OwnedFd::from_raw_fd(GUARDIAN_FD) });
+    let started = read_job().and_then(|job| Shim::start(args, guardian, &job, &mut reports));
     match started {
         Ok(mut shim) => shim.supervise(&mut reports),
         Err(e) => {
@@ -80,6 +68,8 @@ struct Shim {
     deadline: Instant,
     watchdog_fired: bool,
     guardian_gone: bool,
+    /// The guardian's pidfd: readable once the guardian has exited.
+    guardian: Option<OwnedFd>,
     stopping: Option<Stopping>,
     signals: SignalFd,
     control: File,
@@ -124,8 +114,12 @@ fn read_job() -> Result<Job, String> {
 }
 
 impl Shim {
-    fn start(args: Args, job: &Job, reports: &mut File) -> Result<Shim, String> {
-        let os = |what: &str, e: nix::Error| format!("{what}: {e}");
+    fn start(
+        args: Args,
+        guardian: Option<OwnedFd>,
+        job: &Job,
+        reports: &mut File,
+    ) -> Result<Shim, String> {
         // Own session: signals aimed at the guardian's group or terminal do not reach us.
         let _ = nix::unistd::setsid();
         // SAFETY: plain prctl with an integer argument.
@@ -135,20 +129,8 @@ impl Shim {
                 io::Error::last_os_error()
             ));
         }
-        let mut mask = SigSet::empty();
-        for sig in [
-            Signal::SIGCHLD,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGQUIT,
-        ] {
-            mask.add(sig);
-        }
-        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(|e| os("sigprocmask", e))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| os("signalfd", e))?;
-        if nix::unistd::getppid().as_raw() != args.guardian {
+        let signals = signal_fd()?;
+        if guardian.as_ref().is_some_and(|g| exited(g.as_fd())) {
             return Err("the guardian ended before the job could start".into());
         }
         // SAFETY: fd 0 is the control pipe the guardian gave us as stdin.
@@ -159,7 +141,8 @@ impl Shim {
         // The output pipe is the job's alone: EOF comes when the job's processes are gone.
         detach_stdio();
         Ok(Shim {
-            deadline: Instant::now() + Duration::from_millis(args.lease_ms),
+            deadline: Instant::now()
+                + Duration::from_nanos(args.watchdog_at_ns.saturating_sub(monotonic_ns())),
             args,
             me: nix::unistd::getpid(),
             shell,
@@ -167,6 +150,7 @@ impl Shim {
             has_children: true,
             watchdog_fired: false,
             guardian_gone: false,
+            guardian,
             stopping: None,
             signals,
             control,
@@ -183,9 +167,6 @@ impl Shim {
                 return 0;
             }
             let now = Instant::now();
-            if nix::unistd::getppid().as_raw() != self.args.guardian {
-                self.guardian_gone = true;
-            }
             if !self.watchdog_fired && now >= self.deadline {
                 self.watchdog_fired = true;
                 if !self.shell_ended && !self.guardian_gone {
@@ -268,7 +249,7 @@ impl Shim {
         let mut wait = if self.stopping.is_some() {
             SCAN
         } else {
-            // Besides the watchdog, look at the parent once a second whatever happens.
+            // Besides the watchdog, wake once a second whatever happens.
             self.deadline
                 .saturating_duration_since(now)
                 .min(Duration::from_secs(1))
@@ -279,33 +260,29 @@ impl Shim {
             wait = wait.min(s.kill_at.saturating_duration_since(now));
         }
         let mut fds = [
-            libc::pollfd {
-                fd: self.signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if self.control_open { 0 } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            readable(self.signals.as_raw_fd()),
+            readable(if self.control_open { 0 } else { -1 }),
+            readable(match &self.guardian {
+                Some(g) if !self.guardian_gone => g.as_raw_fd(),
+                _ => -1,
+            }),
         ];
         let timeout = wait.as_millis().clamp(1, 1000) as libc::c_int;
-        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        // SAFETY: fds is a valid array of three pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
         if ready <= 0 {
             return;
         }
         if fds[0].revents != 0 {
-            while let Ok(Some(info)) = self.signals.read_signal() {
-                let sig = info.ssi_signo as i32;
-                if sig != libc::SIGCHLD && nix::unistd::getppid().as_raw() != self.args.guardian {
-                    self.guardian_gone = true;
-                }
-            }
+            // SIGCHLD: the reap at the top of the loop. Other signals change nothing: the
+            // guardian's end is seen on the control pipe and the pidfd.
+            while let Ok(Some(_)) = self.signals.read_signal() {}
         }
         if fds[1].revents != 0 {
             self.read_control();
+        }
+        if fds[2].revents != 0 {
+            self.guardian_gone = true;
         }
     }
 
@@ -372,6 +349,34 @@ fn signal_tree(me: Pid, shell: Pid, s: &mut Stopping) {
             kill(Pid::from_raw(id), sig)
         };
     }
+}
+
+/// A `poll` entry waiting for `fd` to be readable (-1: an entry `poll` skips).
+pub(super) fn readable(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Blocks SIGCHLD and the signals that ask a process to end, and returns a signalfd that
+/// reads them: the shim's and the spawner's one way to hear of them, in their `poll` loop.
+pub(super) fn signal_fd() -> Result<SignalFd, String> {
+    let mut mask = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        mask.add(sig);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))
 }
 
 fn set_nonblocking(fd: i32) -> io::Result<()> {

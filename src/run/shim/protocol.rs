@@ -7,12 +7,35 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The hidden subcommand that runs the shim (`src/main.rs` dispatches it before parsing).
+/// The hidden subcommand that runs the shim spawner, whose children are the shims
+/// (`src/main.rs` dispatches it before parsing).
 pub const SUBCOMMAND: &str = "__run-shim";
+/// The spawner's end of its socket to the guardian.
+pub(super) const SOCKET_FD: i32 = 3;
+/// How many descriptors come with each run: control, output, reports, job.
+pub(super) const CONTROL_FDS: usize = 4;
+/// The most a run's [`Args`] may take as JSON (supplementary groups make it grow): well
+/// within a socket's default send buffer, so a message is never split or refused.
+pub(super) const MAX_ARGS_BYTES: usize = 128 << 10;
 /// The file descriptor the shim writes its reports to.
 pub(super) const REPORT_FD: i32 = 3;
 /// The file descriptor the shim reads the job from ([`Job`], JSON).
 pub(super) const JOB_FD: i32 = 4;
+/// The guardian's pidfd in the shim, when the kernel has pidfds: readable once the
+/// guardian has exited.
+pub(super) const GUARDIAN_FD: i32 = 5;
+
+/// Now on CLOCK_MONOTONIC, in nanoseconds: one clock for every process of the host.
+pub(super) fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given; CLOCK_MONOTONIC cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// The most the shim reads from [`JOB_FD`]: more than any command and environment exec
 /// accepts (see `launch::spec`), so reaching it means something else is wrong.
 pub(super) const MAX_JOB_BYTES: u64 = 64 << 20;
@@ -22,17 +45,17 @@ pub(super) const SCAN: Duration = Duration::from_millis(25);
 /// sleep) before it reports them and exits.
 pub(super) const GIVE_UP: Duration = Duration::from_secs(5);
 
-/// What the guardian tells the shim on its command line, as JSON: only what the guardian
-/// decided, nothing a job row says verbatim (the command line shows in `ps`).
+/// What the guardian tells the shim through the spawner, as JSON: only what the guardian
+/// decided, nothing a job row says verbatim.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Args {
-    /// The guardian's pid: when the shim's parent is no longer this, the guardian is gone.
-    pub(super) guardian: i32,
     /// (uid, gid, supplementary groups) to switch to; None: stay who the guardian is.
     pub(super) user: Option<(u32, u32, Vec<u32>)>,
     pub(super) kill_grace_ms: u64,
-    /// The watchdog's first deadline, from now.
-    pub(super) lease_ms: u64,
+    /// The watchdog's first deadline, on the host's CLOCK_MONOTONIC (nanoseconds): an
+    /// instant, not a delay, so that time the message spent waiting for the spawner does not
+    /// push it past the guardian's lease.
+    pub(super) watchdog_at_ns: u64,
 }
 
 /// What the job row says, handed to the shim on [`JOB_FD`] and applied to the shell only,
