@@ -7,6 +7,7 @@
 //! 2 guardians with room for all of them. Also owns the steady load the scale scenario
 //! repeats with 100,000 jobs ([`steady`]).
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -156,6 +157,11 @@ async fn burst(cluster: &Cluster) -> Result<Value> {
     let db = cluster.database().await?;
     let capacity = format!("{PRODUCTION}capacity = {BURST}\n");
     let _guardians = harness::fleet(&db, GUARDIANS, &capacity).await;
+    // Each job writes the time it runs, by its own clock, into a file named by its run: the
+    // figure does not depend on what any row says.
+    let clocks = tempfile::tempdir()?;
+    std::fs::set_permissions(clocks.path(), std::fs::Permissions::from_mode(0o1777))?;
+    let command = format!("date +%s%N > {}/$SISY_RUN_ID", clocks.path().display());
     let second: i64 = db
         .client
         .query_one("SELECT (extract(epoch FROM now())::bigint + 8) % 60", &[])
@@ -164,8 +170,8 @@ async fn burst(cluster: &Cluster) -> Result<Value> {
     db.client
         .execute(
             "INSERT INTO sisy.jobs (name, command, schedule)
-             SELECT format('burst-%s', i), 'true', $2 FROM generate_series(1, $1::int) i",
-            &[&(BURST as i32), &format!("{second} * * * * *")],
+             SELECT format('burst-%s', i), $3, $2 FROM generate_series(1, $1::int) i",
+            &[&(BURST as i32), &format!("{second} * * * * *"), &command],
         )
         .await?;
     let sql = format!(
@@ -189,6 +195,24 @@ async fn burst(cluster: &Cluster) -> Result<Value> {
         )
         .await?;
     let latencies: Vec<f64> = rows.iter().map(|r| r.get(0)).collect();
+    let due: f64 = db
+        .client
+        .query_one(
+            "SELECT extract(epoch FROM min(due_at))::float8 FROM sisy.runs WHERE job_name LIKE 'burst-%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    // By the jobs' own clocks: nanoseconds since the epoch, one file per run.
+    let mut own = Vec::new();
+    for file in std::fs::read_dir(clocks.path())? {
+        let text = std::fs::read_to_string(file?.path())?;
+        if let Ok(ns) = text.trim().parse::<f64>() {
+            own.push((ns / 1e9 - due) * 1000.0);
+        }
+    }
+    let own_max = own.iter().copied().fold(0.0, f64::max);
+    let own_n = own.len();
     let phases = phases(&db, "burst-%", None).await?;
     let summary = db
         .client
@@ -208,8 +232,15 @@ async fn burst(cluster: &Cluster) -> Result<Value> {
         "runs": BURST,
         "due_instants": summary.get::<_, i64>(1),
         "latency": distribution(latencies),
+        "latency_by_the_jobs_own_clock": distribution(own),
         "phases": phases,
-        "all_started_within": target(max, 1000.0, true, "every run started within 1 s of its due time"),
+        "all_started_within": target(
+            if own_n == BURST { own_max } else { f64::INFINITY },
+            1000.0,
+            true,
+            "every job process started (by its own clock) within 1 s of its due time",
+        ),
+        "started_at_max_ms": round(max, 1),
         "not_started": summary.get::<_, i64>(0),
         "last_finished_after_due_ms": round(summary.get::<_, f64>(2), 1),
         "started_by_g1": summary.get::<_, i64>(3),

@@ -35,6 +35,7 @@ pub mod q {
     pub const RUNS_REQUEST_REPLACE: &str =
         include_str!("../../sql/queries/runs_request_replace.sql");
     pub const RUNS_FINISH: &str = include_str!("../../sql/queries/runs_finish.sql");
+    pub const RUNS_FINISH_MANY: &str = include_str!("../../sql/queries/runs_finish_many.sql");
     pub const RUNS_NOTE: &str = include_str!("../../sql/queries/runs_note.sql");
     pub const RUNS_PRUNE: &str = include_str!("../../sql/queries/runs_prune.sql");
     pub const FLOW_RUNS_PRUNE: &str = include_str!("../../sql/queries/flow_runs_prune.sql");

@@ -106,6 +106,7 @@ pub(crate) async fn run(config: GuardianConfig, shutdown: CancellationToken) -> 
         spool: state.spool.clone(),
         outage: outage.clone(),
         retry_cap: config.heartbeat_interval,
+        batch: Default::default(),
     };
     let Some((registered_at, incarnation)) =
         startup::until_started(&pool, &config, &recorder, &outage, &shutdown).await?

@@ -103,6 +103,9 @@ pub enum StopReason {
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub pid: Option<u32>,
+    /// When the job's process started (microseconds since the Unix epoch, by the clock of
+    /// the host that started it), as its run shim reported it.
+    pub started_at: Option<i64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     /// The last `output_limit` bytes of combined output, as lossy UTF-8.

@@ -10,9 +10,15 @@
 //! (fencing, the watchdog, or the late result) to its `error`.
 //! The run's `SISY_RESULT` travels with its outcome (database, spool, replay alike): its
 //! note joins the `error`, and a result over the limit fails a run that had succeeded.
+//! Results that arrive while another write is under way are written together, in one
+//! statement (`runs_finish_many.sql`), by whichever of them comes next: a guardian ending
+//! many short runs pays one statement and one commit per batch, not per run, and a single
+//! run waits for nothing. A batch that fails is no loss: each of its results goes on alone,
+//! through the spool, as a single write that failed would.
 //! Does not decide retries: the database trigger on `sisy.runs` does, for whoever writes.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -153,6 +159,7 @@ pub fn entry(
         output_bytes: outcome.output_bytes,
         pid: outcome.pid,
         result: outcome.result.json.clone(),
+        started_at: outcome.started_at,
     }
 }
 
@@ -164,6 +171,28 @@ pub struct Recorder {
     pub outage: Arc<Outage>,
     /// The longest pause between two attempts.
     pub retry_cap: Duration,
+    /// Results waiting to be written together.
+    pub batch: Arc<Batch>,
+}
+
+/// Results waiting for the next batch, and the turn to write one (see the module doc).
+#[derive(Default)]
+pub struct Batch {
+    waiting: Mutex<Vec<(Entry, tokio::sync::oneshot::Sender<Together>)>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// How a result fared in its batch.
+enum Together {
+    Recorded,
+    /// Not written: no longer running here (declared lost meanwhile); written alone, which
+    /// notes what this host saw.
+    Alone,
+    /// The batch failed; `connection`: for lack of a database (an outage), not a refusal.
+    Failed {
+        connection: bool,
+        error: String,
+    },
 }
 
 /// How long one write may take before it counts as failed (and the result is spooled): a
@@ -177,9 +206,15 @@ impl Recorder {
     pub async fn record(&self, entry: &Entry, give_up: &CancellationToken) -> Result<Written> {
         let mut pause = Duration::from_millis(100);
         let mut spooled = false;
+        let mut first = true;
         loop {
             let sent = std::time::Instant::now();
-            match write_bounded(&self.db, entry).await {
+            let written = if std::mem::take(&mut first) {
+                self.write_together(entry).await
+            } else {
+                write_bounded(&self.db, entry).await
+            };
+            match written {
                 Ok(w) => {
                     if spooled {
                         self.spool.remove_off_runtime(entry.run_id).await;
@@ -217,6 +252,31 @@ impl Recorder {
         }
     }
 
+    /// Writes `entry` in the next batch: queued, then written by whoever takes the turn
+    /// first, this caller or one that queued before it.
+    async fn write_together(&self, entry: &Entry) -> Result<Written> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.batch.waiting).push((entry.clone(), tx));
+        {
+            let _turn = self.batch.turn.lock().await;
+            let batch = take_batch(&mut lock(&self.batch.waiting));
+            if !batch.is_empty() {
+                write_batch(&self.db, batch).await;
+            }
+        }
+        match rx.await {
+            Ok(Together::Recorded) => Ok(Written::Recorded),
+            Ok(Together::Alone) => write_bounded(&self.db, entry).await,
+            Ok(Together::Failed { connection, error }) if connection => {
+                // Said as the connection failure it was, so that the outage is reported.
+                Err(anyhow::Error::new(std::io::Error::other(error)))
+            }
+            Ok(Together::Failed { error, .. }) => Err(anyhow::anyhow!(error)),
+            // The writer's future was dropped mid-batch (cancelled): not known to be written.
+            Err(_) => write_bounded(&self.db, entry).await,
+        }
+    }
+
     /// At start-up: writes what a previous process of this guardian spooled. Stops at the
     /// first failure, a write without an answer within [`WRITE_TIMEOUT`] included (the
     /// entries stay; start-up retries).
@@ -229,6 +289,99 @@ impl Recorder {
         }
         Ok(entries.len())
     }
+}
+
+/// Seconds from `at` (microseconds since the Unix epoch, by this host's clock) to now, by
+/// the same clock: the statement places it on the database's (see `runs_finish.sql`).
+fn since(at: Option<i64>) -> Option<f64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_micros() as i64;
+    at.map(|at| (now.saturating_sub(at)).max(0) as f64 / 1e6)
+}
+
+/// The lock's data, also after a panic while it was held (a Vec of results stays valid).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The most results one statement writes, and the most output it carries: a guardian of a
+/// large capacity ending hundreds of runs at once sends a few statements of bounded size.
+const BATCH_RUNS: usize = 256;
+const BATCH_OUTPUT: usize = 16 << 20;
+
+/// The oldest waiting results, up to the bounds above (at least one); the rest wait for
+/// the next turn, which one of their own callers takes.
+fn take_batch<T>(waiting: &mut Vec<(Entry, T)>) -> Vec<(Entry, T)> {
+    let mut output = 0;
+    let n = waiting
+        .iter()
+        .take_while(|(e, _)| {
+            output += e.output.len();
+            output <= BATCH_OUTPUT
+        })
+        .count()
+        .clamp(1, BATCH_RUNS)
+        .min(waiting.len());
+    waiting.drain(..n).collect()
+}
+
+/// Writes a batch in one statement and tells each result how it fared.
+async fn write_batch(db: &Pool, batch: Vec<(Entry, tokio::sync::oneshot::Sender<Together>)>) {
+    let entries: Vec<&Entry> = batch.iter().map(|(e, _)| e).collect();
+    let written = db::within(db, WRITE_TIMEOUT, "runs' results", write_many(db, &entries)).await;
+    match written {
+        Ok(recorded) => {
+            for (entry, tx) in batch {
+                let _ = tx.send(if recorded.contains(&entry.run_id) {
+                    Together::Recorded
+                } else {
+                    Together::Alone
+                });
+            }
+        }
+        Err(e) => {
+            let connection = outage::is_connection_error(&e);
+            let error = format!("{e:#}");
+            for (_, tx) in batch {
+                let _ = tx.send(Together::Failed {
+                    connection,
+                    error: error.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// `runs_finish_many.sql` for `entries` (all of one host); returns the ids it wrote.
+async fn write_many(db: &Pool, entries: &[&Entry]) -> Result<HashSet<i64>> {
+    let client = db::checkout(db).await?;
+    let column =
+        |f: &dyn Fn(&Entry) -> Option<String>| entries.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let ids: Vec<i64> = entries.iter().map(|e| e.run_id).collect();
+    let states = column(&|e| Some(e.state.clone()));
+    let codes: Vec<Option<i32>> = entries.iter().map(|e| e.exit_code).collect();
+    let signals: Vec<Option<i32>> = entries.iter().map(|e| e.signal).collect();
+    let outputs = column(&|e| Some(e.output.clone()));
+    let bytes: Vec<i64> = entries.iter().map(|e| e.output_bytes as i64).collect();
+    let errors = column(&|e| e.error.clone());
+    let no_retry: Vec<bool> = entries.iter().map(|e| e.no_retry).collect();
+    let pids: Vec<Option<i32>> = entries.iter().map(|e| e.pid.map(|p| p as i32)).collect();
+    let results = column(&|e| e.result.clone());
+    let started: Vec<Option<f64>> = entries.iter().map(|e| since(e.started_at)).collect();
+    let host = entries.first().map(|e| e.host.clone()).unwrap_or_default();
+    let rows = db::query(
+        &client,
+        q::RUNS_FINISH_MANY,
+        &[
+            &ids, &host, &states, &codes, &signals, &outputs, &bytes, &errors, &no_retry, &pids,
+            &results, &started,
+        ],
+    )
+    .await?;
+    client.release();
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 
 /// [`write`], failing with a timed-out I/O error (a connection failure) after
@@ -258,6 +411,7 @@ async fn write(db: &Pool, e: &Entry) -> Result<Written> {
             &e.no_retry,
             &pid,
             &e.result,
+            &since(e.started_at),
         ],
     )
     .await?;

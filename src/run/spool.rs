@@ -42,6 +42,10 @@ pub struct Entry {
     /// reader allows must still be readable one level down, inside its entry.
     #[serde(default)]
     pub result: Option<String>,
+    /// When the job's process started, microseconds since the Unix epoch (absent in files
+    /// spooled by older versions, and for a run whose process never started).
+    #[serde(default)]
+    pub started_at: Option<i64>,
 }
 
 /// The spool directory.
@@ -161,6 +165,7 @@ mod tests {
             output: "out\n".into(),
             output_bytes: 4,
             result: Some(format!("{{\"n\":{run_id}}}")),
+            started_at: Some(1_796_000_000_000_000),
         }
     }
 

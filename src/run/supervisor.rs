@@ -68,8 +68,8 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
         Err(e) => return start_failed(format!("cannot start the run shim: {e}")),
     };
     let output = tokio::spawn(read_tail(reader, spec.output_limit));
-    let pid = match shim.reports.next().await {
-        Some(Report::Started(pid)) => pid,
+    let (pid, started_at) = match shim.reports.next().await {
+        Some(Report::Started { pid, at }) => (pid, at),
         other => {
             // The shim exits after an error: its reports end.
             while shim.reports.next().await.is_some() {}
@@ -89,6 +89,7 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
 
     let mut outcome = Outcome {
         pid: Some(pid),
+        started_at,
         ..Outcome::default()
     };
     let timeout_at = spec.max_runtime.map(|d| began + d);

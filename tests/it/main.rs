@@ -27,6 +27,7 @@ mod lifecycle;
 mod metrics;
 mod outages;
 mod package;
+mod performance;
 mod pg;
 mod pooled;
 mod privilege;

@@ -137,7 +137,16 @@ impl Shim {
         let control = unsafe { File::from_raw_fd(0) };
         set_nonblocking(0).map_err(|e| format!("control pipe: {e}"))?;
         let shell = spawn_shell(&args, job)?;
-        let _ = reports.write_all(Report::Started(shell.as_raw() as u32).line().as_bytes());
+        // The shell's start, as the job's own clock would tell it: its exec has succeeded.
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_micros()).ok());
+        let started = Report::Started {
+            pid: shell.as_raw() as u32,
+            at,
+        };
+        let _ = reports.write_all(started.line().as_bytes());
         // The output pipe is the job's alone: EOF comes when the job's processes are gone.
         detach_stdio();
         Ok(Shim {

@@ -74,8 +74,13 @@ pub(super) struct Job {
 /// What the shim reports about the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Report {
-    /// The shell runs with this pid (also its process group and session id).
-    Started(u32),
+    /// The shell runs with this pid (also its process group and session id), since `at`
+    /// (microseconds since the Unix epoch, the shim's clock once the shell's `exec` had
+    /// succeeded; None from a report without it).
+    Started {
+        pid: u32,
+        at: Option<i64>,
+    },
     /// The shell could not be started; the sentence says why.
     Error(String),
     Exited(i32),
@@ -89,7 +94,8 @@ pub(crate) enum Report {
 impl Report {
     pub(super) fn line(&self) -> String {
         match self {
-            Report::Started(pid) => format!("started {pid}\n"),
+            Report::Started { pid, at: Some(at) } => format!("started {pid} {at}\n"),
+            Report::Started { pid, at: None } => format!("started {pid}\n"),
             Report::Error(why) => format!("error {}\n", why.replace('\n', " ")),
             Report::Exited(code) => format!("exited {code}\n"),
             Report::Signaled(sig) => format!("signaled {sig}\n"),
@@ -101,7 +107,17 @@ impl Report {
     pub(super) fn parse(line: &str) -> Option<Report> {
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         Some(match word {
-            "started" => Report::Started(rest.parse().ok()?),
+            "started" => {
+                let (pid, at) = rest.split_once(' ').unwrap_or((rest, ""));
+                Report::Started {
+                    pid: pid.parse().ok()?,
+                    at: if at.is_empty() {
+                        None
+                    } else {
+                        Some(at.parse().ok()?)
+                    },
+                }
+            }
             "error" => Report::Error(rest.to_string()),
             "exited" => Report::Exited(rest.parse().ok()?),
             "signaled" => Report::Signaled(rest.parse().ok()?),
@@ -119,7 +135,11 @@ mod tests {
     #[test]
     fn reports_read_back() {
         for r in [
-            Report::Started(42),
+            Report::Started { pid: 42, at: None },
+            Report::Started {
+                pid: 42,
+                at: Some(1_796_000_000_000_000),
+            },
             Report::Error("cannot start /bin/sh: no such file".into()),
             Report::Exited(3),
             Report::Signaled(9),
