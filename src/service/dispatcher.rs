@@ -61,6 +61,16 @@ const REPLACE_POLL: Duration = Duration::from_millis(200);
 /// The shortest pause after a pass that made no progress although something looked due
 /// (a job locked by another guardian): no busy loop.
 const IDLE_BACKOFF: Duration = Duration::from_millis(25);
+/// How long a backlog a tick found (runs due now beyond this guardian's free capacity) is
+/// claimed from as capacity frees up, without a tick before each claim: draining a queue
+/// costs a claim per freed batch, not a tick and a claim. Within it, due jobs are
+/// materialised and kill requests found by the tick up to this much later (the listener
+/// delivers kills at once); the claim itself never takes an expired run.
+const BACKLOG_FRESH: Duration = Duration::from_millis(100);
+/// While a backlog is drained, a claim waits until half the capacity is free or this long
+/// after capacity first freed: a claim and an admission cost the same for one run as for
+/// sixteen, and runs already waiting lose nothing to a few milliseconds.
+const BACKLOG_GATHER: Duration = Duration::from_millis(5);
 
 /// What one pass found.
 #[derive(Debug, Default, Clone, Copy)]
@@ -121,6 +131,12 @@ struct Dispatcher {
     claimer: Claimer,
     /// When this guardian last asked its pools for help (`runs_help.sql`).
     helped: Option<std::time::Instant>,
+    /// When the tick was sent that found more runs due than this guardian could take (see
+    /// [`BACKLOG_FRESH`]); None when the last claim took fewer than it asked for.
+    backlog: Option<std::time::Instant>,
+    /// Since when freed capacity has waited for more to free before a backlog claim (see
+    /// [`BACKLOG_GATHER`]).
+    gathering: Option<std::time::Instant>,
 }
 
 /// The dispatcher's loop; returns when the guardian stops.
@@ -182,12 +198,26 @@ impl Dispatcher {
             pools,
             claimer,
             helped: None,
+            backlog: None,
+            gathering: None,
         }
     }
 
     /// One pass; see the module doc.
     async fn run_once(&mut self) -> Result<Outcome> {
         let cfg = self.shared.config.get();
+        // Full, the pass ticks: it may ask the pool for help (see `ask_for_help`).
+        if let Some(found) = self.backlog
+            && found.elapsed() < BACKLOG_FRESH
+            && self.free_capacity(cfg.capacity) > 0
+            && cfg.pools == self.pools
+            && !self.shared.draining.get()
+            && !self.shared.stopping.is_cancelled()
+        {
+            return self.drain_backlog(&cfg, found).await;
+        }
+        self.backlog = None;
+        self.gathering = None;
         if cfg.pools != self.pools {
             self.pools = cfg.pools.clone();
             self.scheduler.set_pools(self.pools.clone());
@@ -267,25 +297,11 @@ impl Dispatcher {
         // Only when something is due: an idle pass (a poll) costs the tick alone.
         let due = run_due_in.is_some_and(|s| s <= 0.0) || pass.materialised > 0;
         if free > 0 && !self.shared.draining.get() && due {
-            let claim = self.claimer.claim(&cfg.pools, free);
-            claimed = db::within(pool, limit, "the claim", claim)
-                .await
-                .inspect_err(|_| metrics::claim_error())?;
-            // A run this guardian has already, claimed again: the database lost its claim (a
-            // failover that lost the last commits put it back to pending) while its process
-            // runs here or its result is being written. What has it keeps it (its end is
-            // recorded on the row, running here again); a second process would run it twice.
-            claimed.retain(|run| {
-                let known = self.shared.runs.knows(run.id);
-                if known {
-                    tracing::warn!(
-                        job = %run.job_name,
-                        run_id = run.id,
-                        "run claimed again while this guardian still has it (the database had lost its claim, as a failover that loses the last commits does): no second process starts; the one that has it records its end"
-                    );
-                }
-                !known
-            });
+            claimed = self.claim(&cfg.pools, free, limit).await?;
+            if claimed.len() == free {
+                // More may wait: claimed from as capacity frees, without a tick each time.
+                self.backlog = Some(sent);
+            }
             progress |= claimed.len() == free;
         }
         // Waiting runs already count against capacity: admitted again on every pass, even
@@ -321,6 +337,76 @@ impl Dispatcher {
             next.map(|n| if n.is_zero() { IDLE_BACKOFF } else { n })
         };
         Ok(pass)
+    }
+
+    /// A pass while a backlog is fresh: claim what capacity has freed, no tick (see
+    /// [`BACKLOG_FRESH`]). Once a claim takes fewer runs than it asked for, the backlog is
+    /// over and the next pass ticks again.
+    async fn drain_backlog(
+        &mut self,
+        cfg: &crate::config::GuardianConfig,
+        found: std::time::Instant,
+    ) -> Result<Outcome> {
+        let free = self.free_capacity(cfg.capacity);
+        let since = *self.gathering.get_or_insert_with(std::time::Instant::now);
+        if free * 2 < cfg.capacity && since.elapsed() < BACKLOG_GATHER {
+            // The end of a run wakes it; at the latest, the gathering ends.
+            return Ok(Outcome {
+                next_in: Some(BACKLOG_GATHER - since.elapsed()),
+                ..Outcome::default()
+            });
+        }
+        self.gathering = None;
+        let mut claimed = self
+            .claim(&cfg.pools, free, db::answer_limit(cfg.lease))
+            .await?;
+        let more = claimed.len() == free;
+        if !more {
+            self.backlog = None;
+        }
+        claimed.append(&mut self.shared.runs.take_waiting());
+        let started = self.admit_and_start(claimed).await?;
+        // More to take: at once (full, that pass ticks and may ask for help). Else the next
+        // pass ticks, at the latest when the backlog's freshness would have ended.
+        let next_in = if more {
+            Duration::ZERO
+        } else {
+            BACKLOG_FRESH.saturating_sub(found.elapsed())
+        };
+        Ok(Outcome {
+            next_in: Some(next_in),
+            started,
+            materialised: 0,
+        })
+    }
+
+    /// Claims up to `free` due runs of `pools`, less those this guardian has already.
+    async fn claim(
+        &mut self,
+        pools: &[String],
+        free: usize,
+        limit: Duration,
+    ) -> Result<Vec<ClaimedRun>> {
+        let claim = self.claimer.claim(pools, free);
+        let mut claimed = db::within(&self.shared.db, limit, "the claim", claim)
+            .await
+            .inspect_err(|_| metrics::claim_error())?;
+        // A run this guardian has already, claimed again: the database lost its claim (a
+        // failover that lost the last commits put it back to pending) while its process
+        // runs here or its result is being written. What has it keeps it (its end is
+        // recorded on the row, running here again); a second process would run it twice.
+        claimed.retain(|run| {
+            let known = self.shared.runs.knows(run.id);
+            if known {
+                tracing::warn!(
+                    job = %run.job_name,
+                    run_id = run.id,
+                    "run claimed again while this guardian still has it (the database had lost its claim, as a failover that loses the last commits does): no second process starts; the one that has it records its end"
+                );
+            }
+            !known
+        });
+        Ok(claimed)
     }
 
     /// At shutdown: runs claimed but never started (waiting to replace another) end as
