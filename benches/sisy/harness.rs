@@ -421,6 +421,35 @@ pub fn spawners_of(guardians: &[i32]) -> Vec<i32> {
         .collect()
 }
 
+/// The wall-clock instant of boot, in seconds since the epoch: CLOCK_REALTIME minus
+/// CLOCK_BOOTTIME, both read now (process start times in /proc count from it).
+pub fn wall_clock_at_boot() -> f64 {
+    let read = |clock| {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime fills the timespec it is given.
+        unsafe { libc::clock_gettime(clock, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME)
+}
+
+/// The clock ticks per second of /proc's times.
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf with a constant name.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+}
+
+/// The live children of `parents`.
+pub fn children_of(parents: &[i32]) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|pid| proc_stat(*pid).is_some_and(|s| parents.contains(&s.ppid)))
+        .collect()
+}
+
 /// CPU of this process's reaped children (`getrusage(RUSAGE_CHILDREN)`).
 pub fn children_cpu() -> Duration {
     // SAFETY: getrusage fills the zeroed struct it is given.

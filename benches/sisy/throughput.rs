@@ -131,13 +131,22 @@ async fn end_to_end(cluster: &Cluster, shell: Duration) -> Result<Value> {
     )
     .await?;
     let (g1, jobs1) = stat(&pids);
-    // The spawners start at the first run, so all of theirs is in the window: their own CPU
-    // (a fork per run) and their reaped children's (each run's shim and the job's shell).
+    // The spawners start at the first run and their shims after, so all of theirs is in the
+    // window: the spawners' own CPU (handing runs over), the shims' own (supervising them)
+    // and the job shells' (reaped by the shims); shims let go meanwhile are in their
+    // spawner's reaped children.
     let spawners = harness::spawners_of(&pids);
-    let (spawner, shims_and_jobs) = stat(&spawners);
+    let (spawner, gone_shims) = stat(&spawners);
+    let (shims, shells) = stat(&harness::children_of(&spawners));
     let pg = cluster.postgres_cpu() - pg0;
-    let ours =
-        (g1 - g0) + (jobs1 - jobs0) + spawner + shims_and_jobs + pg + (harness::own_cpu() - own0);
+    let ours = (g1 - g0)
+        + (jobs1 - jobs0)
+        + spawner
+        + gone_shims
+        + shims
+        + shells
+        + pg
+        + (harness::own_cpu() - own0);
     let others = (harness::machine_busy() - busy0).saturating_sub(ours);
     let others_pct = round(
         others.as_secs_f64() / window.elapsed().as_secs_f64() * 100.0,
@@ -167,9 +176,9 @@ async fn end_to_end(cluster: &Cluster, shell: Duration) -> Result<Value> {
             "spawners": per_run_us(spawner),
             // The guardians' other reaped children (none unless a spawner was restarted).
             "guardians_children": per_run_us(jobs1 - jobs0),
-            "shims_and_jobs": per_run_us(shims_and_jobs),
+            "shims": per_run_us(shims + gone_shims),
+            "job_shells": per_run_us(shells),
             "job_shell_as_raw": per_run_us(shell * RUNS as u32),
-            "shims_estimated": per_run_us(shims_and_jobs.saturating_sub(shell * RUNS as u32)),
             "postgres": per_run_us(pg),
             "total": per_run_us(ours - (harness::own_cpu() - own0)),
         },

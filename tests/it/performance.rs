@@ -177,3 +177,80 @@ async fn runs_that_end_together_are_recorded_together_and_each_right() {
         "each of the {RUNS} results was written by a statement of its own"
     );
 }
+
+/// The output of run `id`.
+async fn output_of(client: &tokio_postgres::Client, id: i64) -> String {
+    client
+        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shim_serving_one_run_after_another_carries_nothing_over() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "");
+    // What each job sees of its process: its shim (parent), its descriptors, a variable only
+    // the first job has, its working directory.
+    // (The descriptors are listed first: inside `$(…)` the shell holds one more, its pipe.)
+    let probe = "ls /proc/$$/fd | sort -n | tr '\\n' ' '; echo \"|$PPID|${SECRET-unset}|$(pwd)\"";
+    let dir = shared_dir();
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command, env, workdir)
+             VALUES ('first', $1, '{\"SECRET\": \"s3cret\"}', $2), ('second', $1, '{}', '/')",
+            &[&probe, &dir.path().to_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    let first = trigger(&client, "first").await;
+    assert_eq!(wait_finished(&client, first, LONG).await, "succeeded");
+    let second = trigger(&client, "second").await;
+    assert_eq!(wait_finished(&client, second, LONG).await, "succeeded");
+    let (a, b) = (
+        output_of(&client, first).await,
+        output_of(&client, second).await,
+    );
+    let a: Vec<&str> = a.trim_end().split('|').collect();
+    let b: Vec<&str> = b.trim_end().split('|').collect();
+    assert_eq!(
+        a[1], b[1],
+        "the second run had a shim of its own: {a:?} {b:?}"
+    );
+    let shim: i32 = a[1].parse().unwrap();
+    let spawner = spawner_of(g.pid().unwrap()).expect("the spawner runs");
+    assert_eq!(crate::util::parent_of(shim), Some(spawner));
+    assert_eq!(
+        (a[0], a[2], a[3]),
+        ("0 1 2 ", "s3cret", dir.path().to_str().unwrap())
+    );
+    assert_eq!((b[0], b[2], b[3]), ("0 1 2 ", "unset", "/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_free_shim_costs_the_next_run_nothing() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('parent', 'echo $PPID')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let first = trigger(&client, "parent").await;
+    assert_eq!(wait_finished(&client, first, LONG).await, "succeeded");
+    let shim: i32 = output_of(&client, first).await.trim().parse().unwrap();
+    let spawner = spawner_of(g.pid().unwrap()).expect("the spawner runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+    wait_for("the shim to be gone", LONG, || {
+        crate::util::process_gone(shim)
+    })
+    .await;
+    let next = trigger(&client, "parent").await;
+    assert_eq!(wait_finished(&client, next, LONG).await, "succeeded");
+    let other: i32 = output_of(&client, next).await.trim().parse().unwrap();
+    assert_ne!(other, shim);
+    assert_eq!(crate::util::parent_of(other), Some(spawner));
+}

@@ -34,12 +34,14 @@ use super::shell::spawn_shell;
 use super::spawner::exited;
 use crate::run::proc;
 
-/// The shim, in the child the spawner forked; returns the exit code.
-pub(super) fn run(args: Args) -> i32 {
+/// One run in a shim: its descriptors are in place (see `spawner`). Returns whether the
+/// shim may serve another run: the job's tree is gone, nothing survived, and the guardian
+/// lives.
+pub(super) fn run(args: Args) -> bool {
     // SAFETY: fd 3 was set up by the guardian; we check it is open before taking it.
     if unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         eprintln!("error: {SUBCOMMAND} must be started by `sisy guardian`");
-        return 2;
+        return false;
     }
     let mut reports = unsafe { File::from_raw_fd(REPORT_FD) };
     // SAFETY: F_GETFD only tells whether fd 5 is open; the spawner placed it for us to own.
@@ -47,10 +49,12 @@ pub(super) fn run(args: Args) -> i32 {
         .then(|| unsafe { OwnedFd::from_raw_fd(GUARDIAN_FD) });
     let started = read_job().and_then(|job| Shim::start(args, guardian, &job, &mut reports));
     match started {
-        Ok(mut shim) => shim.supervise(&mut reports),
+        Ok(mut shim) => shim.supervise(&mut reports) && !shim.guardian_gone,
         Err(e) => {
             let _ = reports.write_all(Report::Error(e).line().as_bytes());
-            1
+            // The shell's start failed: nothing of the job runs (std reaps a child whose
+            // exec failed).
+            true
         }
     }
 }
@@ -168,12 +172,13 @@ impl Shim {
         })
     }
 
-    /// The loop: reap, decide, signal, wait for the next event. Returns the exit code.
-    fn supervise(&mut self, reports: &mut File) -> i32 {
+    /// The loop: reap, decide, signal, wait for the next event. Returns whether the tree
+    /// is all gone (false: processes survived SIGKILL).
+    fn supervise(&mut self, reports: &mut File) -> bool {
         loop {
             self.reap(reports);
             if self.shell_ended && !self.has_children {
-                return 0;
+                return true;
             }
             let now = Instant::now();
             if !self.watchdog_fired && now >= self.deadline {
@@ -192,7 +197,7 @@ impl Shim {
                 }
                 if s.killed && now >= s.kill_at + GIVE_UP {
                     let _ = reports.write_all(Report::Survivors.line().as_bytes());
-                    return 0;
+                    return false;
                 }
                 signal_tree(self.me, self.shell, s);
             }
@@ -407,5 +412,19 @@ fn detach_stdio() {
             libc::dup2(null.as_raw_fd(), 1);
             libc::dup2(null.as_raw_fd(), 2);
         }
+    }
+}
+
+/// Between two runs: stdin, stdout and stderr on /dev/null, and nothing of the last run
+/// left on 3 to 5 (its reports, job and pidfd copy), whichever step it ended at.
+pub(super) fn forget_run() {
+    detach_stdio();
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto stdin of this single-threaded process.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    for fd in [REPORT_FD, JOB_FD, GUARDIAN_FD] {
+        // SAFETY: closing descriptor numbers of the finished run; EBADF when already closed.
+        unsafe { libc::close(fd) };
     }
 }

@@ -1,33 +1,45 @@
 //! The shim spawner: `sisy __run-shim GUARDIAN_PID`, one long-lived process per guardian
-//! that forks a run shim for each run, so that a run costs a `fork` of this small
-//! single-threaded process instead of a fork of the guardian and an `exec` of the whole
-//! `sisy` binary (dynamic loading and page faults: most of a run's CPU before).
+//! that hands each run to a run shim of its pool, forking one when none is free. A run
+//! costs a message to a waiting process, not a fork of the guardian and an `exec` of the
+//! whole `sisy` binary (dynamic loading and page faults: most of a run's CPU before), nor a
+//! fork and an exit of a shim.
 //!
 //! ```text
 //!  guardian ── socket on fd 3 (SOCK_SEQPACKET): one message per run ──▶ spawner
-//!              the shim's arguments (JSON) + 4 descriptors (SCM_RIGHTS):  │ fork
-//!              control (read end), output, reports, the job's memfd       ▼
-//!                                                                          run shim
+//!              the shim's arguments (JSON) + 4 descriptors (SCM_RIGHTS):  │ the same message,
+//!              control (read end), output, reports, the job's memfd       ▼ to a free shim
+//!                                                     run shim (its own socket: "free" after a run)
 //! ```
 //!
-//! The child places the four descriptors where a shim expects them (stdin, stdout and
-//! stderr, 3, 4) and the guardian's pidfd on 5, then is the run shim (`process::run`). The
-//! spawner keeps nothing of a run: it closes the run's descriptors once it has forked, and
-//! reaps its children. A fork that fails is reported on the run's report pipe, so the
-//! guardian records why, as for any shim that cannot start the job.
+//! A shim forked by the spawner keeps its socket and the guardian's pidfd, closes everything
+//! else of the spawner's, and waits for a run. For each run it places the four descriptors
+//! where a shim expects them (stdin, stdout and stderr, 3, 4) and a copy of the pidfd on 5,
+//! is the run shim for that run (`process::run`), then drops everything of the run and says
+//! it is free. It exits instead when the run left processes it could not kill (they would
+//! be taken for the next run's), when the guardian has gone, or when the spawner has (its
+//! socket ends). A shim free for [`LINGER`] is let go: an idle guardian keeps no pool.
+//!
+//! The spawner keeps nothing of a run: it closes the run's descriptors once a shim has them,
+//! and reaps its children. A run it cannot hand over (no shim can be forked) is reported on
+//! the run's report pipe, so the guardian records why, as for any shim that cannot start the
+//! job.
 //!
 //! It is started from the guardian's spawner thread with an empty environment, in its own
 //! session, and ends when the guardian does (PR_SET_PDEATHSIG, end of the socket). Its end
-//! does not end the shims it started: each one watches the guardian itself (its control
-//! pipe's end, the guardian's pidfd), so a killed spawner loses no run; the guardian starts
-//! another at its next launch.
+//! does not end a run: each shim watches the guardian itself (its control pipe's end, the
+//! guardian's pidfd), so a killed spawner loses no run; the guardian starts another at its
+//! next launch.
 
 use std::ffi::OsString;
-use std::io::{IoSliceMut, Write};
+use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
 use super::process::{self, readable};
@@ -35,6 +47,15 @@ use super::protocol::{
     Args, CONTROL_FDS, GUARDIAN_FD, JOB_FD, MAX_ARGS_BYTES, REPORT_FD, Report, SOCKET_FD,
     SUBCOMMAND,
 };
+
+/// How long a free shim waits for a run before it is let go.
+const LINGER: Duration = Duration::from_secs(60);
+/// Where a shim keeps its socket to the spawner and the guardian's pidfd between runs
+/// (both close-on-exec: no job sees them).
+const POOL_SOCKET_FD: i32 = 6;
+const POOL_GUARDIAN_FD: i32 = 7;
+/// What a shim says on its socket when it is free for another run.
+const FREE: &[u8] = b"free";
 
 /// The spawner's entry point: `sisy __run-shim GUARDIAN_PID`; never returns.
 pub fn main(args: &[OsString]) -> ! {
@@ -64,6 +85,30 @@ struct Spawner {
     /// The guardian's pidfd (readable once it has exited), handed to every shim; None on a
     /// kernel without pidfd_open (before 5.3): the shims then watch their control pipe only.
     guardian: Option<OwnedFd>,
+    /// The pool: shims running a run, and free ones (since when).
+    shims: Vec<Pooled>,
+    buffer: Vec<u8>,
+}
+
+/// A shim of the pool, as the spawner knows it.
+struct Pooled {
+    socket: OwnedFd,
+    /// Since when it waits for a run; None while it runs one.
+    free_since: Option<Instant>,
+}
+
+/// One message: a run's arguments (JSON, read by the shim) and its four descriptors.
+struct Message {
+    args: Vec<u8>,
+    fds: [OwnedFd; CONTROL_FDS],
+}
+
+enum Received {
+    Run(Message),
+    /// Not a run (said on its report pipe where there was one); nothing to do.
+    Bad,
+    /// The other end closed.
+    End,
 }
 
 impl Spawner {
@@ -91,18 +136,22 @@ impl Spawner {
             socket,
             signals,
             guardian: guardian_fd,
+            shims: Vec::new(),
+            buffer: vec![0; MAX_ARGS_BYTES],
         })
     }
 
-    /// Forks a shim per message until the guardian is gone. Returns the exit code.
-    fn serve(self) -> i32 {
+    /// Hands each run to a shim until the guardian is gone. Returns the exit code.
+    fn serve(mut self) -> i32 {
         loop {
-            let mut fds = [
+            let timeout = self.let_go_of_lingering();
+            let mut fds = vec![
                 readable(self.signals.as_raw_fd()),
                 readable(self.socket.as_raw_fd()),
             ];
-            // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            fds.extend(self.shims.iter().map(|s| readable(s.socket.as_raw_fd())));
+            // SAFETY: fds is a valid array of pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if ready <= 0 {
                 continue;
             }
@@ -115,9 +164,22 @@ impl Spawner {
                 }
                 reap();
             }
+            // Shims first: one that has just become free takes the next run.
+            let said: Vec<usize> = (0..self.shims.len())
+                .filter(|i| fds[i + 2].revents != 0)
+                .collect();
+            for i in said.into_iter().rev() {
+                let mut word = [0u8; 8];
+                match nix::unistd::read(&self.shims[i].socket, &mut word) {
+                    Ok(n) if n > 0 => self.shims[i].free_since = Some(Instant::now()),
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                    // Gone (its exit is reaped on SIGCHLD).
+                    _ => drop(self.shims.swap_remove(i)),
+                }
+            }
             if fds[1].revents != 0 {
-                match self.receive() {
-                    Received::Run(args, fds) => self.fork_shim(args, fds),
+                match receive(&self.socket, &mut self.buffer) {
+                    Received::Run(message) => self.hand_over(message),
                     Received::Bad => {}
                     Received::End => return 0,
                 }
@@ -125,114 +187,160 @@ impl Spawner {
         }
     }
 
-    /// The next message: a run's arguments and its four descriptors.
-    fn receive(&self) -> Received {
-        let mut data = vec![0u8; MAX_ARGS_BYTES];
-        let mut space = nix::cmsg_space!([RawFd; CONTROL_FDS]);
-        let mut iov = [IoSliceMut::new(&mut data)];
-        let message = recvmsg::<()>(
-            self.socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        );
-        let (len, mut fds) = match message {
-            Ok(m) => {
-                let mut fds = Vec::new();
-                if let Ok(cmsgs) = m.cmsgs() {
-                    for cmsg in cmsgs {
-                        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                            // SAFETY: the kernel installed these descriptors for us.
-                            fds.extend(
-                                raw.into_iter()
-                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                            );
-                        }
-                    }
-                }
-                (m.bytes, fds)
-            }
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return Received::Bad,
-            Err(_) => return Received::End,
-        };
-        if len == 0 && fds.is_empty() {
-            return Received::End;
-        }
-        let args = serde_json::from_slice::<Args>(&data[..len]);
-        match (args, fds.len()) {
-            (Ok(args), CONTROL_FDS) => {
-                let fds: [OwnedFd; CONTROL_FDS] = match fds.try_into() {
-                    Ok(fds) => fds,
-                    Err(_) => return Received::Bad,
-                };
-                Received::Run(args, fds)
-            }
-            (args, n) => {
-                // Say what was wrong on the report pipe, if there is one: the guardian then
-                // records it for the run instead of waiting.
-                if n == CONTROL_FDS {
-                    let why = match args {
-                        Err(e) => {
-                            format!("the guardian's message to the shim spawner is unreadable: {e}")
-                        }
-                        Ok(_) => unreachable!("a whole message is a run"),
-                    };
-                    let mut report = std::fs::File::from(fds.swap_remove(2));
-                    let _ = report.write_all(Report::Error(why).line().as_bytes());
-                }
-                Received::Bad
-            }
-        }
+    /// Lets go of shims free for longer than [`LINGER`] (their socket ends: they exit);
+    /// returns the poll timeout until the next one would be (-1: none is free).
+    fn let_go_of_lingering(&mut self) -> libc::c_int {
+        self.shims
+            .retain(|s| s.free_since.is_none_or(|at| at.elapsed() < LINGER));
+        self.shims
+            .iter()
+            .filter_map(|s| s.free_since)
+            .map(|at| (LINGER.saturating_sub(at.elapsed()).as_millis() + 1) as libc::c_int)
+            .min()
+            .unwrap_or(-1)
     }
 
-    /// Forks the run's shim; the child never returns from here.
-    fn fork_shim(&self, args: Args, fds: [OwnedFd; CONTROL_FDS]) {
+    /// Gives the run to a free shim, or to a new one.
+    fn hand_over(&mut self, message: Message) {
+        let fds = message.fds.each_ref().map(|fd| fd.as_raw_fd());
+        let mut why = String::from("no shim took it");
+        for _ in 0..3 {
+            // The one free most recently: the warmest.
+            let free = (0..self.shims.len())
+                .filter(|i| self.shims[*i].free_since.is_some())
+                .max_by_key(|i| self.shims[*i].free_since);
+            let i = match free {
+                Some(i) => i,
+                None => match self.fork_shim() {
+                    Ok(shim) => {
+                        self.shims.push(shim);
+                        self.shims.len() - 1
+                    }
+                    Err(e) => {
+                        why = format!("cannot fork a run shim: {e}");
+                        break;
+                    }
+                },
+            };
+            let iov = [IoSlice::new(&message.args)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+            match sendmsg::<()>(self.shims[i].socket.as_raw_fd(), &iov, &cmsg, flags, None) {
+                Ok(_) => {
+                    self.shims[i].free_since = None;
+                    // The shim has its own copies; ours close with the message.
+                    return;
+                }
+                Err(e) => {
+                    why = format!("a run shim did not take it: {e}");
+                    drop(self.shims.swap_remove(i));
+                }
+            }
+        }
+        let [_, _, report, _] = message.fds;
+        let mut report = std::fs::File::from(report);
+        let _ = report.write_all(
+            Report::Error(format!("cannot start the run shim: {why}"))
+                .line()
+                .as_bytes(),
+        );
+    }
+
+    /// Forks a shim for the pool; the child never returns from here.
+    fn fork_shim(&self) -> nix::Result<Pooled> {
+        let (mine, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
         // SAFETY: this process is single-threaded, so the child may do anything the parent
-        // could; it only rearranges descriptors and becomes the shim.
-        match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Child) => {
-                let own = [
-                    Some(self.socket.as_raw_fd()),
-                    Some(self.signals.as_raw_fd()),
-                ]
-                .into_iter()
-                .chain([self.guardian.as_ref().map(|g| g.as_raw_fd())])
-                .flatten();
-                if become_shim(fds, self.guardian.as_ref(), own).is_err() {
+        // could; it only rearranges descriptors and waits for runs.
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => {
+                let guardian = self.guardian.as_ref().map(|g| g.as_raw_fd());
+                if keep_only(theirs.as_raw_fd(), guardian).is_err() {
                     // SAFETY: leaving the forked child without running the parent's exit code.
                     unsafe { libc::_exit(1) };
                 }
-                std::process::exit(process::run(args))
+                // Closed by keep_only; the handles must not close the numbers again.
+                std::mem::forget((mine, theirs));
+                serve_runs(guardian.is_some())
             }
-            Ok(nix::unistd::ForkResult::Parent { .. }) => {}
-            Err(e) => {
-                let mut report = std::fs::File::from(fds.into_iter().nth(2).expect("four fds"));
-                let why = format!("cannot fork the run shim: {e}");
-                let _ = report.write_all(Report::Error(why).line().as_bytes());
-            }
+            nix::unistd::ForkResult::Parent { .. } => Ok(Pooled {
+                socket: mine,
+                free_since: None,
+            }),
         }
     }
 }
 
-enum Received {
-    Run(Args, [OwnedFd; CONTROL_FDS]),
-    /// A message that is not a run (said on its report pipe where there was one).
-    Bad,
-    /// The guardian closed its end.
-    End,
+/// In a new shim: its socket at [`POOL_SOCKET_FD`] and the guardian's pidfd at
+/// [`POOL_GUARDIAN_FD`] (close-on-exec), every other descriptor of the spawner's closed
+/// (its socket to the guardian, its signalfd, the other shims' sockets).
+fn keep_only(socket: RawFd, guardian: Option<RawFd>) -> nix::Result<()> {
+    let kept = [
+        Some((socket, POOL_SOCKET_FD)),
+        guardian.map(|g| (g, POOL_GUARDIAN_FD)),
+    ];
+    place(&kept.into_iter().flatten().collect::<Vec<_>>(), ())?;
+    for fd in [POOL_SOCKET_FD, POOL_GUARDIAN_FD] {
+        // SAFETY: fcntl with integer arguments; EBADF for a pidfd that is not there.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    for fd in [SOCKET_FD, REPORT_FD, JOB_FD, GUARDIAN_FD] {
+        if fd != POOL_SOCKET_FD && fd != POOL_GUARDIAN_FD {
+            // SAFETY: the spawner's own descriptors, not used by this process any more.
+            unsafe { libc::close(fd) };
+        }
+    }
+    // SAFETY: close_range with integer arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            POOL_GUARDIAN_FD as u32 + 1,
+            u32::MAX,
+            0,
+        )
+    };
+    Ok(())
 }
 
-/// In the forked child: the run's descriptors where a shim expects them (stdin, stdout and
-/// stderr the output, 3, 4) and the guardian's pidfd at [`GUARDIAN_FD`]; the spawner's own
-/// descriptors (`own`: its socket, signalfd and pidfd) closed. Everything is first copied out
-/// of the way (above 10) and the originals closed, so that no placement can overwrite a
-/// descriptor still to be placed, nor a close undo one placed.
-fn become_shim(
-    fds: [OwnedFd; CONTROL_FDS],
-    guardian: Option<&OwnedFd>,
-    own: impl Iterator<Item = RawFd>,
-) -> nix::Result<()> {
-    let [control, output, report, job] = &fds;
+/// A shim of the pool: waits for a run, serves it, says it is free; never returns.
+fn serve_runs(has_guardian_fd: bool) -> ! {
+    // SAFETY: placed by keep_only; owned by this process from here on.
+    let socket = unsafe { OwnedFd::from_raw_fd(POOL_SOCKET_FD) };
+    let guardian = has_guardian_fd.then(|| unsafe { OwnedFd::from_raw_fd(POOL_GUARDIAN_FD) });
+    let mut buffer = vec![0; MAX_ARGS_BYTES];
+    loop {
+        let mut fds = [
+            readable(socket.as_raw_fd()),
+            readable(guardian.as_ref().map_or(-1, |g| g.as_raw_fd())),
+        ];
+        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } <= 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            std::process::exit(0);
+        }
+        let message = match receive(&socket, &mut buffer) {
+            Received::Run(message) => message,
+            Received::Bad => continue,
+            Received::End => std::process::exit(0),
+        };
+        if !serve_one(message, guardian.as_ref()) {
+            std::process::exit(0);
+        }
+        if nix::unistd::write(&socket, FREE).is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// One run in a shim of the pool; returns whether the shim may serve another.
+fn serve_one(message: Message, guardian: Option<&OwnedFd>) -> bool {
+    let [control, output, report, job] = &message.fds;
     let wanted = [
         (control.as_raw_fd(), 0),
         (output.as_raw_fd(), 1),
@@ -240,22 +348,88 @@ fn become_shim(
         (report.as_raw_fd(), REPORT_FD),
         (job.as_raw_fd(), JOB_FD),
     ];
-    let mut moved = Vec::with_capacity(wanted.len() + 1);
     let pidfd = guardian.map(|g| (g.as_raw_fd(), GUARDIAN_FD));
-    for (from, to) in wanted.into_iter().chain(pidfd) {
-        // SAFETY: `from` is a descriptor of this process; the copy is closed at exec.
+    let placed: Vec<_> = wanted.into_iter().chain(pidfd).collect();
+    let args = serde_json::from_slice::<Args>(&message.args);
+    if place(&placed, message.fds).is_err() {
+        return false;
+    }
+    let reusable = match args {
+        Ok(args) => process::run(args),
+        Err(e) => {
+            // SAFETY: fd 3 holds the run's report pipe (placed above).
+            let mut report = unsafe { std::fs::File::from_raw_fd(REPORT_FD) };
+            let why = format!("the guardian's message to the run shim is unreadable: {e}");
+            let _ = report.write_all(Report::Error(why).line().as_bytes());
+            true
+        }
+    };
+    process::forget_run();
+    reusable
+}
+
+/// The next message on `socket`: a run's arguments and its four descriptors.
+fn receive(socket: &OwnedFd, buffer: &mut [u8]) -> Received {
+    let mut space = nix::cmsg_space!([RawFd; CONTROL_FDS]);
+    let mut iov = [IoSliceMut::new(buffer)];
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    );
+    let (len, mut fds) = match message {
+        Ok(m) => {
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = m.cmsgs() {
+                for cmsg in cmsgs {
+                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                        // SAFETY: the kernel installed these descriptors for us.
+                        fds.extend(
+                            raw.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+            }
+            (m.bytes, fds)
+        }
+        Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return Received::Bad,
+        Err(_) => return Received::End,
+    };
+    if len == 0 && fds.is_empty() {
+        return Received::End;
+    }
+    let args = iov[0][..len].to_vec();
+    match <[OwnedFd; CONTROL_FDS]>::try_from(std::mem::take(&mut fds)) {
+        Ok(fds) => Received::Run(Message { args, fds }),
+        Err(fds) => {
+            // Say it on the report pipe, if there is one: the guardian then records it for
+            // the run instead of waiting.
+            if let Some(report) = fds.into_iter().nth(2) {
+                let mut report = std::fs::File::from(report);
+                let why = "the guardian's message to the shim spawner lacks descriptors";
+                let _ = report.write_all(Report::Error(why.into()).line().as_bytes());
+            }
+            Received::Bad
+        }
+    }
+}
+
+/// Puts each descriptor at its number: first all copied out of the way (above 10) and
+/// `originals` dropped (the descriptors given, which may sit at the very numbers wanted),
+/// so that no placement can overwrite a descriptor still to be placed, nor a close undo one.
+fn place<T>(wanted: &[(RawFd, RawFd)], originals: T) -> nix::Result<()> {
+    let mut moved = Vec::with_capacity(wanted.len());
+    for (from, to) in wanted.iter().copied() {
+        // SAFETY: `from` is a descriptor of this process; the copy is closed below.
         let high = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 10) };
         if high < 0 {
             return Err(nix::errno::Errno::last());
         }
         moved.push((high, to));
     }
-    drop(fds);
-    // The spawner's own: this process never returns to the spawner's code, whose handles
-    // would close them again.
-    for fd in own {
-        let _ = nix::unistd::close(fd);
-    }
+    drop(originals);
     for (high, to) in &moved {
         // dup2 clears close-on-exec on the copy; the shim sets it again where needed.
         // SAFETY: both are descriptors of this process.
@@ -264,9 +438,10 @@ fn become_shim(
         }
     }
     for (high, _) in moved {
-        let _ = nix::unistd::close(high);
+        // SAFETY: the temporary copies made above.
+        unsafe { libc::close(high) };
     }
-    if guardian.is_some() {
+    if wanted.iter().any(|(_, to)| *to == GUARDIAN_FD) {
         // SAFETY: fcntl with integer arguments on the pidfd just placed.
         unsafe { libc::fcntl(GUARDIAN_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
