@@ -15,7 +15,8 @@
 --   $12 seconds since the job's process started (or NULL)
 UPDATE sisy.runs
    SET state = $3, exit_code = $4, signal = $5, output = $6, output_bytes = $7,
-       result = sisy.result_jsonb($11::text),
+       -- Called only for a result: the function's exception block costs a subtransaction.
+       result = CASE WHEN $11::text IS NOT NULL THEN sisy.result_jsonb($11::text) END,
        pid = coalesce($10, pid),
        started_at = CASE WHEN state = 'running' AND $12::float8 IS NOT NULL
                          THEN least(statement_timestamp(),

@@ -24,7 +24,8 @@ WITH locked AS (
 UPDATE sisy.runs r
    SET state = e.state, exit_code = e.exit_code, signal = e.signal, output = e.output,
        output_bytes = e.output_bytes,
-       result = sisy.result_jsonb(e.result),
+       -- Called only for a result: the function's exception block costs a subtransaction.
+       result = CASE WHEN e.result IS NOT NULL THEN sisy.result_jsonb(e.result) END,
        pid = coalesce(e.pid, r.pid),
        started_at = CASE WHEN r.state = 'running' AND e.started_ago IS NOT NULL
                          THEN least(statement_timestamp(),

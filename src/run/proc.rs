@@ -78,10 +78,15 @@ pub(crate) fn environ(pid: i32) -> Option<Vec<u8>> {
 }
 
 /// This boot's id: with a start time, tells a process of this boot from one of the last.
+/// Read once per process (it cannot change while the process lives).
 pub(crate) fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    })
+    .clone()
 }
 
 #[cfg(test)]
