@@ -191,16 +191,21 @@ async fn output_of(client: &tokio_postgres::Client, id: i64) -> String {
 async fn a_shim_serving_one_run_after_another_carries_nothing_over() {
     let (db, client) = migrated_db().await;
     let g = Guardian::start(&db, "g1", "");
-    // What each job sees of its process: its shim (parent), its descriptors, a variable only
-    // the first job has, its working directory.
-    // (The descriptors are listed first: inside `$(…)` the shell holds one more, its pipe.)
-    let probe = "ls /proc/$$/fd | sort -n | tr '\\n' ' '; echo \"|$PPID|${SECRET-unset}|$(pwd)\"";
+    // What each job sees of its process: its shim (parent), a variable only the first job
+    // has, its working directory. The third waits, for its descriptors to be read.
+    let probe = "echo \"$PPID|${SECRET-unset}|$(pwd)\"";
     let dir = shared_dir();
+    let flag = dir.path().join("go");
     client
         .execute(
             "INSERT INTO sisy.jobs (name, command, env, workdir)
-             VALUES ('first', $1, '{\"SECRET\": \"s3cret\"}', $2), ('second', $1, '{}', '/')",
-            &[&probe, &dir.path().to_str().unwrap()],
+             VALUES ('first', $1, '{\"SECRET\": \"s3cret\"}', $2), ('second', $1, '{}', '/'),
+                    ('third', $3, '{}', '/')",
+            &[
+                &probe,
+                &dir.path().to_str().unwrap(),
+                &crate::util::until_file(&flag),
+            ],
         )
         .await
         .unwrap();
@@ -215,17 +220,20 @@ async fn a_shim_serving_one_run_after_another_carries_nothing_over() {
     let a: Vec<&str> = a.trim_end().split('|').collect();
     let b: Vec<&str> = b.trim_end().split('|').collect();
     assert_eq!(
-        a[1], b[1],
+        a[0], b[0],
         "the second run had a shim of its own: {a:?} {b:?}"
     );
-    let shim: i32 = a[1].parse().unwrap();
+    let shim: i32 = a[0].parse().unwrap();
     let spawner = spawner_of(g.pid().unwrap()).expect("the spawner runs");
     assert_eq!(crate::util::parent_of(shim), Some(spawner));
-    assert_eq!(
-        (a[0], a[2], a[3]),
-        ("0 1 2 ", "s3cret", dir.path().to_str().unwrap())
-    );
-    assert_eq!((b[0], b[2], b[3]), ("0 1 2 ", "unset", "/"));
+    assert_eq!((a[1], a[2]), ("s3cret", dir.path().to_str().unwrap()));
+    assert_eq!((b[1], b[2]), ("unset", "/"));
+    let third = trigger(&client, "third").await;
+    let shell = crate::util::wait_started(&client, third).await;
+    assert_eq!(crate::util::parent_of(shell), Some(shim), "a third shim");
+    assert_eq!(crate::util::descriptors_of(shell), vec![0, 1, 2]);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(wait_finished(&client, third, LONG).await, "succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

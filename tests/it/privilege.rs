@@ -212,25 +212,30 @@ async fn a_job_holds_no_descriptor_but_its_stdin_stdout_and_stderr() {
     let _g = Guardian::start(&db, "g1", "");
     let dir = crate::util::shared_dir();
     let flag = dir.path().join("go");
-    // Another run holds its pipes while this one starts: none of them may reach this job.
+    // Two runs at once: neither may hold a descriptor of the other (nor of the guardian,
+    // the spawner or the shim). Read from /proc while the shells wait: a listing the job
+    // made itself would show the shell's own pipes.
     client
         .execute(
-            "INSERT INTO sisy.jobs (name, command) VALUES ('other', $1),
-                    ('fds', 'ls /proc/$$/fd | sort -n | tr ''\\n'' '' ''')",
+            "INSERT INTO sisy.jobs (name, command, overlap) VALUES ('waits', $1, 'allow')",
             &[&crate::util::until_file(&flag)],
         )
         .await
         .unwrap();
-    let other = trigger(&client, "other").await;
-    crate::util::wait_started(&client, other).await;
-    let id = trigger(&client, "fds").await;
-    let state = crate::util::wait_finished(&client, id, Duration::from_secs(60)).await;
-    let output: String = client
-        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((state.as_str(), output.as_str()), ("succeeded", "0 1 2 "));
+    let first = trigger(&client, "waits").await;
+    let first_shell = crate::util::wait_started(&client, first).await;
+    let second = trigger(&client, "waits").await;
+    let second_shell = crate::util::wait_started(&client, second).await;
+    for shell in [first_shell, second_shell] {
+        assert_eq!(
+            crate::util::descriptors_of(shell),
+            vec![0, 1, 2],
+            "shell {shell}"
+        );
+    }
     std::fs::write(&flag, "").unwrap();
-    crate::util::wait_finished(&client, other, Duration::from_secs(60)).await;
+    for id in [first, second] {
+        let state = crate::util::wait_finished(&client, id, Duration::from_secs(60)).await;
+        assert_eq!(state, "succeeded");
+    }
 }

@@ -407,6 +407,20 @@ pub fn shims_of(guardian: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The descriptors process `pid` holds, in order (from /proc/PID/fd).
+pub fn descriptors_of(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort_unstable();
+    fds
+}
+
 /// The parent pid of `pid`, from /proc.
 pub fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
