@@ -1,10 +1,12 @@
-//! Scenario 1, dispatch latency: how late after its due time a run starts (`started_at −
-//! due_at`, both from the database clock).
+//! Scenario 1, dispatch latency: how late after its due time a run's process starts
+//! (`started_at − due_at`, both on the database clock; `started_at` is the process's start as
+//! its run shim reported it).
 //!
 //! Steady: 20 jobs firing every second (6-field `* * * * * *`) across 2 guardians, once with
 //! all 20 due at the same instant each second and once spread by a 1 s `jitter`, so that the
 //! 20 occurrences per second arrive one by one. Burst: 1,000 jobs due at the same instant,
-//! 2 guardians with room for all of them. Also owns the steady load the scale scenario
+//! 2 guardians of the default capacity (16), each job recording its own start from
+//! /proc/self/stat. Also owns the steady load the scale scenario
 //! repeats with 100,000 jobs ([`steady`]).
 
 use std::os::unix::fs::PermissionsExt;

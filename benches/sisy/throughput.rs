@@ -4,8 +4,9 @@
 //! parallelism (2 × capacity), measured in the same run from this process.
 //!
 //! The runs are queued at once (what `sisy.trigger` inserts, one row each) and the figure is
-//! how fast the fleet drains them. CPU is attributed from /proc: guardians, their jobs (the
-//! guardians' reaped children) and PostgreSQL, per run.
+//! how fast the fleet drains them. CPU is attributed from /proc, per run: the guardians, their
+//! shim spawners, the pooled run shims, the job shells (reaped by the shims) and PostgreSQL;
+//! the raw measurement's child side (`raw_shell_cpu_us`) is what one shell costs by itself.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -415,16 +415,28 @@ fn detach_stdio() {
     }
 }
 
-/// Between two runs: stdin, stdout and stderr on /dev/null, and nothing of the last run
-/// left on 3 to 5 (its reports, job and pidfd copy), whichever step it ended at.
+/// Between two runs: nothing of the last run left on 3 to 5 (its reports, job and pidfd
+/// copy), whichever step it ended at, and stdin, stdout and stderr on /dev/null.
 pub(super) fn forget_run() {
-    detach_stdio();
-    if let Ok(null) = std::fs::File::open("/dev/null") {
-        // SAFETY: dup2 onto stdin of this single-threaded process.
-        unsafe { libc::dup2(null.as_raw_fd(), 0) };
-    }
     for fd in [REPORT_FD, JOB_FD, GUARDIAN_FD] {
         // SAFETY: closing descriptor numbers of the finished run; EBADF when already closed.
         unsafe { libc::close(fd) };
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
+    if let Ok(null) = null {
+        let raw = null.as_raw_fd();
+        for fd in 0..=2 {
+            if fd != raw {
+                // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+                unsafe { libc::dup2(raw, fd) };
+            }
+        }
+        if raw <= 2 {
+            // It landed on a standard descriptor the run had closed: it stays there.
+            std::mem::forget(null);
+        }
     }
 }
