@@ -11,8 +11,13 @@
 //! The lookup (getpwnam, getgrouplist) may ask LDAP or sssd and hang there; it runs on a
 //! blocking thread with a bound ([`Policy::resolve_bounded`]) so that a hung user database
 //! fails the run (a retry may help) instead of blocking an async worker and, with it, the
-//! guardian's heartbeat.
+//! guardian's heartbeat. What the user database answered is kept for [`REMEMBER`] (as nscd
+//! keeps it, for much longer): a guardian starting a hundred runs a second as one user asks
+//! once, not a hundred times, and without a blocking thread. Only answers are kept: a user
+//! that did not exist, or a lookup that failed, is asked again at the next run. The policy
+//! (`default_user`, `allowed_users`, root) is applied at every run.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,6 +67,39 @@ pub struct Unresolved {
     pub final_: bool,
 }
 
+/// How long an answer of the user database is used for later runs: a user removed from the
+/// host, or given other groups, is seen by runs starting this much later at most.
+pub const REMEMBER: Duration = Duration::from_secs(5);
+
+/// What the user database said of a user: uid, gid, home, supplementary groups (when the
+/// guardian is root), and when.
+#[derive(Debug, Clone)]
+struct Answer {
+    user: User,
+    groups: Option<Vec<libc::gid_t>>,
+    at: std::time::Instant,
+}
+
+/// The answers kept, by user name.
+static ANSWERS: std::sync::Mutex<Option<HashMap<String, Answer>>> = std::sync::Mutex::new(None);
+
+/// The fresh answer for `name`, if one is kept.
+fn remembered(name: &str) -> Option<Answer> {
+    let answers = ANSWERS.lock().unwrap_or_else(|p| p.into_inner());
+    answers
+        .as_ref()?
+        .get(name)
+        .filter(|a| a.at.elapsed() < REMEMBER)
+        .cloned()
+}
+
+fn remember(name: &str, answer: Answer) {
+    let mut answers = ANSWERS.lock().unwrap_or_else(|p| p.into_inner());
+    let answers = answers.get_or_insert_with(HashMap::new);
+    answers.retain(|_, a| a.at.elapsed() < REMEMBER);
+    answers.insert(name.to_string(), answer);
+}
+
 /// How many lookups may be outstanding at once (most of them hung) before new ones are
 /// refused without a thread: hung threads must not fill the blocking pool the spool writes
 /// its results through.
@@ -99,6 +137,12 @@ impl Policy {
     /// [`Policy::resolve`] on a blocking thread, bounded by `lookup_limit`. A lookup that does
     /// not answer in time fails the run with a retry allowed: the user database may be back.
     pub async fn resolve_bounded(&self, run_as: Option<&str>) -> Result<Identity, Unresolved> {
+        let name = run_as.unwrap_or(&self.default_user);
+        if let Some(answer) = remembered(name) {
+            return self
+                .identity(name, answer)
+                .map_err(|(error, final_)| Unresolved { error, final_ });
+        }
         let policy = self.clone();
         let name = run_as.map(str::to_string);
         let limit = self.lookup_limit;
@@ -129,15 +173,31 @@ impl Policy {
     }
 
     fn resolve_inner(&self, run_as: Option<&str>) -> Result<Identity, (String, bool)> {
+        let name = run_as.unwrap_or(&self.default_user);
+        self.allowed(name)?;
+        let answer = self.ask(name)?;
+        remember(name, answer.clone());
+        self.identity(name, answer)
+    }
+
+    /// The host's policy: `name` is the default user or an allowed one.
+    fn allowed(&self, name: &str) -> Result<(), (String, bool)> {
+        if name != self.default_user && !self.allowed_users.iter().any(|u| u == name) {
+            return Err((
+                format!(
+                    "user '{name}' is not allowed on host {}: add it to allowed_users in that host's guardian config, or change the job's run_as",
+                    self.host
+                ),
+                true,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user database's answer for `name` (blocking: NSS).
+    fn ask(&self, name: &str) -> Result<Answer, (String, bool)> {
         let refused = |error: String| (error, true);
         let unanswered = |error: String| (error, false);
-        let name = run_as.unwrap_or(&self.default_user);
-        if name != self.default_user && !self.allowed_users.iter().any(|u| u == name) {
-            return Err(refused(format!(
-                "user '{name}' is not allowed on host {}: add it to allowed_users in that host's guardian config, or change the job's run_as",
-                self.host
-            )));
-        }
         let user = match User::from_name(name) {
             Ok(Some(u)) => u,
             Ok(None) => {
@@ -153,13 +213,7 @@ impl Policy {
                 )));
             }
         };
-        let home = if Path::new(&user.dir).is_dir() {
-            user.dir.to_string_lossy().into_owned()
-        } else {
-            "/".to_string()
-        };
-        let me = Uid::effective();
-        let switch = if me.is_root() {
+        let groups = if Uid::effective().is_root() {
             let cname =
                 CString::new(name).map_err(|_| refused(format!("bad user name '{name}'")))?;
             let groups = getgrouplist(&cname, user.gid).map_err(|e| {
@@ -168,18 +222,43 @@ impl Policy {
                     self.host
                 ))
             })?;
-            Some(Switch {
+            Some(groups.iter().map(|g| g.as_raw()).collect())
+        } else {
+            None
+        };
+        Ok(Answer {
+            user,
+            groups,
+            at: std::time::Instant::now(),
+        })
+    }
+
+    /// The identity of a run as `name`, from the user database's answer, under the policy.
+    fn identity(&self, name: &str, answer: Answer) -> Result<Identity, (String, bool)> {
+        self.allowed(name)?;
+        let user = answer.user;
+        let home = if Path::new(&user.dir).is_dir() {
+            user.dir.to_string_lossy().into_owned()
+        } else {
+            "/".to_string()
+        };
+        let me = Uid::effective();
+        let switch = match answer.groups {
+            Some(groups) if me.is_root() => Some(Switch {
                 uid: user.uid.as_raw(),
                 gid: user.gid.as_raw(),
-                groups: groups.iter().map(|g| g.as_raw()).collect(),
-            })
-        } else if user.uid == me {
-            None
-        } else {
-            return Err(refused(format!(
-                "the guardian on host {} does not run as root and cannot switch to user '{name}': run the job as the guardian's user or run the guardian as root",
-                self.host
-            )));
+                groups,
+            }),
+            _ if user.uid == me => None,
+            _ => {
+                return Err((
+                    format!(
+                        "the guardian on host {} does not run as root and cannot switch to user '{name}': run the job as the guardian's user or run the guardian as root",
+                        self.host
+                    ),
+                    true,
+                ));
+            }
         };
         Ok(Identity {
             name: name.to_string(),
