@@ -180,7 +180,15 @@ pub struct Recorder {
 pub struct Batch {
     waiting: Mutex<Vec<(Entry, tokio::sync::oneshot::Sender<Together>)>>,
     turn: tokio::sync::Mutex<()>,
+    /// Whether the last batch held more than one result: runs are ending together, and the
+    /// next batch waits [`GATHER`] for more to join.
+    busy: std::sync::atomic::AtomicBool,
 }
+
+/// While runs end together, how long a batch waits for more results (its `finished_at` is
+/// that much later at most), unless [`GATHER_RUNS`] are already waiting.
+const GATHER: Duration = Duration::from_millis(2);
+const GATHER_RUNS: usize = 8;
 
 /// How a result fared in its batch.
 enum Together {
@@ -259,8 +267,19 @@ impl Recorder {
         lock(&self.batch.waiting).push((entry.clone(), tx));
         {
             let _turn = self.batch.turn.lock().await;
+            // Busy (the last batch had company): a moment for more results to join.
+            let queued = lock(&self.batch.waiting).len();
+            if queued > 0
+                && queued < GATHER_RUNS
+                && self.batch.busy.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                tokio::time::sleep(GATHER).await;
+            }
             let batch = take_batch(&mut lock(&self.batch.waiting));
             if !batch.is_empty() {
+                self.batch
+                    .busy
+                    .store(batch.len() > 1, std::sync::atomic::Ordering::Relaxed);
                 write_batch(&self.db, batch).await;
             }
         }
