@@ -1,16 +1,17 @@
 //! The run shim: a small process between the guardian and each job, so that no job process
-//! lives on unsupervised, whatever happens to the guardian. Each shim is forked by the shim
-//! spawner (`sisy __run-shim`, one per guardian, see `spawner`), so a run costs a fork of a
-//! small process and the exec of the job's shell, not an exec of the whole `sisy` binary.
+//! lives on unsupervised, whatever happens to the guardian. The shims are forks of the shim
+//! spawner (`sisy __run-shim`, one per guardian, see `spawner`) kept in its pool, each
+//! serving one run at a time: a run costs a message to a free shim and the exec of the job's
+//! shell, not an exec of the whole `sisy` binary.
 //!
 //! ```text
 //!  guardian ──spawner thread──▶ sisy __run-shim PID  (spawner: own session, empty environment)
-//!     │        one message per run: ARGS + 4 fds │ fork
-//!     │                                          ▼
+//!     │        one message per run: ARGS + 4 fds │ the same message, to a free shim
+//!     │                                          ▼ (forked when none is free)
 //!     │                                        run shim (own session, subreaper, still root)
 //!     │  the job, its fd 4:   command, workdir, env (JSON, read once) │
 //!     │  control, its stdin:  lease <ms> | term | kill | EOF          │ setuid, chdir, then
-//!     │  reports, its fd 3:   started <pid> | exited <code> |         └──▶ /bin/sh -c -- COMMAND
+//!     │  reports, its fd 3:   started <pid> <t> | exited <code> |     └──▶ /bin/sh -c -- COMMAND
 //!     │                       signaled <sig> | unresponsive |              with the job's env
 //!     │                       error <why> | survivors                      (own session: the
 //!     │  the guardian's pidfd, its fd 5                                     job's process group)
