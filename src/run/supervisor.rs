@@ -71,7 +71,7 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
     let (pid, started_at) = match shim.reports.next().await {
         Some(Report::Started { pid, at }) => (pid, at),
         other => {
-            // The shim exits after an error: its reports end.
+            // After an error the shim ends the run: its report pipe ends.
             while shim.reports.next().await.is_some() {}
             output.abort();
             return start_failed(match other {
