@@ -13,13 +13,13 @@ use std::sync::LazyLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
-};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 
-use super::protocol::{Args, Job, MAX_ARGS_BYTES, Report, SOCKET_FD, SUBCOMMAND, monotonic_ns};
+use super::protocol::{
+    Args, Job, MAX_ARGS_BYTES, Report, SOCKET_FD, SUBCOMMAND, monotonic_ns, socket_pair,
+};
 use crate::run::Spec;
 
 /// A started shim, as the supervisor holds it: its reports end when it has exited.
@@ -229,12 +229,7 @@ fn send(spawner: &mut Option<Spawner>, request: &Request) -> io::Result<()> {
 
 /// Starts the shim spawner (`sisy __run-shim GUARDIAN_PID`) with its socket on fd 3.
 fn start_spawner() -> io::Result<Spawner> {
-    let (mine, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (mine, theirs) = socket_pair()?;
     let exe = if std::path::Path::new("/proc/self/exe").exists() {
         // The running binary even if the file was replaced by an upgrade meanwhile.
         std::path::PathBuf::from("/proc/self/exe")

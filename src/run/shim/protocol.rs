@@ -3,6 +3,7 @@
 //! agree on. Owns the wording of each report; does not start anything (`client`) nor act on
 //! it (`process`).
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,17 @@ pub(super) const JOB_FD: i32 = 4;
 /// The guardian's pidfd in the shim, when the kernel has pidfds: readable once the
 /// guardian has exited.
 pub(super) const GUARDIAN_FD: i32 = 5;
+
+/// A connected pair of SOCK_SEQPACKET sockets (close-on-exec): one message per send, whole,
+/// with its descriptors; the guardian's to its spawner, and the spawner's to each shim.
+pub(super) fn socket_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+}
 
 /// Now on CLOCK_MONOTONIC, in nanoseconds: one clock for every process of the host.
 pub(super) fn monotonic_ns() -> u64 {

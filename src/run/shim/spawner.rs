@@ -36,16 +36,13 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
 use super::process::{self, readable};
 use super::protocol::{
     Args, CONTROL_FDS, GUARDIAN_FD, JOB_FD, MAX_ARGS_BYTES, REPORT_FD, Report, SOCKET_FD,
-    SUBCOMMAND,
+    SUBCOMMAND, socket_pair,
 };
 
 /// How long a free shim waits for a run before it is let go.
@@ -248,12 +245,7 @@ impl Spawner {
 
     /// Forks a shim for the pool; the child never returns from here.
     fn fork_shim(&self) -> nix::Result<Pooled> {
-        let (mine, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (mine, theirs) = socket_pair()?;
         // SAFETY: this process is single-threaded, so the child may do anything the parent
         // could; it only rearranges descriptors and waits for runs.
         match unsafe { nix::unistd::fork() }? {
