@@ -221,12 +221,6 @@ impl RunTable {
                 r.pids.push(None);
             }
         }
-        // In id order: the beat then locks the rows in the order the recorder's batches do
-        // (runs_finish_many.sql), so the two never wait on each other in a cycle.
-        let mut pairs: Vec<(i64, Option<i32>)> =
-            r.ids.iter().copied().zip(r.pids.iter().copied()).collect();
-        pairs.sort_unstable_by_key(|(id, _)| *id);
-        (r.ids, r.pids) = pairs.into_iter().unzip();
         r
     }
 
