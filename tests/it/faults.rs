@@ -535,12 +535,7 @@ async fn a_killed_shim_spawner_loses_no_run() {
     // The next run gets a new spawner.
     let next = trigger(&client, "quick").await;
     assert_eq!(wait_finished(&client, next, LONG).await, "succeeded");
-    let output: String = client
-        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&next])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(output, "again\n");
+    assert_eq!(crate::util::output_of(&client, next).await, "again\n");
     let again = spawner_of(guardian).expect("a new spawner runs");
     assert_ne!(again, spawner);
     assert!(g.log().contains("spawner"), "{}", g.log());

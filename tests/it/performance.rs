@@ -8,8 +8,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::util::{
-    Guardian, migrated_db, processes_with_env, shared_dir, spawner_of, trigger, wait_finished,
-    wait_for, wait_until,
+    Guardian, migrated_db, output_of, processes_with_env, shared_dir, spawner_of, trigger,
+    wait_finished, wait_for, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -176,15 +176,6 @@ async fn runs_that_end_together_are_recorded_together_and_each_right() {
         statements < RUNS as i64,
         "each of the {RUNS} results was written by a statement of its own"
     );
-}
-
-/// The output of run `id`.
-async fn output_of(client: &tokio_postgres::Client, id: i64) -> String {
-    client
-        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

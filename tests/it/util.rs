@@ -278,6 +278,15 @@ pub async fn wait_started(client: &Client, id: i64) -> i32 {
     .await
 }
 
+/// The recorded output of run `id`.
+pub async fn output_of(client: &Client, id: i64) -> String {
+    client
+        .query_one("SELECT output FROM sisy.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Triggers `job` through the SQL function; returns the run id.
 pub async fn trigger(client: &Client, job: &str) -> i64 {
     client
