@@ -29,6 +29,10 @@ use crate::run::result;
 use crate::run::shim::{self, Report};
 use crate::run::{Outcome, Spec, StopReason};
 
+/// How long a run waits for its shim to report the job started: a fork and an exec on the
+/// slowest machine, with room to spare; past it, the shim spawner is taken for stalled.
+const START_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What ties a supervised run to the rest of the guardian.
 pub struct Supervision {
     /// Stop requests from the guardian, and why.
@@ -68,7 +72,23 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
         Err(e) => return start_failed(format!("cannot start the run shim: {e}")),
     };
     let output = tokio::spawn(read_tail(reader, spec.output_limit));
-    let (pid, started_at) = match shim.reports.next().await {
+    let first = match tokio::time::timeout(START_PATIENCE, shim.reports.next()).await {
+        Ok(first) => first,
+        Err(_) => {
+            // Given up: the control pipe closes with the handle, so a shim that takes the run
+            // later does not start it (or, started meanwhile, kills it as it would for a
+            // guardian gone).
+            shim::replace_spawner(shim.spawner);
+            drop(shim);
+            output.abort();
+            return start_failed(format!(
+                "the run shim did not start the job within {} s (its spawner stopped or \
+                 stuck?); the spawner is replaced for the next run",
+                START_PATIENCE.as_secs()
+            ));
+        }
+    };
+    let (pid, started_at) = match first {
         Some(Report::Started { pid, at }) => (pid, at),
         other => {
             // After an error the shim ends the run: its report pipe ends.

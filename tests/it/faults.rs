@@ -540,3 +540,83 @@ async fn a_killed_shim_spawner_loses_no_run() {
     assert_ne!(again, spawner);
     assert!(g.log().contains("spawner"), "{}", g.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_shim_spawner_holds_no_run_forever() {
+    let (db, client) = migrated_db().await;
+    let mut g = Guardian::start(&db, "g1", "");
+    let dir = shared_dir();
+    let marker = dir.path().join("started");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('quick', 'echo again'), ('marks', $1)",
+            &[&format!("touch {}", marker.display())],
+        )
+        .await
+        .unwrap();
+    // A first run starts the spawner.
+    let first = trigger(&client, "quick").await;
+    assert_eq!(wait_finished(&client, first, LONG).await, "succeeded");
+    let guardian = g.pid().expect("the guardian runs");
+    let spawner = spawner_of(guardian).expect("the guardian's shim spawner runs");
+    let read_by_shims = || -> u64 { shims_of(guardian).into_iter().map(bytes_read_by).sum() };
+    let before = read_by_shims();
+    // Frozen (a debugger, a careless SIGSTOP): it takes no message and forks no shim.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawner), Signal::SIGSTOP).unwrap();
+    let stalled = trigger(&client, "marks").await;
+    let began = Instant::now();
+    assert_eq!(wait_finished(&client, stalled, LONG).await, "failed");
+    let waited = began.elapsed();
+    let error: String = client
+        .query_one("SELECT error FROM sisy.runs WHERE id = $1", &[&stalled])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("did not start the job"), "{error}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "the stalled run was held {waited:?}"
+    );
+    // Let go, the spawner hands the run it held to a shim, which reads it and, the guardian
+    // having given it up, does not start it: the shim is back waiting for a run (poll with
+    // no timeout; it would have supervised a started job to its end first) with no marker.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawner), Signal::SIGCONT).unwrap();
+    wait_for(
+        "a shim to take the held run and be free again",
+        LONG,
+        || {
+            let shims = shims_of(guardian);
+            read_by_shims() > before && !shims.is_empty() && shims.into_iter().all(waits_for_a_run)
+        },
+    )
+    .await;
+    assert!(!marker.exists(), "a run given up on started later");
+    // The spawner that stalled is replaced, not trusted again: the next run starts.
+    let next = trigger(&client, "quick").await;
+    assert_eq!(wait_finished(&client, next, LONG).await, "succeeded");
+    assert_eq!(crate::util::output_of(&client, next).await, "again\n");
+    wait_for("the frozen spawner to be gone", LONG, || {
+        process_gone(spawner)
+    })
+    .await;
+    assert_ne!(spawner_of(guardian), Some(spawner));
+    g.stop();
+}
+
+/// Bytes process `pid` has read (`rchar` in /proc/PID/io; 0 once it is gone).
+fn bytes_read_by(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether run shim `pid` is free: blocked in `poll` (syscall 7) with no timeout, where it
+/// waits for its next run; while it supervises a job its polls have a deadline.
+fn waits_for_a_run(pid: i32) -> bool {
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let fields: Vec<&str> = syscall.split_whitespace().collect();
+    fields.first() == Some(&"7") && fields.get(3).is_some_and(|t| t.ends_with("ffffffff"))
+}

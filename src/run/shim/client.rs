@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -26,6 +27,26 @@ use crate::run::Spec;
 pub(crate) struct Handle {
     pub reports: Reports,
     pub control: Control,
+    /// Which shim spawner took the run: the one to replace if the run never starts.
+    pub spawner: Generation,
+}
+
+/// Tells one shim spawner from the next the guardian starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation(u64);
+
+/// The spawner the supervisor gave up on (see [`replace_spawner`]); 0 is none.
+static STALLED: AtomicU64 = AtomicU64::new(0);
+
+/// How long a send waits for room in the spawner's socket: a spawner that takes no message
+/// for this long is stopped or stuck, and is replaced.
+const SEND_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Has the next send replace spawner `generation` (if it is still the current one): a run
+/// handed to it did not start in time, so it is stopped or stuck. Its shims watch the
+/// guardian, not it, so the runs they hold go on.
+pub(crate) fn replace_spawner(generation: Generation) {
+    STALLED.store(generation.0, Ordering::Relaxed);
 }
 
 /// Starts the shim for `spec`; `output` becomes the job's stdout and stderr; the watchdog
@@ -58,12 +79,13 @@ pub(crate) async fn launch(spec: &Spec, output: OwnedFd, lease: Duration) -> io:
         )));
     }
     // The spawner holds its own copies once the message is sent; ours close with the request.
-    send_from_spawner_thread(Request {
+    let spawner = send_from_spawner_thread(Request {
         args,
         fds: [control_r, output, report_w, job],
     })
     .await?;
     Ok(Handle {
+        spawner,
         reports: Reports {
             lines: BufReader::new(pipe::Receiver::from_owned_fd(report_r)?).lines(),
         },
@@ -152,8 +174,8 @@ struct Request {
 /// the spawner is started from it (PR_SET_PDEATHSIG fires when the *thread* that forked the
 /// child ends, and tokio runs tasks on threads it may end), and sends block there, not on a
 /// worker of the runtime.
-async fn send_from_spawner_thread(request: Request) -> io::Result<()> {
-    type Reply = tokio::sync::oneshot::Sender<io::Result<()>>;
+async fn send_from_spawner_thread(request: Request) -> io::Result<Generation> {
+    type Reply = tokio::sync::oneshot::Sender<io::Result<Generation>>;
     static SPAWNER: LazyLock<io::Result<mpsc::Sender<(Request, Reply)>>> = LazyLock::new(|| {
         let (tx, rx) = mpsc::channel::<(Request, Reply)>();
         std::thread::Builder::new()
@@ -183,11 +205,22 @@ async fn send_from_spawner_thread(request: Request) -> io::Result<()> {
 struct Spawner {
     process: std::process::Child,
     socket: OwnedFd,
+    generation: Generation,
 }
 
-/// Sends one run to the spawner, starting it first if there is none or it has ended (then
-/// once more: a message is whole or not sent at all, so a retry cannot start a run twice).
-fn send(spawner: &mut Option<Spawner>, request: &Request) -> io::Result<()> {
+impl Spawner {
+    /// Kills and reaps it. Messages it had not taken go with its socket, closing their
+    /// report pipes: their supervisors see the shim end before the job started.
+    fn end(mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Sends one run to the spawner, starting it first if there is none, it has ended or it
+/// is stalled (then once more: a message is whole or not sent at all, so a retry cannot
+/// start a run twice).
+fn send(spawner: &mut Option<Spawner>, request: &Request) -> io::Result<Generation> {
     let fds = request.fds.each_ref().map(|fd| fd.as_raw_fd());
     let mut last = None;
     for _ in 0..2 {
@@ -198,25 +231,23 @@ fn send(spawner: &mut Option<Spawner>, request: &Request) -> io::Result<()> {
             tracing::warn!("the run shim spawner has ended; starting another");
             *spawner = None;
         }
+        if let Some(s) = spawner.take_if(|s| s.generation.0 == STALLED.load(Ordering::Relaxed)) {
+            tracing::warn!(
+                pid = s.process.id(),
+                "the run shim spawner did not start a run in time (stopped or stuck?); \
+                 starting another"
+            );
+            s.end();
+        }
         if spawner.is_none() {
             *spawner = Some(start_spawner()?);
         }
         let s = spawner.as_mut().expect("started above");
-        let iov = [io::IoSlice::new(&request.args)];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        match sendmsg::<()>(
-            s.socket.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(_) => return Ok(()),
+        match send_within(s.socket.as_raw_fd(), &request.args, &fds, SEND_PATIENCE) {
+            Ok(()) => return Ok(s.generation),
             Err(e) => {
-                tracing::warn!(error = %e, "the run shim spawner is gone; starting another");
-                let mut gone = spawner.take().expect("checked above");
-                let _ = gone.process.kill();
-                let _ = gone.process.wait();
+                tracing::warn!(error = %e, "cannot reach the run shim spawner; starting another");
+                spawner.take().expect("checked above").end();
                 last = Some(e);
             }
         }
@@ -225,6 +256,36 @@ fn send(spawner: &mut Option<Spawner>, request: &Request) -> io::Result<()> {
         "cannot reach the run shim spawner: {}",
         last.expect("two failed attempts")
     )))
+}
+
+/// Sends one message without blocking longer than `patience` for room in the socket.
+fn send_within(socket: i32, args: &[u8], fds: &[i32], patience: Duration) -> io::Result<()> {
+    let iov = [io::IoSlice::new(args)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    match sendmsg::<()>(socket, &iov, &cmsg, flags, None) {
+        Err(nix::errno::Errno::EAGAIN) => {}
+        other => return other.map(drop).map_err(io::Error::from),
+    }
+    let mut room = [libc::pollfd {
+        fd: socket,
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd for the call's duration.
+    let ready = unsafe { libc::poll(room.as_mut_ptr(), 1, patience.as_millis() as i32) };
+    if ready <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the shim spawner took no message for {} s",
+                patience.as_secs()
+            ),
+        ));
+    }
+    sendmsg::<()>(socket, &iov, &cmsg, flags, None)
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// Starts the shim spawner (`sisy __run-shim GUARDIAN_PID`) with its socket on fd 3.
@@ -269,8 +330,10 @@ fn start_spawner() -> io::Result<Spawner> {
     }
     let process = cmd.spawn()?;
     drop(theirs);
+    static STARTED: AtomicU64 = AtomicU64::new(0);
     Ok(Spawner {
         process,
         socket: mine,
+        generation: Generation(STARTED.fetch_add(1, Ordering::Relaxed) + 1),
     })
 }

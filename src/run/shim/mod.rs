@@ -57,7 +57,7 @@ mod protocol;
 mod shell;
 mod spawner;
 
-pub(crate) use client::{Control, launch};
+pub(crate) use client::{Control, launch, replace_spawner};
 pub(crate) use protocol::Report;
 pub use protocol::SUBCOMMAND;
 pub use spawner::main;

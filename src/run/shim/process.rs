@@ -140,6 +140,18 @@ impl Shim {
         // SAFETY: fd 0 is the control pipe the guardian gave us as stdin.
         let control = unsafe { File::from_raw_fd(0) };
         set_nonblocking(0).map_err(|e| format!("control pipe: {e}"))?;
+        // A message that waited (a stopped spawner or shim) may come after the guardian
+        // gave the run up, closing its end, or after the watchdog's deadline.
+        if hung_up(control.as_fd()) {
+            return Err("the guardian gave up on the run before the job could start".into());
+        }
+        if monotonic_ns() >= args.watchdog_at_ns {
+            return Err(
+                "the watchdog deadline passed before the job could start (the guardian \
+                 stopped renewing it)"
+                    .into(),
+            );
+        }
         let shell = spawn_shell(&args, job)?;
         // The shell's start, as the job's own clock would tell it: its exec has succeeded.
         let at = std::time::SystemTime::now()
@@ -391,6 +403,17 @@ pub(super) fn signal_fd() -> Result<SignalFd, String> {
         .map_err(|e| format!("sigprocmask: {e}"))?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))
+}
+
+/// Whether the writing end of a pipe has been closed.
+fn hung_up(pipe: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut fd = [libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(fd.as_mut_ptr(), 1, 0) > 0 && fd[0].revents & libc::POLLHUP != 0 }
 }
 
 fn set_nonblocking(fd: i32) -> io::Result<()> {
