@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::run::ClaimedRun;
 use crate::run::Spec;
-use crate::run::result::{self, Room};
+use crate::run::result::Room;
 use crate::run::users::Policy;
 
 /// systemd's default PATH: what a job finds without setting its own.
@@ -69,8 +69,8 @@ pub async fn spec(
     // The shim changes to it after the switch of user and words the failure.
     let workdir = run.workdir.clone().unwrap_or_else(|| identity.home.clone());
     let owner = identity.switch.as_ref().map(|s| (s.uid, s.gid));
-    let result_path = room
-        .prepare_off_runtime(run.id, owner)
+    let result = room
+        .prepare_off_runtime(owner)
         .await
         .map_err(|e| Refusal {
             error: format!(
@@ -79,11 +79,11 @@ pub async fn spec(
             ),
             final_: false,
         })?;
-    let built = environment(run, &identity, &result_path);
+    let built = environment(run, &identity, &result.path());
     let env = match built {
         Ok(env) => env,
         Err(error) => {
-            result::discard(&result_path);
+            result.discard();
             return Err(Refusal {
                 error,
                 final_: true,
@@ -101,7 +101,7 @@ pub async fn spec(
         max_runtime: run.max_runtime,
         kill_grace: run.kill_grace.max(Duration::from_millis(1)),
         output_limit,
-        result: result_path,
+        result,
     })
 }
 

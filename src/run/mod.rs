@@ -69,7 +69,7 @@ pub enum Overlap {
 }
 
 /// Everything needed to start one run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Spec {
     pub run_id: i64,
     pub job_name: String,
@@ -83,7 +83,7 @@ pub struct Spec {
     pub kill_grace: Duration,
     pub output_limit: usize,
     /// The run's `SISY_RESULT` file (see [`result`]), read once the job's processes are gone.
-    pub result: std::path::PathBuf,
+    pub result: result::Place,
 }
 
 /// Why the supervisor stopped a run that had not ended by itself.

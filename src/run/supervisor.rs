@@ -25,7 +25,6 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::run::orphans::Registry;
 use crate::run::proc;
-use crate::run::result;
 use crate::run::shim::{self, Report};
 use crate::run::{Outcome, Spec, StopReason};
 
@@ -49,25 +48,24 @@ pub struct Supervision {
 /// tree; this side forwards stop requests and watchdog renewals and reads the output, then
 /// the result file (also after a failed start: its directory goes either way).
 pub async fn run(spec: Spec, sup: Supervision) -> Outcome {
-    let path = spec.result.clone();
     let uid = match &spec.identity.switch {
         Some(switch) => switch.uid,
         None => nix::unistd::geteuid().as_raw(),
     };
-    let mut outcome = run_process(spec, sup).await;
-    outcome.result = result::take_off_runtime(path, uid).await;
+    let mut outcome = run_process(&spec, sup).await;
+    outcome.result = spec.result.take_off_runtime(uid).await;
     outcome
 }
 
 /// [`run`] up to the end of the job's processes.
-async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
+async fn run_process(spec: &Spec, mut sup: Supervision) -> Outcome {
     let began = Instant::now();
     let (reader, writer) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => return start_failed(format!("cannot create the output pipe: {e}")),
     };
     let left = lease_left(&sup.lease);
-    let mut shim = match shim::launch(&spec, writer, left).await {
+    let mut shim = match shim::launch(spec, writer, left).await {
         Ok(shim) => shim,
         Err(e) => return start_failed(format!("cannot start the run shim: {e}")),
     };
@@ -118,7 +116,7 @@ async fn run_process(spec: Spec, mut sup: Supervision) -> Outcome {
         tokio::select! {
             // The shim's report pipe ends when the shim has exited (it is not inherited).
             report = shim.reports.next() => match report {
-                Some(report) => note(&mut outcome, &spec, report),
+                Some(report) => note(&mut outcome, spec, report),
                 None => break,
             },
             _ = sleep_until(timeout_at.unwrap_or(began)), if timeout_at.is_some() && !outcome.timed_out && outcome.stopped.is_none() => {

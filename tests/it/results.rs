@@ -232,10 +232,12 @@ async fn a_hostile_result_file_never_makes_the_guardian_read_another_file_nor_ha
         assert_eq!(state, "succeeded", "{name}: {error:?}\n{}", g.log());
         let path = PathBuf::from(output.lines().last().unwrap_or_default());
         assert!(path.is_absolute(), "{name}: {output}");
+        // Nothing the job left stays: its directory is removed or, emptied, kept for the
+        // next run of the same user.
         let dir = path.parent().unwrap();
         assert!(
-            !dir.exists(),
-            "{name}: the run's directory {dir:?} was left behind"
+            std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none()),
+            "{name}: what the job left in {dir:?} stays"
         );
         if *name == "rename" {
             assert!(
@@ -529,4 +531,46 @@ async fn a_member_whose_inputs_exceed_what_exec_takes_is_refused_with_what_to_do
             && error.contains("put the paths in their results"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_directory_serves_again_only_as_it_was_made() {
+    let (db, client) = migrated_db().await;
+    let g = Guardian::start(&db, "g1", "");
+    let look = r#"d=$(dirname "$SISY_RESULT"); echo "$d"; stat -c %a "$d"; ls -A "$d""#;
+    let messy = r#"d=$(dirname "$SISY_RESULT"); echo 1 > "$SISY_RESULT"; touch "$d/left"; chmod 777 "$d"; echo "$d""#;
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('look', $1), ('messy', $2)",
+            &[&look, &messy],
+        )
+        .await
+        .unwrap();
+    let run = |name: &'static str| {
+        let client = &client;
+        async move {
+            let id = trigger(client, name).await;
+            wait_finished(client, id, LONG).await;
+            let (state, _, error, output) = ended(client, id).await;
+            assert_eq!(state, "succeeded", "{name}: {error:?}");
+            output
+        }
+    };
+    // One run after another of the same user: the directory a run left empty serves the
+    // next, as the fresh one was (mode 0700, empty: the first run's result file is gone).
+    let first = run("look").await;
+    let dir = first.lines().next().unwrap().to_string();
+    assert_eq!(first, format!("{dir}\n700\n"));
+    let messed = run("messy").await;
+    assert_eq!(
+        messed,
+        format!("{dir}\n"),
+        "the emptied directory was not kept"
+    );
+    // A directory the job left something in, or opened to others, is not handed out again.
+    let after = run("look").await;
+    let again = after.lines().next().unwrap().to_string();
+    assert_ne!(again, dir);
+    assert_eq!(after, format!("{again}\n700\n"));
+    assert!(!PathBuf::from(&dir).exists(), "{}", g.log());
 }

@@ -7,9 +7,16 @@
 //! ```text
 //!  $TMPDIR/sisy-results-XXXXXX/      the room: made fresh at start-up (mkdtemp), the
 //!  │                                 guardian's own, mode 0711 (enter, not list nor write)
-//!  └── <run id>/                     one per run, owned by the run's user, mode 0700: the
-//!      └── result                    job cannot rename or replace it (the room is not its)
+//!  └── <n>/                          one per running run, owned by the run's user, mode
+//!      └── result                    0700: the job cannot rename or replace it (the room
+//!                                    is not its)
 //! ```
+//! A run directory the job left empty (once its result file is read and removed), still a
+//! directory of that user with mode 0700, is kept for the next run of the same user: making
+//! and removing a directory per run cost a busy guardian more than anything else it did on
+//! its own (allocating and freeing an inode; on ext4 a scan past recently freed ones). One
+//! the job left anything in, or changed, is removed as before. A directory is never handed
+//! to another user's run.
 //! The result is read with `O_NOFOLLOW | O_NONBLOCK` after an `lstat`, and only if it is a
 //! regular file owned by the run's user (a symbolic link, a hard link to someone else's
 //! file, a FIFO, a directory are refused with a sentence and never opened or read), at most
@@ -23,7 +30,8 @@
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 mod remove;
 
@@ -35,6 +43,9 @@ const PREFIX: &str = "sisy-results-";
 
 /// The name of the result file in a run's directory.
 const FILE: &str = "result";
+
+/// The most emptied run directories a room keeps for later runs.
+const KEPT: usize = 256;
 
 /// What a run's result file gave, as the recorder writes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +74,25 @@ pub struct Room {
     dir: Mutex<PathBuf>,
     /// `state_dir/results-room`: the room's path, for the next start's clean-up.
     record: PathBuf,
+    /// Run directories left empty by their run, for the next run of the same owner.
+    kept: Mutex<Vec<RunDir>>,
+    /// How many run directories this room has made: the next one's name.
+    made: AtomicU64,
+}
+
+/// A run directory and its owner (uid, gid; None: the guardian's own user).
+#[derive(Debug)]
+struct RunDir {
+    dir: PathBuf,
+    owner: Option<(u32, u32)>,
+}
+
+/// A run's directory, from its preparation to the reading of its result: the job's
+/// `SISY_RESULT` is [`Place::path`].
+#[derive(Debug)]
+pub struct Place {
+    room: Arc<Room>,
+    run_dir: RunDir,
 }
 
 impl Room {
@@ -89,43 +119,145 @@ impl Room {
         Ok(Room {
             dir: Mutex::new(dir),
             record,
+            kept: Mutex::new(Vec::new()),
+            made: AtomicU64::new(0),
         })
     }
 
-    /// Makes run `run_id`'s directory, owned by `owner` (uid, gid; None: the guardian's own
-    /// user) and returns the path of its result file (the job's `SISY_RESULT`).
-    pub fn prepare(&self, run_id: i64, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
-        let room = {
-            let mut dir = self.dir.lock().unwrap_or_else(|e| e.into_inner());
-            if !ours(&dir) {
-                *dir = make(&self.record)?;
-            }
-            dir.clone()
+    /// A directory for a run of `owner` (uid, gid; None: the guardian's own user): one kept
+    /// from an earlier run of the same owner, else a new one.
+    pub fn prepare(self: &Arc<Self>, owner: Option<(u32, u32)>) -> io::Result<Place> {
+        let run_dir = match self.reuse(owner) {
+            Some(kept) => kept,
+            None => self.make_run_dir(owner)?,
         };
-        let run_dir = room.join(run_id.to_string());
-        if std::fs::symlink_metadata(&run_dir).is_ok() {
-            // A directory of the same run from before (claimed again): start clean.
-            remove::tree(&run_dir)?;
-        }
-        std::fs::DirBuilder::new().mode(0o700).create(&run_dir)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&run_dir, Some(uid), Some(gid))?;
-        }
-        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(run_dir.join(FILE))
+        Ok(Place {
+            room: self.clone(),
+            run_dir,
+        })
     }
 
     /// [`Room::prepare`] on the blocking pool.
     pub async fn prepare_off_runtime(
-        self: &std::sync::Arc<Self>,
-        run_id: i64,
+        self: &Arc<Self>,
         owner: Option<(u32, u32)>,
-    ) -> io::Result<PathBuf> {
+    ) -> io::Result<Place> {
         let room = self.clone();
-        tokio::task::spawn_blocking(move || room.prepare(run_id, owner))
+        tokio::task::spawn_blocking(move || room.prepare(owner))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)))
     }
+
+    /// A kept directory of `owner` that is still as it was left (anything else is removed).
+    fn reuse(&self, owner: Option<(u32, u32)>) -> Option<RunDir> {
+        loop {
+            let kept = {
+                let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                let at = kept.iter().rposition(|k| k.owner == owner)?;
+                kept.swap_remove(at)
+            };
+            if fit(&kept) {
+                return Some(kept);
+            }
+            discard(&kept.dir);
+        }
+    }
+
+    fn make_run_dir(&self, owner: Option<(u32, u32)>) -> io::Result<RunDir> {
+        let room = {
+            let mut dir = self.dir.lock().unwrap_or_else(|e| e.into_inner());
+            if !ours(&dir) {
+                *dir = make(&self.record)?;
+                // Those kept were in the room that went away.
+                self.kept.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            dir.clone()
+        };
+        let name = self.made.fetch_add(1, Ordering::Relaxed).to_string();
+        let dir = room.join(name);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(RunDir { dir, owner })
+    }
+
+    /// After the run (its processes are gone): keeps its directory for the next run of the
+    /// same owner if the job left it empty and as it was made, else removes it.
+    fn give_back(&self, run_dir: RunDir) {
+        let result = run_dir.dir.join(FILE);
+        let emptied = match std::fs::remove_file(&result) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
+        let in_room = run_dir.dir.parent().is_some_and(|room| {
+            room == self.dir.lock().unwrap_or_else(|e| e.into_inner()).as_path()
+        });
+        if emptied && in_room && fit(&run_dir) && is_empty(&run_dir.dir) {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < KEPT {
+                kept.push(run_dir);
+                return;
+            }
+        }
+        discard(&run_dir.dir);
+    }
+}
+
+impl Place {
+    /// The run's result file: the job's `SISY_RESULT`.
+    pub fn path(&self) -> PathBuf {
+        self.run_dir.dir.join(FILE)
+    }
+
+    /// After the run: reads the result file written by user `uid` (see the module doc),
+    /// then hands the directory back to the room.
+    pub fn take(self, uid: u32) -> Stored {
+        let stored = match read(&self.path(), uid) {
+            Ok(Some(bytes)) => interpret(&bytes),
+            Ok(None) => Stored::default(),
+            Err(stored) => stored,
+        };
+        self.room.give_back(self.run_dir);
+        stored
+    }
+
+    /// [`Place::take`] on the blocking pool.
+    pub async fn take_off_runtime(self, uid: u32) -> Stored {
+        let path = self.path();
+        tokio::task::spawn_blocking(move || self.take(uid))
+            .await
+            .unwrap_or_else(|e| {
+                Stored::note(format!(
+                    "SISY_RESULT {} could not be read ({e}): nothing stored",
+                    path.display()
+                ))
+            })
+    }
+
+    /// A run that never started: its directory goes back to the room.
+    pub fn discard(self) {
+        self.room.give_back(self.run_dir);
+    }
+}
+
+/// Whether a run directory is still what was made for its owner: a directory (not a link
+/// to one), the owner's, mode 0700 (a job that opened it to others gets a fresh one).
+fn fit(run_dir: &RunDir) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(&run_dir.dir) else {
+        return false;
+    };
+    let owned = match run_dir.owner {
+        Some((uid, gid)) => (meta.uid(), meta.gid()) == (uid, gid),
+        None => meta.uid() == nix::unistd::geteuid().as_raw(),
+    };
+    meta.is_dir() && owned && meta.mode() & 0o7777 == 0o700
+}
+
+/// Whether directory `dir` has no entry (false if it cannot be listed).
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// Makes a fresh room and records its path.
@@ -144,34 +276,8 @@ fn ours(dir: &Path) -> bool {
         .is_ok_and(|m| m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw())
 }
 
-/// After the run: reads the result file at `path` written by user `uid` (see the module
-/// doc), then removes the run's directory.
-pub fn take(path: &Path, uid: u32) -> Stored {
-    let stored = match read(path, uid) {
-        Ok(Some(bytes)) => interpret(&bytes),
-        Ok(None) => Stored::default(),
-        Err(stored) => stored,
-    };
-    discard(path);
-    stored
-}
-
-/// [`take`] on the blocking pool.
-pub async fn take_off_runtime(path: PathBuf, uid: u32) -> Stored {
-    let p = path.clone();
-    tokio::task::spawn_blocking(move || take(&p, uid))
-        .await
-        .unwrap_or_else(|e| {
-            Stored::note(format!(
-                "SISY_RESULT {} could not be read ({e}): nothing stored",
-                path.display()
-            ))
-        })
-}
-
-/// Removes the run directory of the result file at `path` (a run that never started).
-pub fn discard(path: &Path) {
-    let Some(dir) = path.parent() else { return };
+/// Removes a run directory and whatever the job left in it.
+fn discard(dir: &Path) {
     if let Err(e) = remove::tree(dir)
         && e.kind() != io::ErrorKind::NotFound
     {
@@ -367,7 +473,86 @@ mod tests {
         std::fs::write(&path, vec![b'x'; LIMIT as usize + 1]).unwrap();
         let big = read(&path, uid).unwrap_err();
         assert!(big.too_big && big.note.unwrap().contains("65537 bytes"));
-        assert_eq!(take(&path, uid).json, None);
-        assert!(!dir.path().join("run").exists());
+    }
+
+    /// A room in a fresh state directory, and the room's own path.
+    fn room() -> (tempfile::TempDir, Arc<Room>) {
+        let state = tempfile::tempdir().unwrap();
+        let room = Arc::new(Room::open(state.path()).unwrap());
+        (state, room)
+    }
+
+    fn mode_of(dir: &Path) -> u32 {
+        std::fs::symlink_metadata(dir).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_run_directory_left_empty_serves_the_next_run_of_its_owner() {
+        let (_state, room) = room();
+        let uid = nix::unistd::geteuid().as_raw();
+        let first = room.prepare(None).unwrap();
+        let path = first.path();
+        std::fs::write(&path, "{\"n\": 1}").unwrap();
+        assert_eq!(first.take(uid).json.as_deref(), Some("{\"n\": 1}"));
+        // Emptied (its result read and removed) and kept.
+        let dir = path.parent().unwrap().to_path_buf();
+        assert!(is_empty(&dir));
+        let second = room.prepare(None).unwrap();
+        assert_eq!(second.path(), path);
+        // Not for another owner: a directory is never handed to another user's run.
+        let other = room.prepare(Some((uid, 12345))).unwrap();
+        assert_ne!(other.path().parent(), Some(dir.as_path()));
+        assert_eq!(
+            std::fs::symlink_metadata(other.path().parent().unwrap())
+                .unwrap()
+                .gid(),
+            12345
+        );
+        assert_eq!(second.take(uid), Stored::default());
+        other.discard();
+    }
+
+    #[test]
+    fn a_run_directory_the_job_changed_is_removed_not_kept() {
+        let (_state, room) = room();
+        let uid = nix::unistd::geteuid().as_raw();
+        // Something left beside the result.
+        let left = room.prepare(None).unwrap();
+        let left_dir = left.path().parent().unwrap().to_path_buf();
+        std::fs::write(left_dir.join("other"), "x").unwrap();
+        left.take(uid);
+        assert!(!left_dir.exists());
+        // Opened to others.
+        let opened = room.prepare(None).unwrap();
+        let opened_dir = opened.path().parent().unwrap().to_path_buf();
+        std::fs::set_permissions(&opened_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        opened.take(uid);
+        assert!(!opened_dir.exists());
+        // A directory where the result file should be.
+        let odd = room.prepare(None).unwrap();
+        let odd_dir = odd.path().parent().unwrap().to_path_buf();
+        std::fs::create_dir(odd.path()).unwrap();
+        assert!(odd.take(uid).note.unwrap().contains("a directory"));
+        assert!(!odd_dir.exists());
+        // Each run got a fresh directory of its own, mode 0700.
+        let fresh = room.prepare(None).unwrap();
+        let fresh_dir = fresh.path().parent().unwrap().to_path_buf();
+        assert!(![&left_dir, &opened_dir, &odd_dir].contains(&&fresh_dir));
+        assert_eq!(mode_of(&fresh_dir), 0o700);
+        assert!(is_empty(&fresh_dir));
+    }
+
+    #[test]
+    fn a_kept_directory_changed_while_kept_is_not_handed_out() {
+        let (_state, room) = room();
+        let uid = nix::unistd::geteuid().as_raw();
+        let first = room.prepare(None).unwrap();
+        let dir = first.path().parent().unwrap().to_path_buf();
+        first.take(uid);
+        // A process of the same user that held on to it opens it to others meanwhile.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let next = room.prepare(None).unwrap();
+        assert_ne!(next.path().parent(), Some(dir.as_path()));
+        assert!(!dir.exists());
     }
 }
