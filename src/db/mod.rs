@@ -112,6 +112,14 @@ pub const DEFAULT_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 /// session state ([`Mode`]: through a transaction pooler, where a connection's `SET` lands
 /// on one server connection of many) nothing is sent here: [`begin`] sets the limit in each
 /// transaction that takes row locks.
+///
+/// The same `SET` makes the session plan each prepared statement once, generically
+/// (`plan_cache_mode = force_generic_plan`): the guardian runs the same few statements
+/// thousands of times, and with custom plans PostgreSQL planned the claim, the admission and
+/// the batched result again at every execution (their array parameters keep a custom plan
+/// looking cheaper), a third of its CPU under load. None of them filters on a parameter that
+/// a partial index's predicate would need to know, and each reads as many buffers with the
+/// generic plan as with the custom one (BENCHMARKS.md, "Performance").
 pub fn pool_with_lock_limit(url: &str, size: usize, idle_in_transaction: Duration) -> Result<Pool> {
     let endpoint = Endpoint::resolve(url, &process_env())?;
     let limit = endpoint.connect_limit();
@@ -123,7 +131,7 @@ pub fn pool_with_lock_limit(url: &str, size: usize, idle_in_transaction: Duratio
         },
     );
     let set = format!(
-        "SET idle_in_transaction_session_timeout = {}",
+        "SET idle_in_transaction_session_timeout = {}; SET plan_cache_mode = force_generic_plan",
         idle_in_transaction.as_millis().max(1)
     );
     let session_state = statements::mode().session_state;
