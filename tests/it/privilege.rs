@@ -239,3 +239,25 @@ async fn a_job_holds_no_descriptor_but_its_stdin_stdout_and_stderr() {
         assert_eq!(state, "succeeded");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_starts_with_no_signal_ignored_or_blocked() {
+    // The shim blocks signals for its signalfd and ignores SIGPIPE (as every Rust program
+    // does): none of that may reach the job, or `yes | head -1` would never see SIGPIPE.
+    let (db, client) = migrated_db().await;
+    let _g = Guardian::start(&db, "g1", "");
+    client
+        .execute(
+            "INSERT INTO sisy.jobs (name, command) VALUES ('signals', $1)",
+            &[&r#"grep -E '^Sig(Blk|Ign)' /proc/$$/status; yes | head -n 1"#],
+        )
+        .await
+        .unwrap();
+    let id = trigger(&client, "signals").await;
+    let state = crate::util::wait_finished(&client, id, Duration::from_secs(60)).await;
+    assert_eq!(state, "succeeded");
+    assert_eq!(
+        crate::util::output_of(&client, id).await,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\n"
+    );
+}

@@ -76,6 +76,59 @@ pub fn main(args: &[OsString]) -> ! {
     std::process::exit(code)
 }
 
+/// Puts back to default every signal the guardian was started with ignored (an ignored
+/// signal stays ignored across `exec`: a service manager's or a shell's choice would reach
+/// every job), except SIGPIPE, which the shims keep ignored and each job's child resets.
+/// Raw `rt_sigaction` calls: glibc refuses its own signals 32 and 33, and they count too.
+fn default_ignored_signals() {
+    /// The kernel's `struct sigaction` on x86-64 and aarch64 (not glibc's).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    for sig in 1..=64 {
+        if [libc::SIGKILL, libc::SIGSTOP, libc::SIGPIPE].contains(&sig) {
+            continue;
+        }
+        let mut old = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: rt_sigaction with pointers to live structs of the kernel's layout and the
+        // kernel's sigset size (8 bytes).
+        unsafe {
+            if libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &raw mut old,
+                8,
+            ) == 0
+                && old.handler == libc::SIG_IGN
+            {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &raw const default,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8,
+                );
+            }
+        }
+    }
+}
+
 struct Spawner {
     socket: OwnedFd,
     signals: SignalFd,
@@ -122,6 +175,7 @@ impl Spawner {
         unsafe { libc::syscall(libc::SYS_close_range, SOCKET_FD as u32 + 1, u32::MAX, 0) };
         // Own session: signals aimed at the guardian's group or terminal do not reach us.
         let _ = nix::unistd::setsid();
+        default_ignored_signals();
         let signals = process::signal_fd()?;
         let guardian_fd = pidfd_open(guardian);
         // Checked after opening the pidfd, so that it names the guardian, not a later
