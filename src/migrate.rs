@@ -144,6 +144,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "runs_autovacuum",
         sql: include_str!("../sql/migrations/0017_runs_autovacuum.sql"),
     },
+    Migration {
+        version: 18,
+        name: "pending_deadline",
+        sql: include_str!("../sql/migrations/0018_pending_deadline.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).

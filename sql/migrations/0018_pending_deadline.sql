@@ -1,0 +1,14 @@
+-- 0018: the tick's expiry reads the runs whose deadline has passed, not every due run.
+-- compatible-with: 12
+--
+-- Compatible with a sisy built for schema 12: it only adds an index, which the planner
+-- uses for the statements that can.
+--
+-- The tick (sisy.guardian_tick) first expires the pending runs of its pools whose deadline
+-- has passed. Through runs_pending_due (pool, due_at) that meant reading every pending run
+-- already due and checking its deadline: nothing while the queue keeps up, but the whole
+-- backlog while it does not. 4,000 runs due at once cost each tick 0.42 of its 0.58 ms
+-- (a sequential scan of the backlog), and a guardian draining that backlog ticks every
+-- 100 ms, as does every guardian acting for the pool. With the deadline in an index of its
+-- own the expiry reads what has expired, and is a single index probe otherwise.
+CREATE INDEX runs_pending_deadline ON sisy.runs (pool, deadline) WHERE state = 'pending';
