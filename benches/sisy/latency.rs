@@ -46,7 +46,9 @@ pub async fn run(cluster: &Cluster) -> Result<Value> {
             "window_s": load.window.as_secs(),
             "latency": m.latency,
             "phases": m.phases,
-            "p99": target(p99, 50.0, true, "p99 <= 50 ms"),
+            // Issue "Performance": steady 20 occurrences a second, dispatch p99 <= 20 ms
+            // (from the process's start). Was 50 ms before `started_at` was the process's.
+            "p99": target(p99, 20.0, true, "p99 <= 20 ms"),
             "not_started": m.not_started,
             "db": m.db,
         });

@@ -293,6 +293,13 @@ impl Dispatcher {
         if self.shared.stopping.is_cancelled() {
             return Ok(pass);
         }
+        // More runs fell due at once than this guardian can take (20 jobs on the same
+        // minute, a capacity of 16): the pool's other guardians are woken before this one
+        // claims, so they claim the rest alongside it rather than after its claim, its
+        // starts and another tick of its own.
+        if pass.materialised > free && !acting.is_empty() && !self.shared.draining.get() {
+            self.ask_for_help(&acting).await;
+        }
         let mut claimed = Vec::new();
         // Only when something is due: an idle pass (a poll) costs the tick alone.
         let due = run_due_in.is_some_and(|s| s <= 0.0) || pass.materialised > 0;
