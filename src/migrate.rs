@@ -149,6 +149,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pending_deadline",
         sql: include_str!("../sql/migrations/0018_pending_deadline.sql"),
     },
+    Migration {
+        version: 19,
+        name: "statement_events",
+        sql: include_str!("../sql/migrations/0019_statement_events.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).
