@@ -48,12 +48,8 @@ pub struct Supervision {
 /// tree; this side forwards stop requests and watchdog renewals and reads the output, then
 /// the result file (also after a failed start: its directory goes either way).
 pub async fn run(spec: Spec, sup: Supervision) -> Outcome {
-    let uid = match &spec.identity.switch {
-        Some(switch) => switch.uid,
-        None => nix::unistd::geteuid().as_raw(),
-    };
     let mut outcome = run_process(&spec, sup).await;
-    outcome.result = spec.result.take_off_runtime(uid).await;
+    outcome.result = spec.result.take_off_runtime().await;
     outcome
 }
 

@@ -211,9 +211,13 @@ impl Place {
         self.run_dir.dir.join(FILE)
     }
 
-    /// After the run: reads the result file written by user `uid` (see the module doc),
-    /// then hands the directory back to the room.
-    pub fn take(self, uid: u32) -> Stored {
+    /// After the run: reads the result file, which must be the run's user's (see the module
+    /// doc), then hands the directory back to the room.
+    pub fn take(self) -> Stored {
+        let uid = match self.run_dir.owner {
+            Some((uid, _)) => uid,
+            None => nix::unistd::geteuid().as_raw(),
+        };
         let stored = match read(&self.path(), uid) {
             Ok(Some(bytes)) => interpret(&bytes),
             Ok(None) => Stored::default(),
@@ -224,9 +228,9 @@ impl Place {
     }
 
     /// [`Place::take`] on the blocking pool.
-    pub async fn take_off_runtime(self, uid: u32) -> Stored {
+    pub async fn take_off_runtime(self) -> Stored {
         let path = self.path();
-        tokio::task::spawn_blocking(move || self.take(uid))
+        tokio::task::spawn_blocking(move || self.take())
             .await
             .unwrap_or_else(|e| {
                 Stored::note(format!(
@@ -493,7 +497,7 @@ mod tests {
         let first = room.prepare(None).unwrap();
         let path = first.path();
         std::fs::write(&path, "{\"n\": 1}").unwrap();
-        assert_eq!(first.take(uid).json.as_deref(), Some("{\"n\": 1}"));
+        assert_eq!(first.take().json.as_deref(), Some("{\"n\": 1}"));
         // Emptied (its result read and removed) and kept.
         let dir = path.parent().unwrap().to_path_buf();
         assert!(is_empty(&dir));
@@ -508,31 +512,30 @@ mod tests {
                 .gid(),
             12345
         );
-        assert_eq!(second.take(uid), Stored::default());
+        assert_eq!(second.take(), Stored::default());
         other.discard();
     }
 
     #[test]
     fn a_run_directory_the_job_changed_is_removed_not_kept() {
         let (_state, room) = room();
-        let uid = nix::unistd::geteuid().as_raw();
         // Something left beside the result.
         let left = room.prepare(None).unwrap();
         let left_dir = left.path().parent().unwrap().to_path_buf();
         std::fs::write(left_dir.join("other"), "x").unwrap();
-        left.take(uid);
+        left.take();
         assert!(!left_dir.exists());
         // Opened to others.
         let opened = room.prepare(None).unwrap();
         let opened_dir = opened.path().parent().unwrap().to_path_buf();
         std::fs::set_permissions(&opened_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        opened.take(uid);
+        opened.take();
         assert!(!opened_dir.exists());
         // A directory where the result file should be.
         let odd = room.prepare(None).unwrap();
         let odd_dir = odd.path().parent().unwrap().to_path_buf();
         std::fs::create_dir(odd.path()).unwrap();
-        assert!(odd.take(uid).note.unwrap().contains("a directory"));
+        assert!(odd.take().note.unwrap().contains("a directory"));
         assert!(!odd_dir.exists());
         // Each run got a fresh directory of its own, mode 0700.
         let fresh = room.prepare(None).unwrap();
@@ -545,10 +548,9 @@ mod tests {
     #[test]
     fn a_kept_directory_changed_while_kept_is_not_handed_out() {
         let (_state, room) = room();
-        let uid = nix::unistd::geteuid().as_raw();
         let first = room.prepare(None).unwrap();
         let dir = first.path().parent().unwrap().to_path_buf();
-        first.take(uid);
+        first.take();
         // A process of the same user that held on to it opens it to others meanwhile.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let next = room.prepare(None).unwrap();

@@ -407,11 +407,7 @@ pub(super) fn signal_fd() -> Result<SignalFd, String> {
 
 /// Whether the writing end of a pipe has been closed.
 fn hung_up(pipe: std::os::fd::BorrowedFd<'_>) -> bool {
-    let mut fd = [libc::pollfd {
-        fd: pipe.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
+    let mut fd = [readable(pipe.as_raw_fd())];
     // SAFETY: one valid pollfd, no wait.
     unsafe { libc::poll(fd.as_mut_ptr(), 1, 0) > 0 && fd[0].revents & libc::POLLHUP != 0 }
 }

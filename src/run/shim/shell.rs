@@ -55,11 +55,6 @@ pub(super) fn spawn_shell(args: &Args, job: &Job) -> Result<Pid, String> {
         .collect::<Result<_, _>>()?;
     let null = std::fs::File::open("/dev/null")
         .map_err(|e| format!("cannot open /dev/null for the shell's stdin: {e}"))?;
-    let groups = args
-        .user
-        .as_ref()
-        .map(|(_, _, g)| g.clone())
-        .unwrap_or_default();
     let mut plan = Plan {
         // `--`: a command starting with `-` is a command, not options of the shell.
         argv: [
@@ -78,7 +73,7 @@ pub(super) fn spawn_shell(args: &Args, job: &Job) -> Result<Pid, String> {
         user: args
             .user
             .as_ref()
-            .map(|(uid, gid, _)| (*uid, *gid, groups.as_ptr(), groups.len())),
+            .map(|(uid, gid, groups)| (*uid, *gid, groups.as_ptr(), groups.len())),
         null: std::os::fd::AsRawFd::as_raw_fd(&null),
         shim: nix::unistd::getpid().as_raw(),
         step: 0,

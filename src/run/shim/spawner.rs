@@ -89,18 +89,18 @@ fn default_ignored_signals() {
         restorer: usize,
         mask: u64,
     }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
     for sig in 1..=64 {
         if [libc::SIGKILL, libc::SIGSTOP, libc::SIGPIPE].contains(&sig) {
             continue;
         }
         let mut old = KernelSigaction {
             handler: 0,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        let default = KernelSigaction {
-            handler: libc::SIG_DFL,
             flags: 0,
             restorer: 0,
             mask: 0,
