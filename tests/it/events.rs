@@ -19,11 +19,10 @@ async fn every_state_change_of_a_run_is_published() {
         .await
         .unwrap();
     let id = trigger(&client, "evented").await;
-    let mut seen = Vec::new();
-    while seen.last().map(|e: &Value| e["new_state"].clone()) != Some(Value::from("succeeded")) {
-        let event = events.next(Duration::from_secs(30), "an event").await;
-        seen.push(serde_json::from_str::<Value>(&event).unwrap());
-    }
+    let seen = events_of(&mut events, "evented", |seen| {
+        seen.last().is_some_and(|e| e["new_state"] == "succeeded")
+    })
+    .await;
     let transitions: Vec<(Value, Value)> = seen
         .iter()
         .map(|e| (e["old_state"].clone(), e["new_state"].clone()))

@@ -563,6 +563,9 @@ async fn a_stopped_shim_spawner_holds_no_run_forever() {
     let before = read_by_shims();
     // Frozen (a debugger, a careless SIGSTOP): it takes no message and forks no shim.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawner), Signal::SIGSTOP).unwrap();
+    // A failed assertion must not leave it stopped: a stopped process ignores the SIGTERM
+    // its guardian's end sends it, and would outlive the test.
+    let _thaw = Thaw(spawner);
     let stalled = trigger(&client, "marks").await;
     let began = Instant::now();
     assert_eq!(wait_finished(&client, stalled, LONG).await, "failed");
@@ -619,4 +622,13 @@ fn waits_for_a_run(pid: i32) -> bool {
     let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
     let fields: Vec<&str> = syscall.split_whitespace().collect();
     fields.first() == Some(&"7") && fields.get(3).is_some_and(|t| t.ends_with("ffffffff"))
+}
+
+/// Sends SIGCONT to a process when dropped (also when a test fails).
+struct Thaw(i32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGCONT);
+    }
 }
