@@ -141,7 +141,8 @@ pub struct Heartbeat {
     pub lease: Arc<watch::Sender<std::time::Instant>>,
     pub outage: Arc<Outage>,
     /// The heartbeat beats through shutdown while results are recorded (`tasks`), and ends
-    /// once they are (`stopping`, then the tracker empty) or on `abandon`.
+    /// once they are (`stopping`, then the tracker empty) or on `abandon` (after the beat in
+    /// flight, if any, has its answer).
     pub stopping: CancellationToken,
     pub abandon: CancellationToken,
     pub tasks: TaskTracker,
@@ -174,10 +175,13 @@ pub async fn run(shared: Heartbeat) {
         let sent = std::time::Instant::now();
         let limit = config.lease.saturating_sub(config.heartbeat_interval);
         let beat = db::within(&shared.db, limit, "the heartbeat", heart.run_once());
+        // A beat in flight is waited for even on `abandon` (it is bounded by `limit`): the
+        // lease is released after the heartbeat ends, and a beat dropped here may still reach
+        // the database after that release and renew what it gave up (tokio-postgres sends a
+        // statement whether or not its answer is awaited).
         let result = tokio::select! {
             r = beat => r,
             never = keep_alive(&shared, &mut deadline) => match never {},
-            _ = shared.abandon.cancelled() => return,
         };
         match result {
             // The name is another process's: nothing of the lease is this process's to
@@ -204,7 +208,9 @@ pub async fn run(shared: Heartbeat) {
         next = Instant::now()
             + slot::next_in(&key, every, sent.elapsed(), std::time::SystemTime::now());
         // Keep beating through shutdown while runs are still being recorded.
-        if shared.stopping.is_cancelled() && shared.tasks.is_closed() && shared.tasks.is_empty() {
+        if shared.abandon.is_cancelled()
+            || shared.stopping.is_cancelled() && shared.tasks.is_closed() && shared.tasks.is_empty()
+        {
             return;
         }
     }
