@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 /// none today).
 const LAYERS: &[&[&str]] = &[
     &["cli"],
-    &["guardian"],
+    &["guardian", "web"],
     &["service"],
     &["run"],
     &["migrate", "config", "crontab", "outage"],
-    &["db", "schedule", "metrics", "logging"],
+    &["db", "schedule", "metrics", "logging", "plot"],
 ];
 
 /// The source files, with their path under `src/`.

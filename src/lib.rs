@@ -17,10 +17,12 @@ pub mod logging;
 pub(crate) mod metrics;
 pub mod migrate;
 pub mod outage;
+pub(crate) mod plot;
 pub mod run;
 // `pub`: the fuzz targets (fuzz/) drive the parser and `next_after` directly.
 pub mod schedule;
 pub mod service;
+pub(crate) mod web;
 
 #[cfg(test)]
 mod layering;

@@ -154,6 +154,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "statement_events",
         sql: include_str!("../sql/migrations/0019_statement_events.sql"),
     },
+    Migration {
+        version: 20,
+        name: "runs_outcome",
+        sql: include_str!("../sql/migrations/0020_runs_outcome.sql"),
+    },
 ];
 
 /// The roles `sisy_admin`, `sisy_guardian`, `sisy_reader` and their grants (idempotent).

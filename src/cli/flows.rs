@@ -6,8 +6,6 @@
 //! database's. `plot` reads a root's graph from `sisy.dependencies` (as declared now) or a
 //! flow run's snapshot (as it ran); [`plot`] draws it.
 
-mod plot;
-
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -16,7 +14,7 @@ use tokio_postgres::Client;
 use super::output::Output;
 use super::{FlowsCommand, sql_error};
 use crate::db::cli as q;
-use plot::{Graph, Items};
+use crate::plot::{Graph, Items};
 
 /// The states of a flow run (`sisy.flow_runs.state`).
 const STATES: &[&str] = &[
@@ -200,9 +198,7 @@ async fn run_graph(client: &Client, id: i64) -> Result<(String, Value)> {
         bail!("no flow run with id {id}: see `sisy flows list`");
     };
     let graph: Value = row.get(0);
-    let root = graph["root"].as_str().unwrap_or_default();
-    let state = graph["state"].as_str().unwrap_or_default();
-    Ok((format!("flow run {id} of {root} ({state})"), graph))
+    Ok((crate::plot::run_title(id, &graph), graph))
 }
 
 async fn job_graph(client: &Client, name: &str) -> Result<(String, Value)> {

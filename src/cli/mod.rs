@@ -87,6 +87,8 @@ pub enum Command {
     ImportCrontab(import::ImportArgs),
     /// The fleet on one screen: hosts, running, failing jobs, missed runs.
     Status,
+    /// The dashboard: a read-only web page of the fleet, jobs, runs, flows and missed runs.
+    Web(WebArgs),
     /// A benchmark tool: N guardians in one process (see `cli/fleet.rs`).
     #[command(name = "__fleet", hide = true)]
     Fleet(fleet::FleetArgs),
@@ -100,6 +102,14 @@ pub struct GuardianArgs {
     /// Print the effective configuration (password redacted) and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WebArgs {
+    /// Address to listen on; it has no authentication of its own: keep it on loopback, or
+    /// put a reverse proxy that authenticates in front of it (README, "The dashboard").
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDRESS:PORT")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,6 +246,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
     match cli.command {
         Command::Guardian(args) => Ok(run_guardian(args, shutdown).await?),
         Command::Fleet(args) => Ok(fleet::run(args, shutdown).await?),
+        Command::Web(args) => Ok(web(cli.database_url.as_deref(), args, shutdown).await?),
         Command::Schedule(ScheduleCommand::Check {
             expr,
             tz,
@@ -260,7 +271,10 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<(), Exit> {
                 Command::Hosts(cmd) => hosts::run(c, cmd, output).await,
                 Command::ImportCrontab(args) => import::run(c, &args, output == Output::Json).await,
                 Command::Status => status::run(c, output).await,
-                Command::Guardian(_) | Command::Fleet(_) | Command::Schedule(_) => {
+                Command::Guardian(_)
+                | Command::Fleet(_)
+                | Command::Schedule(_)
+                | Command::Web(_) => {
                     unreachable!("handled above")
                 }
             };
@@ -284,18 +298,38 @@ async fn run_guardian(args: GuardianArgs, shutdown: CancellationToken) -> Result
     guardian::run(config, shutdown).await
 }
 
-/// A client for the one-shot subcommands; failure to connect is exit code 3.
-async fn client(url: Option<&str>) -> Result<Client, Exit> {
+/// `sisy web`: the schema is checked once (a database to migrate, or too new, is said so
+/// at start, exit code 1; unreachable, exit code 3), then the dashboard serves until
+/// SIGTERM or Ctrl-C; a database that goes away later is an error page, not an exit.
+async fn web(url: Option<&str>, args: WebArgs, shutdown: CancellationToken) -> Result<(), Exit> {
+    crate::logging::init(crate::logging::Format::Human);
+    let url = database_url(url)?;
+    let client = db::connect(&url)
+        .await
+        .map_err(|error| Exit { code: 3, error })?;
+    migrate::ensure_current(&client).await?;
+    drop(client);
+    let bound = |address| outln!("sisy web: serving the dashboard on http://{address}/");
+    Ok(crate::web::serve(&url, args.listen, bound, shutdown).await?)
+}
+
+/// The database URL of a command: given, or from the environment; none is exit code 3.
+fn database_url(url: Option<&str>) -> Result<String, Exit> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let url = match url {
-        Some(u) => u.to_string(),
+    match url {
+        Some(u) => Ok(u.to_string()),
         None => db::url_from_env(&env).ok_or_else(|| Exit {
             code: 3,
             error: anyhow::anyhow!(
                 "no database given: pass --database-url, or set SISY_DATABASE_URL or the PG* variables"
             ),
-        })?,
-    };
+        }),
+    }
+}
+
+/// A client for the one-shot subcommands; failure to connect is exit code 3.
+async fn client(url: Option<&str>) -> Result<Client, Exit> {
+    let url = database_url(url)?;
     db::connect(&url)
         .await
         .map_err(|error| Exit { code: 3, error })

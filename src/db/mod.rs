@@ -34,7 +34,7 @@ pub use bounded::{Conn, checkout, within};
 pub(crate) use bounded::{answer_limit, timed_out};
 use connect::{Endpoint, process_env};
 pub(crate) use conninfo::{env_vars_set, redact_password, url_from_env};
-pub use queries::{cli, q};
+pub use queries::{cli, q, web};
 pub use statements::{Mode, Session, begin, configure, execute, mode, query, query_one};
 
 /// A connection's driver half, returned by [`connect_for_notifications`] so the caller can
@@ -121,6 +121,27 @@ pub const DEFAULT_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 /// a partial index's predicate would need to know, and each reads as many buffers with the
 /// generic plan as with the custom one (BENCHMARKS.md, "Performance").
 pub fn pool_with_lock_limit(url: &str, size: usize, idle_in_transaction: Duration) -> Result<Pool> {
+    let set = format!(
+        "SET idle_in_transaction_session_timeout = {}; SET plan_cache_mode = force_generic_plan",
+        idle_in_transaction.as_millis().max(1)
+    );
+    pool_with_session(url, size, set)
+}
+
+/// A pool for the dashboard (`sisy web`), whose statements are planned for their
+/// parameters (`force_custom_plan`): a page's optional filters (`$2 IS NULL OR job_id = …`)
+/// each pick their own index, which one generic plan for all of them cannot. The page itself
+/// bounds and limits what it runs ([`page`]).
+pub fn page_pool(url: &str, size: usize) -> Result<Pool> {
+    pool_with_session(
+        url,
+        size,
+        "SET plan_cache_mode = force_custom_plan".to_string(),
+    )
+}
+
+/// A pool whose new connections first run `set` (when sessions keep state, see [`Mode`]).
+fn pool_with_session(url: &str, size: usize, set: String) -> Result<Pool> {
     let endpoint = Endpoint::resolve(url, &process_env())?;
     let limit = endpoint.connect_limit();
     let manager = Manager::from_config(
@@ -129,10 +150,6 @@ pub fn pool_with_lock_limit(url: &str, size: usize, idle_in_transaction: Duratio
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
-    );
-    let set = format!(
-        "SET idle_in_transaction_session_timeout = {}; SET plan_cache_mode = force_generic_plan",
-        idle_in_transaction.as_millis().max(1)
     );
     let session_state = statements::mode().session_state;
     let hook = deadpool_postgres::Hook::async_fn(move |client, _| {
@@ -210,6 +227,34 @@ fn host_name(host: &Host) -> String {
         Host::Tcp(name) => name.clone(),
         Host::Unix(path) => path.display().to_string(),
     }
+}
+
+/// Runs one of the dashboard's statements in a read-only transaction that may last at most
+/// `limit` on the server (`statement_timeout`, set for the transaction: it holds through a
+/// transaction pooler too). The role's rights already forbid writes to a `sisy_reader`; the
+/// transaction forbids them to any role the dashboard is given.
+pub async fn read_page(
+    client: &Client,
+    limit: Duration,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {}",
+            limit.as_millis().max(1)
+        ))
+        .await?;
+    let rows = match client.query(sql, params).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // The connection goes back to the pool: leave no transaction open on it.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    client.batch_execute("COMMIT").await?;
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -96,3 +96,14 @@ pub mod cli {
     pub const FLOWS_GRAPH_JOB: &str = include_str!("../../sql/queries/cli/flows_graph_job.sql");
     pub const FLOWS_GRAPH_RUN: &str = include_str!("../../sql/queries/cli/flows_graph_run.sql");
 }
+
+/// The dashboard's statements (`sisy web`), each one page's data in one statement; the job
+/// and flow pages reuse the CLI's `JOBS_SHOW`, `FLOWS_MEMBERS` and `FLOWS_GRAPH_RUN`.
+pub mod web {
+    pub const FLEET: &str = include_str!("../../sql/queries/web/fleet.sql");
+    pub const JOBS: &str = include_str!("../../sql/queries/web/jobs.sql");
+    pub const RUNS: &str = include_str!("../../sql/queries/web/runs.sql");
+    pub const RUN: &str = include_str!("../../sql/queries/web/run.sql");
+    pub const FLOWS: &str = include_str!("../../sql/queries/web/flows.sql");
+    pub const MISSED: &str = include_str!("../../sql/queries/web/missed.sql");
+}

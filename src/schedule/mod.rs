@@ -114,6 +114,8 @@ pub struct Schedule {
     fixed_time: bool,
     /// No calendar day can ever match (`0 0 30 2 *`); answered without searching.
     never: bool,
+    /// Day of month and day of week both restrict (one of them is `*`): cron's wildcard rule.
+    dom_and_dow: bool,
 }
 
 /// Why an expression or time zone is unusable; the message names the bad field.
@@ -127,9 +129,10 @@ impl Schedule {
     pub fn parse(expr: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
         let fields = parse_fields(expr)?;
         let tz = Zone::get(timezone)?;
+        let dom_and_dow = fields.dom_star || fields.dow_star;
         let cron = CronParser::builder()
             .seconds(Seconds::Required)
-            .dom_and_dow(fields.dom_star || fields.dow_star)
+            .dom_and_dow(dom_and_dow)
             .build()
             .parse(&fields.canonical())
             // Unreachable for a pattern that passed the checks above; an error beats a panic.
@@ -142,6 +145,7 @@ impl Schedule {
             cron,
             fixed_time: fields.fixed_time(),
             never: fields.never_matches(),
+            dom_and_dow,
         })
     }
 
@@ -189,6 +193,19 @@ impl Schedule {
     /// The expression as it was given.
     pub fn expr(&self) -> &str {
         &self.expr
+    }
+
+    /// The schedule in English words ("At 03:00 on Monday"), by croner, from the pattern the
+    /// guardians search with (so a `@daily` or a named month reads as what it means).
+    pub fn describe(&self) -> String {
+        // The expression as written reads better than the expanded pattern ("every 5
+        // minutes", not a list of twelve); the pattern serves what croner reads otherwise.
+        CronParser::builder()
+            .seconds(Seconds::Optional)
+            .dom_and_dow(self.dom_and_dow)
+            .build()
+            .parse(&self.expr)
+            .map_or_else(|_| self.cron.describe(), |c| c.describe())
     }
 
     /// The first wall time at or after `from` that matches the pattern, by croner.

@@ -624,3 +624,18 @@ fn thread_cpu() -> std::time::Duration {
     assert_eq!(ok, 0);
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+#[test]
+fn a_schedule_is_described_in_words() {
+    for (expr, words) in [
+        ("0 3 * * *", "03:00"),
+        ("*/15 * * * *", "every 15 minutes"),
+        // Cron's rule (§3): both days restrict, and either matches.
+        ("0 0 1,15 * 1", "or Monday"),
+        ("@daily", "00:00"),
+        ("0 9 * * MON-FRI", "Monday"),
+    ] {
+        let said = Schedule::parse(expr, "UTC").unwrap().describe();
+        assert!(said.contains(words), "{expr}: {said}");
+    }
+}

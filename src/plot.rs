@@ -324,6 +324,13 @@ impl Node {
     }
 }
 
+/// The title of a flow run's drawing, from the object `flows_graph_run.sql` returns.
+pub fn run_title(id: i64, graph: &Value) -> String {
+    let root = graph["root"].as_str().unwrap_or_default();
+    let state = graph["state"].as_str().unwrap_or_default();
+    format!("flow run {id} of {root} ({state})")
+}
+
 /// The fill colour of a member in `state` (None: a graph without states).
 pub fn fill(state: Option<&str>) -> &'static str {
     match state {
