@@ -162,40 +162,34 @@ impl IntoResponse for Problem {
 }
 
 impl Web {
-    /// Runs one page's statement (read-only, bounded: [`db::read_page`]) in a task of its
-    /// own, so that a browser that goes away mid-page does not leave a transaction open on a
-    /// pooled connection.
+    /// Runs one page's statement, read-only and bounded on the server ([`db::read_page`]),
+    /// and waited for at most [`PAGE_LIMIT`] here ([`db::within`]): a database that stops
+    /// answering is an error page in bounded time, and the connection it held is closed,
+    /// never handed to the next page (nor one a browser left mid-statement).
     pub(crate) async fn read(
-        self: &Arc<Self>,
+        &self,
         sql: &'static str,
         params: Vec<Param>,
     ) -> Result<Vec<tokio_postgres::Row>, Problem> {
-        let web = self.clone();
-        let work = tokio::spawn(async move {
-            let client =
-                web.pool.get().await.map_err(|e| {
-                    Problem::Database(format!("no connection to the database: {e}"))
-                })?;
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                params.iter().map(Param::as_sql).collect();
-            db::read_page(&client, STATEMENT_LIMIT, sql, &refs)
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(Param::as_sql).collect();
+        let work = async {
+            let client = db::checkout(&self.pool)
                 .await
-                .map_err(|e| Problem::Database(db::error_message(&e)))
-        });
-        match tokio::time::timeout(PAGE_LIMIT, work).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(Problem::Database(format!(
-                "reading the page failed: {panic}"
-            ))),
-            Err(_) => Err(Problem::Database(format!(
-                "no answer within {PAGE_LIMIT:?}; the database may be overloaded or unreachable"
-            ))),
-        }
+                .context("no connection to the database")?;
+            let rows = db::read_page(&client, STATEMENT_LIMIT, sql, &refs)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", db::error_message(&e)))?;
+            client.release();
+            anyhow::Ok(rows)
+        };
+        db::within(&self.pool, PAGE_LIMIT, "the page's statement", work)
+            .await
+            .map_err(|e| Problem::Database(format!("{e:#}")))
     }
 }
 
-/// A statement parameter a page passes to its task (owned, so the task can outlive the
-/// request).
+/// A statement parameter of a page.
 pub(crate) enum Param {
     Text(Option<String>),
     Int(Option<i64>),

@@ -307,12 +307,13 @@ pub async fn job(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             q::RUNS,
             vec![
                 Param::Int(None),
-                Param::Text(Some(name.clone())),
+                Param::Int(j["id"].as_i64()),
                 Param::Text(None),
                 Param::Text(None),
                 Param::Time(None),
                 Param::Time(None),
                 Param::Int(Some(20)),
+                Param::Text(None),
             ],
         )
         .await?,
@@ -468,17 +469,31 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     }
     let since = time(&p, "since")?;
     let until = time(&p, "until")?;
+    // A job's runs by its id (an index); a job that no longer exists, by name.
+    let (job_id, removed) = match &job {
+        Some(name) => {
+            let found = web
+                .read(q::JOB_ID, vec![Param::Text(Some(name.clone()))])
+                .await?;
+            match found.first() {
+                Some(row) => (Some(row.get::<_, i64>(0)), None),
+                None => (None, Some(name.clone())),
+            }
+        }
+        None => (None, None),
+    };
     let rows = web
         .read(
             q::RUNS,
             vec![
                 Param::Int(before),
-                Param::Text(job.clone()),
+                Param::Int(job_id),
                 Param::Text(run_state.clone()),
                 Param::Text(host.clone()),
                 Param::Time(since),
                 Param::Time(until),
                 Param::Int(Some(PAGE)),
+                Param::Text(removed),
             ],
         )
         .await?;
