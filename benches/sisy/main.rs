@@ -2,10 +2,10 @@
 //!
 //! `cargo bench --bench sisy` runs every scenario; `cargo bench --bench sisy -- latency idle`
 //! runs the ones named (latency, throughput, scale, idle, control, flows, fanout, failover,
-//! fleet, history; fleet, some 25 minutes, and history, some 7 minutes and 10 million
-//! runs, only when named). It starts its own
-//! throwaway PostgreSQL (the integration tests' `pg.rs`, with production-like settings and
-//! TCP on 127.0.0.1), real release-built `sisy guardian` processes (the tests' `util.rs`)
+//! fleet, history, web; fleet, some 25 minutes, history, some 7 minutes and 10 million
+//! runs, and web, the dashboard `sisy web` over a million runs, only when named). It starts
+//! its own throwaway PostgreSQL (the integration tests' `pg.rs`, with production-like
+//! settings and TCP on 127.0.0.1), real release-built `sisy guardian` processes (the tests' `util.rs`)
 //! and real jobs, and prints one JSON document on stdout: the conditions (cores, PostgreSQL
 //! version and settings, guardian and job counts) and, per scenario, the figures next to
 //! their targets. Progress goes to stderr. BENCHMARKS.md records the results.
@@ -33,6 +33,7 @@ mod idle;
 mod latency;
 mod scale;
 mod throughput;
+mod web;
 
 use std::time::Instant;
 
@@ -49,10 +50,12 @@ const SCENARIOS: &[&str] = &[
     "fleet",
     "failover",
     "history",
+    "web",
 ];
 
-/// Run only when named: fleet takes some 25 minutes, history some 7 and 10 million rows.
-const ON_REQUEST: &[&str] = &["fleet", "history"];
+/// Run only when named: fleet takes some 25 minutes, history some 7 and 10 million rows, web
+/// a million runs and a `sisy web` server.
+const ON_REQUEST: &[&str] = &["fleet", "history", "web"];
 
 #[tokio::main]
 async fn main() {
@@ -112,6 +115,7 @@ async fn run(chosen: &[&str]) -> anyhow::Result<Value> {
             "fleet" => fleet::run(&cluster).await?,
             "failover" => failover::run(&cluster).await?,
             "history" => history::run(&cluster).await?,
+            "web" => web::run(&cluster).await?,
             _ => unreachable!("checked in main"),
         };
         // Other work on this machine (builds, tests) takes CPU from the benchmark.
