@@ -119,8 +119,8 @@ pub async fn fleet(State(web): State<Arc<Web>>) -> Page {
             div { dt { "running" } dd { a href="/runs?state=running" { (text(&f["running"])) } } }
             div { dt { "pending" } dd { a href="/runs?state=pending" { (text(&f["pending"])) } } }
             div { dt { "jobs" } dd { a href="/jobs" { (text(&f["jobs"])) } } }
-            div { dt { "suspended" } dd { (text(&f["jobs_suspended"])) } }
-            div { dt { "bad schedules" } dd.bad[f["schedule_errors"].as_i64() > Some(0)] { (text(&f["schedule_errors"])) } }
+            @let inactive = f["jobs"].as_i64().unwrap_or(0) - f["jobs_active"].as_i64().unwrap_or(0);
+            div { dt { "suspended or bad schedule" } dd { (inactive) } }
             div { dt { "flows running" } dd { a href="/flows" { (text(&f["flows_running"])) } } }
             div { dt { "failed, 24 h" } dd.bad[f["failed_24h"].as_i64() > Some(0)] { a href="/runs?state=failed" { (text(&f["failed_24h"])) } } }
             div { dt { "missed, 24 h" } dd.bad[f["missed_24h"].as_i64() > Some(0)] { a href="/missed" { (text(&f["missed_24h"])) } } }
@@ -314,6 +314,7 @@ pub async fn job(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
                 Param::Time(None),
                 Param::Int(Some(20)),
                 Param::Text(None),
+                Param::Time(None),
             ],
         )
         .await?,
@@ -452,8 +453,9 @@ fn took(started: &Value, finished: &Value) -> String {
     }
 }
 
-/// `/runs`: runs newest first, filtered by `job`, `state`, `host`, and the finish time
-/// (`since`, `until`), a page at a time (`?before=ID`).
+/// `/runs`: runs newest first, filtered by `job`, `state`, `host`, a page at a time
+/// (`?before=ID`); with a finish time window (`since`, `until`), the latest finish first
+/// (`?before=ID&at=TIME`).
 pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let before = id(&p, "before")?;
     let job = given(&p, "job").map(str::to_string);
@@ -482,9 +484,12 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
         }
         None => (None, None),
     };
+    // A time window is read in finish order (runs_finished), a page ending at `at`.
+    let window = since.is_some() || until.is_some();
+    let at = time(&p, "at")?;
     let rows = web
         .read(
-            q::RUNS,
+            if window { q::RUNS_WINDOW } else { q::RUNS },
             vec![
                 Param::Int(before),
                 Param::Int(job_id),
@@ -494,6 +499,7 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
                 Param::Time(until),
                 Param::Int(Some(PAGE)),
                 Param::Text(removed),
+                Param::Time(at.filter(|_| window)),
             ],
         )
         .await?;
@@ -509,13 +515,16 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     ];
     let older = runs
         .last()
-        .and_then(|r| r["id"].as_i64())
         .filter(|_| runs.len() as i64 == PAGE)
-        .map(|last| {
-            let last = last.to_string();
+        .and_then(|last| {
+            let id = last["id"].as_i64()?.to_string();
+            let finished = frame::instant(&last["finished_at"]).map(|t| t.to_rfc3339());
             let mut pairs = filters.to_vec();
-            pairs.push(("before", Some(&last)));
-            link("/runs", &pairs)
+            pairs.push(("before", Some(&id)));
+            if window {
+                pairs.push(("at", finished.as_deref()));
+            }
+            Some(link("/runs", &pairs))
         });
     let body = html! {
         form.filters method="get" action="/runs" {
