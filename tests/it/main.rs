@@ -1,12 +1,13 @@
 //! The one integration-test binary: every test module is declared here, so the crate and
 //! the test helpers are compiled once, and one throwaway PostgreSQL serves every test
 //! (each test gets its own database). Helpers: `pg` (the server), `util` (guardians,
-//! waiting on events); this file holds no tests of its own.
+//! waiting on events), `browser` (a headless Chromium); this file holds no tests of its own.
 
 mod badinput;
 mod badrows;
 mod blackhole;
 mod bouncer;
+mod browser;
 mod chaos;
 mod cli;
 mod cli_fanout;
@@ -38,3 +39,4 @@ mod time;
 mod tls;
 mod upgrade;
 mod util;
+mod web;
