@@ -244,20 +244,30 @@ async fn a_job_holds_no_descriptor_but_its_stdin_stdout_and_stderr() {
 async fn a_job_starts_with_no_signal_ignored_or_blocked() {
     // The shim blocks signals for its signalfd and ignores SIGPIPE (as every Rust program
     // does): none of that may reach the job, or `yes | head -1` would never see SIGPIPE.
+    // The mask is read by the process the shell becomes (`exec`), which has the shell's
+    // mask as the shim gave it: read by a child from `/proc/$$/status`, it could catch the
+    // shell between blocking every signal and `sigsuspend` while it waits for that child.
     let (db, client) = migrated_db().await;
     let _g = Guardian::start(&db, "g1", "");
     client
         .execute(
-            "INSERT INTO sisy.jobs (name, command) VALUES ('signals', $1)",
-            &[&r#"grep -E '^Sig(Blk|Ign)' /proc/$$/status; yes | head -n 1"#],
+            "INSERT INTO sisy.jobs (name, command) VALUES
+               ('mask', 'exec grep -E ''^Sig(Blk|Ign)'' /proc/self/status'),
+               ('pipe', 'yes | head -n 1')",
+            &[],
         )
         .await
         .unwrap();
-    let id = trigger(&client, "signals").await;
-    let state = crate::util::wait_finished(&client, id, Duration::from_secs(60)).await;
-    assert_eq!(state, "succeeded");
+    let mask = trigger(&client, "mask").await;
+    let pipe = trigger(&client, "pipe").await;
+    for id in [mask, pipe] {
+        let state = crate::util::wait_finished(&client, id, Duration::from_secs(60)).await;
+        assert_eq!(state, "succeeded");
+    }
     assert_eq!(
-        crate::util::output_of(&client, id).await,
-        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\n"
+        crate::util::output_of(&client, mask).await,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
+    // With SIGPIPE ignored, `yes` would get EPIPE and complain on stderr instead.
+    assert_eq!(crate::util::output_of(&client, pipe).await, "y\n");
 }
