@@ -580,7 +580,6 @@ pub async fn run(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
         "finished_at",
         "exit_code",
         "signal",
-        "missed_count",
         "kill_requested_at",
         "item_index",
         "item",
@@ -605,6 +604,9 @@ pub async fn run(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
                         @else { (text(&r[f])) }
                     }
                 }
+            }
+            @if r["missed_count"].as_i64() > Some(1) {
+                dt { "occurrences" } dd { (text(&r["missed_count"])) " (one row for all of them)" }
             }
             @if !r["error"].is_null() {
                 dt { "error" } dd.error { (text(&r["error"])) }

@@ -16,7 +16,8 @@ use crate::pg::TestDb;
 use crate::util::{Guardian, Proxy, migrated_db, sisy, trigger, wait_finished, wait_until};
 
 /// A job name that would run in the page if it were not escaped.
-const HOSTILE: &str = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">";
+const HOSTILE: &str =
+    "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">";
 
 /// A `sisy web` process on a loopback port of its choosing; killed on drop.
 struct WebServer {
@@ -171,9 +172,18 @@ async fn every_page_shows_the_fleet_in_a_browser_as_a_reader() {
     let backup = trigger(&client, "backup").await;
     let hostile = trigger(&client, HOSTILE).await;
     let extract = trigger(&client, "extract").await;
-    assert_eq!(wait_finished(&client, backup, Duration::from_secs(60)).await, "succeeded");
-    assert_eq!(wait_finished(&client, hostile, Duration::from_secs(60)).await, "failed");
-    assert_eq!(wait_finished(&client, extract, Duration::from_secs(60)).await, "succeeded");
+    assert_eq!(
+        wait_finished(&client, backup, Duration::from_secs(60)).await,
+        "succeeded"
+    );
+    assert_eq!(
+        wait_finished(&client, hostile, Duration::from_secs(60)).await,
+        "failed"
+    );
+    assert_eq!(
+        wait_finished(&client, extract, Duration::from_secs(60)).await,
+        "succeeded"
+    );
     let flow: i64 = wait_until(
         &client,
         "the flow run finished",
@@ -190,7 +200,11 @@ async fn every_page_shows_the_fleet_in_a_browser_as_a_reader() {
     let mut visit = async |path: &str, shot: &str| -> String {
         browser.goto(&web.url(path)).await;
         let text = browser.body_text().await;
-        assert_ne!(browser.title().await, "pwned", "a row ran as script on {path}");
+        assert_ne!(
+            browser.title().await,
+            "pwned",
+            "a row ran as script on {path}"
+        );
         assert!(!text.contains("hunter2") && !browser.html().await.contains("hunter2"));
         browser.screenshot(shot).await;
         for (_, href) in browser.links().await {
@@ -201,34 +215,52 @@ async fn every_page_shows_the_fleet_in_a_browser_as_a_reader() {
 
     let fleet = visit("/", "web-fleet").await;
     assert!(fleet.contains("g1") && fleet.contains("alive"), "{fleet}");
-    assert!(fleet.contains("gone-host") && fleet.contains("dead"), "{fleet}");
+    assert!(
+        fleet.contains("gone-host") && fleet.contains("dead"),
+        "{fleet}"
+    );
 
     let jobs = visit("/jobs", "web-jobs").await;
-    assert!(jobs.contains(HOSTILE), "the hostile name is not shown as text: {jobs}");
+    assert!(
+        jobs.contains(HOSTILE),
+        "the hostile name is not shown as text: {jobs}"
+    );
     assert!(jobs.contains("At 03:00") && jobs.contains("CET"), "{jobs}");
     // Links work: from the list to the job, from the job to its run, from there to the output.
     browser.click_link("backup").await;
     let job = browser.body_text().await;
-    assert!(job.contains("Job backup") && job.contains("PGPASSWORD"), "{job}");
+    assert!(
+        job.contains("Job backup") && job.contains("PGPASSWORD"),
+        "{job}"
+    );
     assert!(job.contains("names only"), "{job}");
     browser.screenshot("web-job").await;
     browser.click_link(&backup.to_string()).await;
     let run = browser.body_text().await;
-    assert!(run.contains(&format!("Run {backup}")) && run.contains("all good"), "{run}");
+    assert!(
+        run.contains(&format!("Run {backup}")) && run.contains("all good"),
+        "{run}"
+    );
     let html = browser.html().await;
     assert!(!html.contains("[32m") && !html.contains('\u{1b}'), "{html}");
     assert!(html.contains("all good\n\tcolumn"), "{html}");
     browser.screenshot("web-run").await;
 
     let failed = visit("/runs?state=failed", "web-runs").await;
-    assert!(failed.contains(HOSTILE) && !failed.contains("extract"), "{failed}");
+    assert!(
+        failed.contains(HOSTILE) && !failed.contains("extract"),
+        "{failed}"
+    );
     let everything = visit("/runs", "web-runs-all").await;
     for id in [backup, hostile, extract] {
         assert!(everything.contains(&id.to_string()), "{everything}");
     }
 
     let flows = visit("/flows", "web-flows").await;
-    assert!(flows.contains("extract") && flows.contains("succeeded"), "{flows}");
+    assert!(
+        flows.contains("extract") && flows.contains("succeeded"),
+        "{flows}"
+    );
     browser.click_link(&flow.to_string()).await;
     let page = browser.body_text().await;
     assert!(page.contains("load") && page.contains("extract"), "{page}");
@@ -236,17 +268,34 @@ async fn every_page_shows_the_fleet_in_a_browser_as_a_reader() {
     // The drawing is the one `sisy flows plot` makes, members coloured by state.
     let svg = get(web.address, &format!("/flow.svg?id={flow}")).await;
     assert_eq!(svg.status, 200);
-    assert_eq!(svg.header("content-type"), Some("image/svg+xml; charset=utf-8"));
+    assert_eq!(
+        svg.header("content-type"),
+        Some("image/svg+xml; charset=utf-8")
+    );
     let plotted = sisy()
-        .args(["--database-url", &url, "flows", "plot", &flow.to_string()])
+        .args([
+            "--database-url",
+            &url,
+            "flows",
+            "plot",
+            &flow.to_string(),
+            "--format",
+            "svg",
+        ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&plotted.stdout).trim(), svg.body.trim());
+    assert_eq!(
+        String::from_utf8_lossy(&plotted.stdout).trim(),
+        svg.body.trim()
+    );
     roxmltree::Document::parse(&svg.body).expect("the drawing is well-formed XML");
     assert!(svg.body.contains("#b7e4a7"), "no member drawn as succeeded");
 
     let missed = visit("/missed", "web-missed").await;
-    assert!(missed.contains("backup") && missed.contains("gone-host"), "{missed}");
+    assert!(
+        missed.contains("backup") && missed.contains("gone-host"),
+        "{missed}"
+    );
     assert!(missed.contains("no guardian claimed it"), "{missed}");
 
     // Every link of every page visited leads to a page that loads.
@@ -282,11 +331,19 @@ async fn bad_requests_and_a_silent_database_get_a_clear_page() {
         ("/runs?since=yesterday", 400, "is not a time"),
         ("/run", 400, "which run?"),
         ("/run?id=987654321", 404, "there is no run 987654321"),
-        ("/job?name=%3Cnobody%3E", 404, "there is no job named &quot;&lt;nobody&gt;&quot;"),
+        (
+            "/job?name=%3Cnobody%3E",
+            404,
+            "there is no job named &quot;&lt;nobody&gt;&quot;",
+        ),
         ("/flow?id=-1", 404, "there is no flow run -1"),
         ("/flow.svg?id=5", 404, "there is no flow run 5"),
         ("/no/such/page", 404, "there is no such page"),
-        ("/runs?before=99999999999999999999", 400, "is not a run or flow run id"),
+        (
+            "/runs?before=99999999999999999999",
+            400,
+            "is not a run or flow run id",
+        ),
     ] {
         let answer = get(web.address, path).await;
         assert_eq!(answer.status, status, "{path}: {}", answer.body);
@@ -299,7 +356,11 @@ async fn bad_requests_and_a_silent_database_get_a_clear_page() {
     let silent = get(web.address, "/jobs").await;
     assert_eq!(silent.status, 503, "{}", silent.body);
     assert!(silent.body.contains("did not answer"), "{}", silent.body);
-    assert!(asked.elapsed() < Duration::from_secs(20), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
     assert!(web.running(), "the dashboard ended with the database");
     proxy.heal();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -308,7 +369,11 @@ async fn bad_requests_and_a_silent_database_get_a_clear_page() {
         if again.status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "no page after the database came back: {}", again.body);
+        assert!(
+            Instant::now() < deadline,
+            "no page after the database came back: {}",
+            again.body
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -334,5 +399,8 @@ fn it_listens_on_loopback_unless_told_otherwise() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on {address}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {address}")),
+        "{err}"
+    );
 }
