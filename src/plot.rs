@@ -202,12 +202,17 @@ impl Graph {
         };
         let optimize = self.nodes.len() + edges.len() <= OPTIMIZE_UP_TO;
         let graph = self.clone();
+        // The panic hook is the process's: drawings made at once (the dashboard's requests)
+        // take turns, or one could put back the silent hook another had set, for good.
+        static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = HOOK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let drawn = std::panic::catch_unwind(move || graph.lay_out(&edges, optimize));
         std::panic::set_hook(previous);
+        drop(turn);
         match drawn {
-            Ok(svg) => Ok(svg),
+            Ok(svg) => Ok(stable_styles(svg)),
             Err(_) => {
                 bail!("the SVG layout of this flow failed: draw it with --format dot instead")
             }
@@ -322,6 +327,29 @@ impl Node {
         }
         label
     }
+}
+
+/// The drawing with the lines of its `<style>` block sorted: the layout crate writes its
+/// font classes from a hash map, in an order that changes from one run to the next, and the
+/// same flow should give the same bytes (from `sisy flows plot` and the dashboard alike).
+fn stable_styles(svg: String) -> String {
+    let (Some(start), Some(end)) = (svg.find("<style>\n"), svg.find("</style>")) else {
+        return svg;
+    };
+    let body = start + "<style>\n".len();
+    if end < body {
+        return svg;
+    }
+    let mut lines: Vec<&str> = svg[body..end].lines().collect();
+    lines.sort_unstable();
+    let mut out = String::with_capacity(svg.len());
+    out.push_str(&svg[..body]);
+    for line in lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&svg[end..]);
+    out
 }
 
 /// The title of a flow run's drawing, from the object `flows_graph_run.sql` returns.

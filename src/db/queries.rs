@@ -104,6 +104,7 @@ pub mod web {
     pub const JOBS: &str = include_str!("../../sql/queries/web/jobs.sql");
     pub const RUNS: &str = include_str!("../../sql/queries/web/runs.sql");
     pub const RUNS_WINDOW: &str = include_str!("../../sql/queries/web/runs_window.sql");
+    pub const RUNS_HOST: &str = include_str!("../../sql/queries/web/runs_host.sql");
     pub const RUN: &str = include_str!("../../sql/queries/web/run.sql");
     pub const JOB_ID: &str = include_str!("../../sql/queries/web/job_id.sql");
     pub const FLOWS: &str = include_str!("../../sql/queries/web/flows.sql");

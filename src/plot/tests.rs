@@ -201,3 +201,29 @@ fn a_fan_out_member_is_one_node_with_its_counts() {
     assert!(text.contains("transform ×10"), "{text}");
     assert!(text.contains("3 succeeded, 1 failed, 6 running"), "{text}");
 }
+
+#[test]
+fn the_same_flow_draws_the_same_bytes() {
+    let graph = Graph {
+        title: "flow".to_string(),
+        nodes: ["a", "b"]
+            .iter()
+            .map(|job| Node {
+                job: job.to_string(),
+                trigger_rule: "all_success".to_string(),
+                state: Some("succeeded".to_string()),
+                foreach: None,
+                items: None,
+            })
+            .collect(),
+        edges: vec![Edge {
+            job: "b".to_string(),
+            upstream: "a".to_string(),
+            condition: Some("$.rows > 0".to_string()),
+        }],
+    };
+    let first = graph.svg().unwrap();
+    for _ in 0..20 {
+        assert_eq!(graph.svg().unwrap(), first);
+    }
+}

@@ -489,7 +489,11 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let at = time(&p, "at")?;
     let rows = web
         .read(
-            if window { q::RUNS_WINDOW } else { q::RUNS },
+            match (window, &host) {
+                (true, _) => q::RUNS_WINDOW,
+                (false, Some(_)) => q::RUNS_HOST,
+                (false, None) => q::RUNS,
+            },
             vec![
                 Param::Int(before),
                 Param::Int(job_id),

@@ -1,13 +1,13 @@
 -- The dashboard's runs page: one page of runs, newest first, older than run $1 (keyset
--- paging on the primary key), filtered by job, state and host (with a time window:
--- web/runs_window.sql). Each filter takes the index that answers it: a job's runs through
--- runs_job (by the job's id, which the page looks up first: web/job_id.sql; a removed job's
--- runs by name), a state of a bad outcome through runs_outcome (schema 20), running ones
--- through runs_running, pending ones through runs_pending, a host's (those that ran or run
--- there) through runs_host (schema 20). Without a filter, or for succeeded runs, the newest
--- rows of the primary key. The output is not read here (the run page shows it).
---   $1 before this id  $2 job id  $3 state  $4 host  $5 finished at or after (NULL here)
---   $6 finished before (NULL here)  $7 page size  $8 job name (a job that no longer exists)
+-- paging on the primary key), filtered by job and state (with a host: web/runs_host.sql;
+-- with a time window: web/runs_window.sql). Each filter takes the index that answers it: a
+-- job's runs through runs_job (by the job's id, which the page looks up first:
+-- web/job_id.sql; a removed job's runs by name), a state of a bad outcome through
+-- runs_outcome (schema 20), running ones through runs_running, pending ones through
+-- runs_pending. Without a filter, or for succeeded runs, the newest rows of the primary key.
+-- The output is not read here (the run page shows it).
+--   $1 before this id  $2 job id  $3 state  $4 host (NULL here)  $5, $6 finished at or after,
+--   before (NULL here)  $7 page size  $8 job name (a job that no longer exists)
 --   $9 unused (web/runs_window.sql's keyset)
 SELECT to_jsonb(x) FROM (
     SELECT r.id, r.job_name, r.attempt, r.reason, r.state, r.host, r.target_host,
