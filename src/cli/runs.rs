@@ -10,21 +10,8 @@ use tokio_postgres::Client;
 
 use super::output::Output;
 use super::{RunsCommand, sql_error};
+use crate::db::RUN_STATES;
 use crate::db::cli as q;
-
-const STATES: &[&str] = &[
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "killed",
-    "lost",
-    "expired",
-    "skipped",
-    "cancelled",
-    "upstream_failed",
-];
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
@@ -94,9 +81,12 @@ pub async fn run(client: &mut Client, cmd: RunsCommand, output: Output) -> Resul
 
 async fn list(client: &Client, a: &ListArgs, output: Output) -> Result<()> {
     if let Some(state) = &a.state
-        && !STATES.contains(&state.as_str())
+        && !RUN_STATES.contains(&state.as_str())
     {
-        bail!("unknown state '{state}': use one of {}", STATES.join(", "));
+        bail!(
+            "unknown state '{state}': use one of {}",
+            RUN_STATES.join(", ")
+        );
     }
     if a.limit < 1 {
         bail!("--limit must be at least 1");

@@ -34,7 +34,7 @@ pub use bounded::{Conn, checkout, within};
 pub(crate) use bounded::{answer_limit, timed_out};
 use connect::{Endpoint, process_env};
 pub(crate) use conninfo::{env_vars_set, redact_password, url_from_env};
-pub use queries::{cli, q, web};
+pub use queries::{RUN_STATES, cli, q, web};
 pub use statements::{Mode, Session, begin, configure, execute, mode, query, query_one};
 
 /// A connection's driver half, returned by [`connect_for_notifications`] so the caller can

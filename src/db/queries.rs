@@ -3,6 +3,22 @@
 //! the binary carries them. Only `migrate` has SQL of its own (its bookkeeping); nothing
 //! else in `src/` writes a statement. Does not run anything: callers prepare and execute.
 
+/// The states of a run (`sisy.runs.state`), as its CHECK constraint lists them: the values a
+/// filter by state may name (`sisy runs list --state`, the dashboard's runs page).
+pub const RUN_STATES: &[&str] = &[
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "killed",
+    "lost",
+    "expired",
+    "skipped",
+    "cancelled",
+    "upstream_failed",
+];
+
 /// The named statements, grouped by the table they work on.
 pub mod q {
     pub const JOBS_UNSEEN: &str = include_str!("../../sql/queries/jobs_unseen.sql");

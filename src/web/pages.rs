@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::frame::{self, Nav, job_link, link, run_link, state, text, when};
 use super::{Param, Problem, Web};
-use crate::db::{cli as c, web as q};
+use crate::db::{RUN_STATES, cli as c, web as q};
 use crate::plot::{self, Graph};
 use crate::schedule::{Schedule, Zone};
 
@@ -25,21 +25,6 @@ const PAGE: i64 = 100;
 
 type Params = Query<HashMap<String, String>>;
 type Page = Result<Markup, Problem>;
-
-/// The run states a filter may name.
-const STATES: &[&str] = &[
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "killed",
-    "lost",
-    "expired",
-    "skipped",
-    "cancelled",
-    "upstream_failed",
-];
 
 /// A parameter given and not blank.
 fn given<'a>(p: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
@@ -462,11 +447,11 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let host = given(&p, "host").map(str::to_string);
     let run_state = given(&p, "state").map(str::to_string);
     if let Some(s) = &run_state
-        && !STATES.contains(&s.as_str())
+        && !RUN_STATES.contains(&s.as_str())
     {
         return Err(Problem::BadRequest(format!(
             "state={s:?} is not a run state; one of: {}",
-            STATES.join(", ")
+            RUN_STATES.join(", ")
         )));
     }
     let since = time(&p, "since")?;
@@ -536,7 +521,7 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             label { "state "
                 select name="state" {
                     option value="" { "any" }
-                    @for s in STATES {
+                    @for s in RUN_STATES {
                         option value=(s) selected[run_state.as_deref() == Some(*s)] { (s) }
                     }
                 }
