@@ -100,7 +100,7 @@ async fn list(client: &Client, a: &ListArgs, output: Output) -> Result<()> {
         bail!("--limit must be at least 1");
     }
     let rows = client
-        .query(q::FLOWS_LIST, &[&a.root, &a.state, &a.limit])
+        .query(q::FLOWS_LIST, &[&a.root, &a.state, &a.limit, &None::<i64>])
         .await
         .map_err(|e| sql_error(e, ""))?;
     let mut rows: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();

@@ -114,7 +114,8 @@ pub mod cli {
 }
 
 /// The dashboard's statements (`sisy web`), each one page's data in one statement; the job
-/// and flow pages reuse the CLI's `JOBS_SHOW`, `FLOWS_MEMBERS` and `FLOWS_GRAPH_RUN`.
+/// and flow pages reuse the CLI's `JOBS_SHOW`, `FLOWS_LIST`, `FLOWS_SHOW`, `FLOWS_MEMBERS` and
+/// `FLOWS_GRAPH_RUN`.
 pub mod web {
     pub const FLEET: &str = include_str!("../../sql/queries/web/fleet.sql");
     pub const JOBS: &str = include_str!("../../sql/queries/web/jobs.sql");
@@ -123,6 +124,5 @@ pub mod web {
     pub const RUNS_HOST: &str = include_str!("../../sql/queries/web/runs_host.sql");
     pub const RUN: &str = include_str!("../../sql/queries/web/run.sql");
     pub const JOB_ID: &str = include_str!("../../sql/queries/web/job_id.sql");
-    pub const FLOWS: &str = include_str!("../../sql/queries/web/flows.sql");
     pub const MISSED: &str = include_str!("../../sql/queries/web/missed.sql");
 }

@@ -1,8 +1,8 @@
 //! The dashboard's pages, one handler each: read the page's data with one statement
-//! (`sql/queries/web/`, or the CLI's for one job and one flow run), then write it as HTML.
-//! Lists are paged by keyset (`?after=` a name, `?before=` an id), never by offset, so the
-//! thousandth page costs what the first does. A parameter that does not read is a 400 page
-//! that says what was expected.
+//! (`sql/queries/web/`, or the CLI's for the flow runs, one job and one flow run), then
+//! write it as HTML. Lists are paged by keyset (`?after=` a name, `?before=` an id), never
+//! by offset, so the thousandth page costs what the first does. A parameter that does not
+//! read is a 400 page that says what was expected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -628,11 +628,12 @@ pub async fn flows(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let root = given(&p, "root").map(str::to_string);
     let rows = web
         .read(
-            q::FLOWS,
+            c::FLOWS_LIST,
             vec![
-                Param::Int(before),
                 Param::Text(root.clone()),
+                Param::Text(None),
                 Param::Int(Some(PAGE)),
+                Param::Int(before),
             ],
         )
         .await?;
