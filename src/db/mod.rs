@@ -245,14 +245,9 @@ pub async fn read_page(
             limit.as_millis().max(1)
         ))
         .await?;
-    let rows = match client.query(sql, params).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            // The connection goes back to the pool: leave no transaction open on it.
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-    };
+    // A failed statement leaves its transaction open: the caller must not give the
+    // connection back to a pool then (a [`Conn`] that is not released is closed).
+    let rows = client.query(sql, params).await?;
     client.batch_execute("COMMIT").await?;
     Ok(rows)
 }

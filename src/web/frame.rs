@@ -103,18 +103,11 @@ pub fn run_link(id: i64) -> Markup {
     html! { a href=(format!("/run?id={id}")) { (id) } }
 }
 
-/// A timestamp from a row (jsonb's ISO text) as it is read in this module.
+/// A timestamp from a row (jsonb's text of a timestamptz is RFC 3339).
 pub fn instant(v: &Value) -> Option<DateTime<Utc>> {
-    let text = v.as_str()?;
-    DateTime::parse_from_rfc3339(text)
+    DateTime::parse_from_rfc3339(v.as_str()?)
         .ok()
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|| {
-            // PostgreSQL's jsonb text of a timestamptz: "2026-12-02T15:00:05.123+00:00".
-            DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%:z")
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-        })
 }
 
 /// A timestamp in UTC with how long ago (or how far ahead) it is; "–" when there is none.
@@ -190,6 +183,11 @@ pub fn plain_output(raw: &str) -> String {
     let mut plain = Plain(String::with_capacity(raw.len()));
     vte::Parser::new().advance(&mut plain, raw.as_bytes());
     plain.0
+}
+
+/// A table's header row.
+pub fn head(columns: &[&str]) -> Markup {
+    html! { thead { tr { @for c in columns { th { (c) } } } } }
 }
 
 /// A link to the next page of a list, when there may be one.

@@ -138,6 +138,8 @@ pub(crate) enum Problem {
     NotFound(String),
     /// The database failed, refused or did not answer in time.
     Database(String),
+    /// The page's data was read but could not be drawn (a flow's graph).
+    Drawing(String),
 }
 
 impl IntoResponse for Problem {
@@ -148,6 +150,11 @@ impl IntoResponse for Problem {
             Problem::Database(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The database did not answer",
+                m,
+            ),
+            Problem::Drawing(m) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The page could not be drawn",
                 m,
             ),
         };
@@ -169,15 +176,13 @@ impl Web {
     pub(crate) async fn read(
         &self,
         sql: &'static str,
-        params: Vec<Param>,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, Problem> {
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(Param::as_sql).collect();
         let work = async {
             let client = db::checkout(&self.pool)
                 .await
                 .context("no connection to the database")?;
-            let rows = db::read_page(&client, STATEMENT_LIMIT, sql, &refs)
+            let rows = db::read_page(&client, STATEMENT_LIMIT, sql, params)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", db::error_message(&e)))?;
             client.release();
@@ -186,22 +191,5 @@ impl Web {
         db::within(&self.pool, PAGE_LIMIT, "the page's statement", work)
             .await
             .map_err(|e| Problem::Database(format!("{e:#}")))
-    }
-}
-
-/// A statement parameter of a page.
-pub(crate) enum Param {
-    Text(Option<String>),
-    Int(Option<i64>),
-    Time(Option<chrono::DateTime<chrono::Utc>>),
-}
-
-impl Param {
-    fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
-        match self {
-            Param::Text(v) => v,
-            Param::Int(v) => v,
-            Param::Time(v) => v,
-        }
     }
 }

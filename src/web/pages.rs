@@ -15,7 +15,7 @@ use maud::{Markup, html};
 use serde_json::Value;
 
 use super::frame::{self, Nav, job_link, link, run_link, state, text, when};
-use super::{Param, Problem, Web};
+use super::{Problem, Web};
 use crate::db::{RUN_STATES, cli as c, web as q};
 use crate::plot::{self, Graph};
 use crate::schedule::{Schedule, Zone};
@@ -78,7 +78,7 @@ fn values(rows: Vec<tokio_postgres::Row>) -> Vec<Value> {
 
 /// `/`: the hosts with their leases and load, and the counts worth a glance.
 pub async fn fleet(State(web): State<Arc<Web>>) -> Page {
-    let rows = web.read(q::FLEET, vec![]).await?;
+    let rows = web.read(q::FLEET, &[]).await?;
     let f = rows
         .first()
         .map(|r| r.get::<_, Value>(0))
@@ -115,10 +115,7 @@ pub async fn fleet(State(web): State<Arc<Web>>) -> Page {
             p.none { "No guardian has registered yet: start `sisy guardian` on a host." }
         } @else {
             table {
-                thead { tr {
-                    th { "host" } th { "state" } th { "lease left" } th { "running / capacity" }
-                    th { "pools" } th { "version" } th { "last seen" } th { "started" }
-                } }
+                (frame::head(&["host", "state", "lease left", "running / capacity", "pools", "version", "last seen", "started"]))
                 tbody {
                     @for h in &hosts {
                         @let name = h["name"].as_str().unwrap_or_default();
@@ -159,6 +156,16 @@ fn pools(v: &Value) -> String {
                 .join(", ")
         })
         .unwrap_or_default()
+}
+
+/// Whether a job runs on its schedule: suspended, a schedule that cannot be used (why, in
+/// the tooltip), or active.
+fn job_status(j: &Value) -> Markup {
+    html! {
+        @if j["suspended"] == true { span.state.other { "suspended" } }
+        @else if let Some(why) = j["schedule_error"].as_str() { span.state.bad title=(why) { "bad schedule" } }
+        @else { span.state.ok { "active" } }
+    }
 }
 
 /// A job's schedule in words and its next due time on the job's own clock, or why there is
@@ -204,16 +211,7 @@ fn next_due(j: &Value) -> Markup {
 pub async fn jobs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let after = given(&p, "after").map(str::to_string);
     let search = given(&p, "q").map(str::to_string);
-    let rows = web
-        .read(
-            q::JOBS,
-            vec![
-                Param::Text(after.clone()),
-                Param::Text(search.clone()),
-                Param::Int(Some(PAGE)),
-            ],
-        )
-        .await?;
+    let rows = web.read(q::JOBS, &[&after, &search, &PAGE]).await?;
     let jobs = values(rows);
     let last = jobs
         .last()
@@ -229,20 +227,13 @@ pub async fn jobs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             p.none { @if after.is_some() { "No more jobs." } @else { "No jobs match." } }
         } @else {
             table {
-                thead { tr {
-                    th { "job" } th { "status" } th { "schedule" } th { "next due (job's zone)" }
-                    th { "last result" } th { "failing streak" } th { "running" } th { "pool" }
-                } }
+                (frame::head(&["job", "status", "schedule", "next due (job's zone)", "last result", "failing streak", "running", "pool"]))
                 tbody {
                     @for j in &jobs {
                         @let name = j["name"].as_str().unwrap_or_default();
                         tr {
                             td { (job_link(name)) @if j["is_root"] == true { " " a.tag href=(link("/flows", &[("root", Some(name))])) { "flow" } } }
-                            td {
-                                @if j["suspended"] == true { span.state.other { "suspended" } }
-                                @else if !j["schedule_error"].is_null() { span.state.bad title=(j["schedule_error"].as_str().unwrap_or_default()) { "bad schedule" } }
-                                @else { span.state.ok { "active" } }
-                            }
+                            td { (job_status(j)) }
                             td { (schedule_cell(j)) }
                             td { (next_due(j)) }
                             td {
@@ -279,9 +270,7 @@ pub async fn job(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             "which job? give its name: /job?name=NAME".to_string(),
         ));
     };
-    let rows = web
-        .read(c::JOBS_SHOW, vec![Param::Text(Some(name.clone()))])
-        .await?;
+    let rows = web.read(c::JOBS_SHOW, &[&name]).await?;
     let Some(j) = rows.first().map(|r| r.get::<_, Value>(0)) else {
         return Err(Problem::NotFound(format!(
             "there is no job named {name:?} (it may have been removed; its runs are still listed under Runs)"
@@ -290,16 +279,16 @@ pub async fn job(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let runs = values(
         web.read(
             q::RUNS,
-            vec![
-                Param::Int(None),
-                Param::Int(j["id"].as_i64()),
-                Param::Text(None),
-                Param::Text(None),
-                Param::Time(None),
-                Param::Time(None),
-                Param::Int(Some(20)),
-                Param::Text(None),
-                Param::Time(None),
+            &[
+                &None::<i64>,
+                &j["id"].as_i64(),
+                &None::<String>,
+                &None::<String>,
+                &None::<DateTime<Utc>>,
+                &None::<DateTime<Utc>>,
+                &20_i64,
+                &None::<String>,
+                &None::<DateTime<Utc>>,
             ],
         )
         .await?,
@@ -330,9 +319,8 @@ pub async fn job(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
         dl.definition {
             dt { "status" }
             dd {
-                @if j["suspended"] == true { span.state.other { "suspended" } }
-                @else if !j["schedule_error"].is_null() { span.state.bad { "bad schedule: " (text(&j["schedule_error"])) } }
-                @else { span.state.ok { "active" } }
+                (job_status(&j))
+                @if let Some(why) = j["schedule_error"].as_str() { " " span.error { (why) } }
                 " · running now: " (text(&j["running"]))
                 " · failing streak: " (text(&j["consecutive_failures"]))
                 " · last success: " (when(&j["last_success_at"]))
@@ -388,10 +376,7 @@ fn runs_table(runs: &[Value]) -> Markup {
             p.none { "No runs." }
         } @else {
             table {
-                thead { tr {
-                    th { "run" } th { "job" } th { "state" } th { "host" } th { "attempt" }
-                    th { "scheduled for" } th { "finished" } th { "took" } th { "exit" } th { "error" }
-                } }
+                (frame::head(&["run", "job", "state", "host", "attempt", "scheduled for", "finished", "took", "exit", "error"]))
                 tbody {
                     @for r in runs {
                         tr {
@@ -459,9 +444,7 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     // A job's runs by its id (an index); a job that no longer exists, by name.
     let (job_id, removed) = match &job {
         Some(name) => {
-            let found = web
-                .read(q::JOB_ID, vec![Param::Text(Some(name.clone()))])
-                .await?;
+            let found = web.read(q::JOB_ID, &[&name]).await?;
             match found.first() {
                 Some(row) => (Some(row.get::<_, i64>(0)), None),
                 None => (None, Some(name.clone())),
@@ -479,16 +462,16 @@ pub async fn runs(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
                 (false, Some(_)) => q::RUNS_HOST,
                 (false, None) => q::RUNS,
             },
-            vec![
-                Param::Int(before),
-                Param::Int(job_id),
-                Param::Text(run_state.clone()),
-                Param::Text(host.clone()),
-                Param::Time(since),
-                Param::Time(until),
-                Param::Int(Some(PAGE)),
-                Param::Text(removed),
-                Param::Time(at.filter(|_| window)),
+            &[
+                &before,
+                &job_id,
+                &run_state,
+                &host,
+                &since,
+                &until,
+                &PAGE,
+                &removed,
+                &at.filter(|_| window),
             ],
         )
         .await?;
@@ -545,7 +528,7 @@ pub async fn run(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             "which run? give its id: /run?id=ID".to_string(),
         ));
     };
-    let rows = web.read(q::RUN, vec![Param::Int(Some(run_id))]).await?;
+    let rows = web.read(q::RUN, &[&run_id]).await?;
     let Some(r) = rows.first().map(|r| r.get::<_, Value>(0)) else {
         return Err(Problem::NotFound(format!(
             "there is no run {run_id} (runs are pruned after their retention period)"
@@ -627,15 +610,7 @@ pub async fn flows(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let before = id(&p, "before")?;
     let root = given(&p, "root").map(str::to_string);
     let rows = web
-        .read(
-            c::FLOWS_LIST,
-            vec![
-                Param::Text(root.clone()),
-                Param::Text(None),
-                Param::Int(Some(PAGE)),
-                Param::Int(before),
-            ],
-        )
+        .read(c::FLOWS_LIST, &[&root, &None::<String>, &PAGE, &before])
         .await?;
     let flows = values(rows);
     let older = flows
@@ -654,10 +629,7 @@ pub async fn flows(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             p.none { "No flow runs." }
         } @else {
             table {
-                thead { tr {
-                    th { "flow run" } th { "root" } th { "state" } th { "scheduled for" }
-                    th { "members" } th { "started" } th { "finished" } th { "failed members" }
-                } }
+                (frame::head(&["flow run", "root", "state", "scheduled for", "members", "started", "finished", "failed members"]))
                 tbody {
                     @for f in &flows {
                         @let fid = f["id"].as_i64().unwrap_or_default();
@@ -712,18 +684,13 @@ pub async fn flow(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             "which flow run? give its id: /flow?id=ID".to_string(),
         ));
     };
-    let rows = web
-        .read(c::FLOWS_SHOW, vec![Param::Int(Some(flow_id))])
-        .await?;
+    let rows = web.read(c::FLOWS_SHOW, &[&flow_id]).await?;
     let Some(f) = rows.first().map(|r| r.get::<_, Value>(0)) else {
         return Err(Problem::NotFound(format!(
             "there is no flow run {flow_id} (finished flow runs are pruned after their retention period)"
         )));
     };
-    let members = values(
-        web.read(c::FLOWS_MEMBERS, vec![Param::Int(Some(flow_id))])
-            .await?,
-    );
+    let members = values(web.read(c::FLOWS_MEMBERS, &[&flow_id]).await?);
     let open = f["state"] == "running";
     let body = html! {
         dl.definition {
@@ -740,10 +707,7 @@ pub async fn flow(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
         }
         h2 { "Members" }
         table {
-            thead { tr {
-                th { "job" } th { "state" } th { "trigger rule" } th { "runs" } th { "latest run" }
-                th { "hosts" } th { "started" } th { "finished" } th { "error" }
-            } }
+            (frame::head(&["job", "state", "trigger rule", "runs", "latest run", "hosts", "started", "finished", "error"]))
             tbody {
                 @for m in &members {
                     tr {
@@ -780,15 +744,13 @@ pub async fn flow_svg(State(web): State<Arc<Web>>, Query(p): Params) -> Result<R
             "which flow run? give its id: /flow.svg?id=ID".to_string(),
         ));
     };
-    let rows = web
-        .read(c::FLOWS_GRAPH_RUN, vec![Param::Int(Some(flow_id))])
-        .await?;
+    let rows = web.read(c::FLOWS_GRAPH_RUN, &[&flow_id]).await?;
     let Some(graph) = rows.first().map(|r| r.get::<_, Value>(0)) else {
         return Err(Problem::NotFound(format!("there is no flow run {flow_id}")));
     };
     let svg = Graph::from_json(&plot::run_title(flow_id, &graph), &graph)
         .svg()
-        .map_err(|e| Problem::Database(format!("the graph could not be drawn: {e:#}")))?;
+        .map_err(|e| Problem::Drawing(format!("the graph could not be drawn: {e:#}")))?;
     Ok((
         [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
         svg,
@@ -800,9 +762,7 @@ pub async fn flow_svg(State(web): State<Arc<Web>>, Query(p): Params) -> Result<R
 /// dead hosts.
 pub async fn missed(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
     let before = id(&p, "before")?;
-    let rows = web
-        .read(q::MISSED, vec![Param::Int(before), Param::Int(Some(PAGE))])
-        .await?;
+    let rows = web.read(q::MISSED, &[&before, &PAGE]).await?;
     let m = rows
         .first()
         .map(|r| r.get::<_, Value>(0))
@@ -823,7 +783,7 @@ pub async fn missed(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             } @else {
                 p { "Their next occurrence is overdue by more than its ttl: no live guardian serves their pool." }
                 table {
-                    thead { tr { th { "job" } th { "pool" } th { "schedule" } th { "was due" } } }
+                    (frame::head(&["job", "pool", "schedule", "was due"]))
                     tbody { @for o in &overdue { tr {
                         td { (job_link(o["name"].as_str().unwrap_or_default())) }
                         td { (text(&o["pool"])) }
@@ -837,7 +797,7 @@ pub async fn missed(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
                 p.none { "None." }
             } @else {
                 table {
-                    thead { tr { th { "host" } th { "pools" } th { "last seen" } } }
+                    (frame::head(&["host", "pools", "last seen"]))
                     tbody { @for d in &dead { tr {
                         td { a href=(link("/runs", &[("host", d["name"].as_str())])) { (text(&d["name"])) } }
                         td { (pools(&d["pools"])) }
@@ -851,10 +811,7 @@ pub async fn missed(State(web): State<Arc<Web>>, Query(p): Params) -> Page {
             p.none { "None." }
         } @else {
             table {
-                thead { tr {
-                    th { "run" } th { "job" } th { "state" } th { "occurrences" } th { "scheduled for" }
-                    th { "recorded" } th { "why" }
-                } }
+                (frame::head(&["run", "job", "state", "occurrences", "scheduled for", "recorded", "why"]))
                 tbody { @for r in &missed { tr {
                     td.num { (run_link(r["id"].as_i64().unwrap_or_default())) }
                     td { (job_link(r["job_name"].as_str().unwrap_or_default())) }
